@@ -1,0 +1,1 @@
+"""The Keras LSTM sequence codec: build, batched encode/decode, train, save and load."""

@@ -1,0 +1,44 @@
+"""The codec's shape: vocabulary, lengths and layer sizes, checked once and shared by every part."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecConfig:
+    """Hyper-parameters that fix the network's shape (and so the code format).
+
+    Token ids are integers in ``[0, vocab_size)``; every one of them is a real token.
+    The code of a sequence is ``[length, h_1 .. h_hidden]``, ``code_size == hidden_size + 1``.
+    """
+
+    vocab_size: int
+    max_length: int
+    hidden_size: int = 256
+    embedding_size: int = 64
+    bidirectional: bool = False
+    position_signal: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_length", "hidden_size", "embedding_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.bidirectional and self.hidden_size % 2:
+            raise ValueError(f"a bidirectional encoder needs an even hidden_size, got {self.hidden_size}")
+
+    @property
+    def code_size(self) -> int:
+        """Width of a code: the length field plus the encoder state."""
+        return self.hidden_size + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CodecConfig:
+        """Build from a manifest, ignoring keys that are not configuration."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,115 @@
+"""Read token sequences from Parquet for training, streaming row groups into Arrow's list layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+
+class InputDataError(ValueError):
+    """A file or column that cannot be used; the message is one line naming the file."""
+
+
+@dataclasses.dataclass
+class TokenSequences:
+    """Sequences in Arrow's list layout: row i is ``values[offsets[i]:offsets[i + 1]]``."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def take(self, rows: np.ndarray) -> TokenSequences:
+        """The given rows, in the given order, as a new compact set."""
+        lengths = self.lengths[rows]
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        starts = np.repeat(self.offsets[rows], lengths)
+        within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        return TokenSequences(self.values[starts + within], offsets)
+
+    def to_list(self) -> list[np.ndarray]:
+        return np.split(self.values, self.offsets[1:-1])
+
+
+def expand_glob(pattern: str) -> list[str]:
+    """Local files matching ``pattern`` (sorted); InputDataError if none."""
+    paths = sorted(p for p in glob.glob(pattern, recursive=True))
+    if not paths:
+        raise InputDataError(f"{pattern}: no file matches")
+    return paths
+
+
+def token_list_type_error(field_type: pa.DataType) -> str | None:
+    """Why a column type cannot hold token lists, or None when it is a list of integers."""
+    if not (pa.types.is_list(field_type) or pa.types.is_large_list(field_type)):
+        return f"is {field_type}, not a list of integers"
+    if not pa.types.is_integer(field_type.value_type):
+        return f"is a list of {field_type.value_type}, not of integers"
+    return None
+
+
+def open_parquet(path: str, columns: list[str]) -> pq.ParquetFile:
+    """Open a Parquet file and check that it has the columns, else InputDataError naming the file."""
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputDataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    names = file.schema_arrow.names
+    for column in columns:
+        if column not in names:
+            raise InputDataError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
+    return file
+
+
+def read_token_sequences(pattern: str, tokens_column: str = "tokens") -> TokenSequences:
+    """All usable sequences from the files matching ``pattern``, read one row group at a time.
+
+    Null and empty rows are skipped (and counted in the log); a null element or a negative id
+    means the file is broken and stops the read with one line naming it.
+    """
+    value_parts: list[np.ndarray] = []
+    length_parts: list[np.ndarray] = []
+    skipped = 0
+    for path in expand_glob(pattern):
+        file = open_parquet(path, [tokens_column])
+        problem = token_list_type_error(file.schema_arrow.field(tokens_column).type)
+        if problem:
+            raise InputDataError(f"{path}: column {tokens_column!r} {problem}")
+        try:
+            for batch in file.iter_batches(columns=[tokens_column]):
+                column = batch.column(0)
+                lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+                keep = lengths > 0
+                skipped += int((~keep).sum())
+                kept = column.filter(pa.array(keep))
+                flat = pc.list_flatten(kept)
+                if flat.null_count:
+                    raise InputDataError(f"{path}: column {tokens_column!r} has null token ids")
+                values = flat.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+                if values.size and values.min() < 0:
+                    raise InputDataError(f"{path}: column {tokens_column!r} has negative token id {values.min()}")
+                value_parts.append(values)
+                length_parts.append(lengths[keep])
+        except (OSError, pa.ArrowException) as exc:
+            raise InputDataError(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from None
+    if skipped:
+        log.warning("skipped %d null or empty sequences", skipped)
+    lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, np.int64)
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(value_parts) if value_parts else np.zeros(0, np.int64)
+    return TokenSequences(values, offsets)

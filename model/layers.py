@@ -1,0 +1,66 @@
+"""Custom Keras layers of the codec, registered so saved models load with safe_mode on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model.tfenv import keras
+
+ops = keras.ops
+
+
+@keras.saving.register_keras_serializable(package="seqcodec")
+class TokenCount(keras.layers.Layer):
+    """Count the real tokens of right-padded, shifted ids (0 is padding): float32 of shape (batch, 1).
+
+    The length comes from the ids, not from the padded width, so it stays right in padded batches.
+    """
+
+    def call(self, ids: Any) -> Any:
+        return ops.sum(ops.cast(ops.not_equal(ids, 0), "float32"), axis=1, keepdims=True)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], 1)
+
+
+@keras.saving.register_keras_serializable(package="seqcodec")
+class DecoderSteps(keras.layers.Layer):
+    """Expand codes ``[length, h]`` into decoder inputs of shape (batch, steps, hidden).
+
+    ``h`` is repeated ``steps`` times, where ``steps`` is the longest length in the batch.
+    With ``position_signal`` a learned vector for the position and one for the number of
+    steps still to go are added. Both depend only on the row's own length, and the decoder
+    LSTM is causal, so the first ``length`` outputs of a row do not depend on its neighbours:
+    that is what lets a batch be padded to its longest row and each row cut back afterwards.
+    """
+
+    def __init__(self, max_length: int, position_signal: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_length = int(max_length)
+        self.position_signal = bool(position_signal)
+
+    def build(self, input_shape: tuple) -> None:
+        hidden = int(input_shape[-1]) - 1
+        if self.position_signal:
+            init = keras.initializers.RandomNormal(stddev=0.1)
+            self.position = self.add_weight(name="position", shape=(self.max_length, hidden), initializer=init)
+            self.remaining = self.add_weight(name="remaining", shape=(self.max_length, hidden), initializer=init)
+
+    def call(self, codes: Any) -> Any:
+        lengths = ops.cast(ops.round(codes[:, 0]), "int32")
+        steps = ops.max(lengths)
+        state = codes[:, 1:]
+        x = ops.repeat(ops.expand_dims(state, 1), steps, axis=1)
+        if self.position_signal:
+            t = ops.arange(steps, dtype="int32")
+            x = x + ops.expand_dims(ops.take(self.position, t, axis=0), 0)
+            # Past a row's end this clips to 0; those steps are cut off and never read.
+            to_go = ops.clip(ops.expand_dims(lengths, 1) - 1 - ops.expand_dims(t, 0), 0, self.max_length - 1)
+            x = x + ops.take(self.remaining, to_go, axis=0)
+        return x
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], None, int(input_shape[-1]) - 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "max_length": self.max_length, "position_signal": self.position_signal}

@@ -1,0 +1,132 @@
+"""The saved model directory: encoder.keras, decoder.keras and manifest.json, checked on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import model.layers  # noqa: F401  (registers the custom layers before any .keras file is read)
+from model.codec import SequenceCodec
+from model.config import CodecConfig
+from model.tfenv import keras, tf
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ENCODER_FILE = "encoder.keras"
+DECODER_FILE = "decoder.keras"
+
+
+class ModelDirError(ValueError):
+    """A model directory that is missing, corrupt or incompatible; the message is one line."""
+
+
+def fingerprint(config: CodecConfig, encoder: keras.Model, decoder: keras.Model) -> str:
+    """Stable hash of the configuration and every weight, in build order: equal models, equal hash."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for net in (encoder, decoder):
+        for weight in net.weights:
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value))
+            digest.update(str(value.shape).encode())
+            digest.update(value.astype("<f4", copy=False).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_codec(
+    codec: SequenceCodec,
+    model_dir: str | os.PathLike,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the model directory atomically (temp dir, then rename) and return its manifest."""
+    target = Path(model_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)
+    codec.encoder.save(staging / ENCODER_FILE)
+    codec.decoder.save(staging / DECODER_FILE)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        **codec.config.to_dict(),
+        "code_size": codec.config.code_size,
+        "fingerprint": fingerprint(codec.config, codec.encoder, codec.decoder),
+        "metrics": metrics or {},
+        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
+        **(extra or {}),
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        target.rename(old / target.name)
+        staging.rename(target)
+        for path in sorted((old / target.name).iterdir()):
+            path.unlink()
+        (old / target.name).rmdir()
+        old.rmdir()
+    else:
+        staging.rename(target)
+    codec.fingerprint = manifest["fingerprint"]
+    return manifest
+
+
+def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and check manifest.json; ModelDirError (one line) if missing, corrupt or incompatible."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {path}: does not exist or is not a directory")
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise ModelDirError(f"model directory {path}: no {MANIFEST} (not a seqcodec model)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"model directory {path}: {MANIFEST} is unreadable ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"model directory {path}: {MANIFEST} is not a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelDirError(
+            f"model directory {path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    try:
+        config = CodecConfig.from_dict(manifest)
+    except (TypeError, ValueError) as exc:
+        raise ModelDirError(f"model directory {path}: {MANIFEST} has a bad configuration ({exc})") from None
+    if manifest.get("code_size") != config.code_size:
+        raise ModelDirError(
+            f"model directory {path}: code_size {manifest.get('code_size')!r} != hidden_size + 1 ({config.code_size})"
+        )
+    return manifest
+
+
+def load_codec(model_dir: str | os.PathLike, batch_size: int | None = None) -> SequenceCodec:
+    """Load a model directory written by ``save_codec`` and verify its fingerprint."""
+    path = Path(model_dir)
+    manifest = read_manifest(path)
+    config = CodecConfig.from_dict(manifest)
+    nets = []
+    for name in (ENCODER_FILE, DECODER_FILE):
+        file = path / name
+        if not file.is_file():
+            raise ModelDirError(f"model directory {path}: {name} is missing")
+        try:
+            nets.append(keras.saving.load_model(file, compile=False, safe_mode=True))
+        except Exception as exc:  # keras raises many types for a damaged archive
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelDirError(f"model directory {path}: {name} cannot be loaded ({reason})") from None
+    encoder, decoder = nets
+    if encoder.output_shape[-1] != config.code_size or decoder.output_shape[-1] != config.vocab_size:
+        raise ModelDirError(f"model directory {path}: the saved networks do not match {MANIFEST}")
+    actual = fingerprint(config, encoder, decoder)
+    if actual != manifest.get("fingerprint"):
+        raise ModelDirError(
+            f"model directory {path}: weights fingerprint {actual} does not match the manifest's "
+            f"{manifest.get('fingerprint')!r} (files changed or mixed from different models)"
+        )
+    kwargs = {} if batch_size is None else {"batch_size": batch_size}
+    return SequenceCodec(encoder, decoder, config, fingerprint=actual, **kwargs)

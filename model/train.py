@@ -1,0 +1,180 @@
+"""Train a codec on token sequences: length-bucketed batches, masked loss, best-by-exact-match checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.codec import SequenceCodec, pad_shifted
+from model.config import CodecConfig
+from model.data import TokenSequences
+from model.network import build_autoencoder, build_decoder, build_encoder
+from model.storage import save_codec
+from model.tfenv import keras, tf
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """How to train (not what the network is: that is CodecConfig)."""
+
+    epochs: int = 200
+    time_budget: float | None = 600.0
+    validation_fraction: float = 0.1
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+
+def evaluate(codec: SequenceCodec, data: TokenSequences) -> dict[str, float]:
+    """Round-trip ``data`` through encode and decode: token accuracy and whole-sequence exact match."""
+    if len(data) == 0:
+        return {"token_accuracy": float("nan"), "exact_match": float("nan"), "sequences": 0}
+    values, offsets = codec.decode_flat(codec.encode_flat(data.values, data.offsets))
+    same = values == data.values
+    wrong_per_row = np.add.reduceat(~same, offsets[:-1]) if same.size else np.zeros(0)
+    return {
+        "token_accuracy": float(same.mean()),
+        "exact_match": float((wrong_per_row == 0).mean()),
+        "sequences": len(data),
+    }
+
+
+def split(data: TokenSequences, fraction: float, seed: int) -> tuple[TokenSequences, TokenSequences, TokenSequences]:
+    """Shuffle and cut into (train, validation, test); validation picks checkpoints, test is reported."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(data))
+    held = max(2, int(round(len(data) * fraction)))
+    if held >= len(data):
+        raise ValueError(f"{len(data)} sequences are too few to hold out {fraction:.0%} and still train")
+    val, test, train = order[: held // 2], order[held // 2 : held], order[held:]
+    return data.take(train), data.take(val), data.take(test)
+
+
+def bucketed_dataset(data: TokenSequences, batch_size: int, seed: int) -> tuple[tf.data.Dataset, int]:
+    """Batches of similar length, padded to their own longest row, reshuffled every epoch.
+
+    Yields (shifted ids, targets, weights) forever; the weights are 0 on padding, so padding
+    costs nothing. Returns the dataset and the number of batches in one epoch.
+    """
+    lengths = data.lengths
+    epoch = [0]
+
+    def batches():
+        rng = np.random.default_rng([seed, epoch[0]])
+        epoch[0] += 1
+        # Random order, then a stable sort by length: equal lengths stay shuffled among themselves.
+        order = rng.permutation(lengths.size)
+        order = order[np.argsort(lengths[order], kind="stable")]
+        chunks = [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
+        for k in rng.permutation(len(chunks)):
+            ids = pad_shifted(data.values, data.offsets, chunks[k])
+            yield ids, np.maximum(ids - 1, 0), (ids > 0).astype(np.float32)
+
+    spec = tf.TensorSpec([None, None], tf.int32)
+    signature = (spec, spec, tf.TensorSpec([None, None], tf.float32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature).repeat().prefetch(2)
+    return dataset, -(-lengths.size // batch_size)
+
+
+class BestExactMatch(keras.callbacks.Callback):
+    """After each epoch: round-trip the validation set, log it, keep the best weights on disk."""
+
+    def __init__(self, codec: SequenceCodec, validation: TokenSequences, model_dir: Path) -> None:
+        super().__init__()
+        self.codec, self.validation, self.model_dir = codec, validation, model_dir
+        self.best: tuple[float, float] = (-1.0, -1.0)
+        self.best_epoch = -1
+        self.best_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        scores = evaluate(self.codec, self.validation)
+        if logs is not None:
+            logs["val_exact_match"] = scores["exact_match"]
+            logs["val_token_accuracy"] = scores["token_accuracy"]
+        key = (scores["exact_match"], scores["token_accuracy"])
+        if key > self.best:
+            self.best, self.best_epoch = key, epoch
+            self.best_weights = self.model.get_weights()
+            save_codec(self.codec, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True})
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training cleanly (after the current batch) once ``seconds`` have passed."""
+
+    def __init__(self, seconds: float | None) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.spent = False
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.seconds is not None and time.monotonic() - self.start >= self.seconds:
+            self.spent = True
+            self.model.stop_training = True
+
+
+def train_codec(
+    data: TokenSequences, config: CodecConfig, settings: TrainSettings, model_dir: str | Path
+) -> dict[str, Any]:
+    """Train on ``data``, write the best model to ``model_dir`` and return its manifest."""
+    model_dir = Path(model_dir)
+    keras.utils.set_random_seed(settings.seed)
+    train, validation, test = split(data, settings.validation_fraction, settings.seed)
+    log.info(
+        "training on %d sequences (validation %d, test %d), vocab %d, max length %d",
+        len(train), len(validation), len(test), config.vocab_size, config.max_length,
+    )
+    encoder, decoder = build_encoder(config), build_decoder(config)
+    autoencoder = build_autoencoder(encoder, decoder)
+    autoencoder.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate, clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
+        jit_compile=False,
+    )
+    codec = SequenceCodec(encoder, decoder, config)
+    best = BestExactMatch(codec, validation, model_dir)
+    budget = TimeBudget(settings.time_budget)
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_exact_match", mode="max", factor=0.5, patience=3, min_lr=settings.learning_rate / 32
+    )
+    started = time.monotonic()
+    dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed)
+    history = autoencoder.fit(
+        dataset,
+        steps_per_epoch=steps,
+        epochs=settings.epochs,
+        shuffle=False,
+        callbacks=[best, plateau, budget],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    seconds = time.monotonic() - started
+    epochs_run = len(history.history.get("loss", []))
+    if best.best_weights is None:
+        raise RuntimeError("training stopped before the first epoch ended; give it more time")
+    autoencoder.set_weights(best.best_weights)
+    metrics = {
+        "test": evaluate(codec, test),
+        "validation": evaluate(codec, validation),
+        "train_sequences": len(train),
+        "best_epoch": best.best_epoch + 1,
+        "epochs_run": epochs_run,
+        "train_seconds": round(seconds, 1),
+        "train_sequences_per_second": round(len(train) * epochs_run / seconds, 1),
+        "stopped_by_time_budget": budget.spent,
+        "settings": dataclasses.asdict(settings),
+    }
+    curves = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    manifest = save_codec(codec, model_dir, metrics)
+    (model_dir / "history.json").write_text(json.dumps(curves, indent=1) + "\n")
+    return manifest

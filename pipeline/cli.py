@@ -1,0 +1,43 @@
+"""The `seqcodec` command: dispatch to train, encode, decode and report."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from pipeline.errors import run_cli
+
+COMMANDS = {
+    "train": ("pipeline.train", "fit a codec on Parquet token files"),
+    "encode": ("pipeline.encode", "Beam job: token Parquet -> length-prefixed codes"),
+    "decode": ("pipeline.decode", "Beam job: codes -> token Parquet"),
+    "report": ("pipeline.report", "render a finished run as a PNG and an HTML page"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: seqcodec COMMAND [options]   (seqcodec COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"seqcodec: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return run_cli(module.main, rest)
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

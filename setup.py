@@ -1,0 +1,25 @@
+"""Packaging for seqcodec; also the --setup_file that remote Beam workers install."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+
+def requirements() -> list[str]:
+    lines = (HERE / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="seqcodec",
+    version="0.1.0",
+    description="Batch job that turns variable-length token sequences into fixed-size codes and back",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["model", "transforms", "pipeline"],
+    install_requires=requirements(),
+    entry_points={"console_scripts": ["seqcodec=pipeline.cli:entry"]},
+)
