@@ -1,0 +1,107 @@
+"""`seqcodec encode` / `python -m pipeline.encode`: the Beam job from token Parquet to code Parquet."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.errors import run_cli, setup_logging
+from pipeline.options import add_io_arguments, check_positive, make_pipeline
+from pipeline.outputs import Partition
+from pipeline.run import run_and_publish
+from transforms.inference import EncodeTables, read_model_manifest, slice_tables
+from transforms.parquet_io import InputFiles, ReadTokenBatches, WriteTables, code_schema, inspect_inputs
+from transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
+
+log = logging.getLogger("seqcodec")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeJob:
+    """Everything the graph needs, fixed before it is built (checked inputs, model facts, paths)."""
+
+    inputs: InputFiles
+    model_dir: str
+    manifest: dict[str, Any]
+    staging: str
+    id_column: str = "id"
+    tokens_column: str = "tokens"
+    batch_size: int = 512
+    too_long: str = "reject"
+    num_shards: int = 0
+    max_batch_rows: int = 65536
+
+
+def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PCollection]:
+    """Read -> validate -> encode -> write codes; rejected rows -> errors. Returns the main PCollections."""
+    m = job.manifest
+    tables = (
+        pipeline
+        | "Read" >> ReadTokenBatches(job.inputs.paths, job.id_column, job.tokens_column)
+        | "Slice" >> beam.FlatMap(slice_tables, job.max_batch_rows)
+    )
+    checked = tables | "Validate" >> beam.ParDo(
+        ValidateTokens(m["vocab_size"], m["max_length"], job.too_long, job.id_column, job.tokens_column)
+    ).with_outputs(ERRORS_TAG, main="valid")
+    codes = checked.valid | "Encode" >> EncodeTables(job.model_dir, job.batch_size)
+    facts = {"fingerprint": m["fingerprint"], "code_size": m["code_size"], "vocab_size": m["vocab_size"],
+             "max_length": m["max_length"]}
+    _ = codes | "Write codes" >> WriteTables(
+        FileSystems.join(job.staging, "codes", "part"), code_schema(job.inputs.id_type, m["code_size"], facts),
+        job.num_shards,
+    )
+    _ = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
+        FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1
+    )
+    return {"codes": codes, "errors": checked[ERRORS_TAG], "valid": checked.valid}
+
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqcodec encode",
+        description="Encode token sequences into length-prefixed codes. Unknown --options go to Beam "
+        "(e.g. --runner, --direct_running_mode, --setup_file).",
+    )
+    add_io_arguments(p)
+    p.add_argument("--tokens-column", default="tokens")
+    p.add_argument("--too-long", choices=TOO_LONG_CHOICES, default="reject",
+                   help="rows longer than the model's max_length: reject (dead letter) or truncate")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = parser().parse_known_args(argv)
+    setup_logging(args.verbose)
+    check_positive(args, "batch_size", "max_batch_rows")
+    if args.num_shards < 0:
+        raise ValueError("--num-shards must be >= 0")
+    started = time.monotonic()
+    inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
+    manifest = read_model_manifest(args.model_dir)
+    log.info("encoding %d rows from %d file(s) with model %s (code size %d)",
+             inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"])
+    partition = Partition(args.output)
+    partition.prepare()
+    job = EncodeJob(
+        inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=partition.staging,
+        id_column=args.id_column, tokens_column=args.tokens_column, batch_size=args.batch_size,
+        too_long=args.too_long, num_shards=args.num_shards, max_batch_rows=args.max_batch_rows,
+    )
+    pipeline = make_pipeline(beam_args)
+    build_pipeline(pipeline, job)
+    facts = {"model_fingerprint": manifest["fingerprint"], "code_size": manifest["code_size"],
+             "input_files": len(inputs.paths)}
+    run_and_publish(pipeline, partition, inputs.rows, "codes", "encoded", started, facts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

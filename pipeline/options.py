@@ -1,0 +1,58 @@
+"""Command-line options of the Beam jobs and the Pipeline they run on (DirectRunner made explicit)."""
+
+from __future__ import annotations
+
+import argparse
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+DIRECT_RUNNERS = (None, "DirectRunner", "direct")
+
+
+def add_io_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every job shares: where data and model are, and how outputs are cut."""
+    parser.add_argument("--input", required=True, help="glob of input Parquet files (any Beam filesystem)")
+    parser.add_argument("--output", required=True, help="output directory (the run's partition)")
+    parser.add_argument("--model-dir", required=True, help="model directory written by `seqcodec train`")
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--batch-size", type=int, default=512, help="sequences per model call (default 512)")
+    parser.add_argument("--num-shards", type=int, default=0, help="output shards (default: the runner decides)")
+    parser.add_argument("--max-batch-rows", type=int, default=65536,
+                        help="largest Arrow batch handed to the model at once; bigger row groups are sliced")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """ValueError for an option that must be >= 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
+def direct_runner(options: PipelineOptions):
+    """The DirectRunner's own in-process engine (FnApiRunner), chosen directly.
+
+    Beam's DirectRunner first tries the Prism runner, which downloads a binary; with no
+    internet that costs a failed download before it falls back. We pick the fallback
+    ourselves. It honours --direct_running_mode and --direct_num_workers.
+    """
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=info)
+
+
+def runner_name(options: PipelineOptions) -> str:
+    return options.view_as(StandardOptions).runner or "DirectRunner"
+
+
+def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
+    """A Pipeline for the remaining (Beam) arguments; the DirectRunner skips its Prism attempt."""
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner in DIRECT_RUNNERS:
+        return beam.Pipeline(runner=direct_runner(options), options=options)
+    return beam.Pipeline(options=options)

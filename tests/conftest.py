@@ -1,0 +1,139 @@
+"""Shared pytest fixtures and helpers: a tiny untrained codec, its saved model dir, Parquet writers.
+
+Everything here is real: real Keras models (tiny, so they build in well under a second) and
+real Parquet files written with pyarrow. Helpers that are plain functions (``write_tokens_parquet``,
+``random_sequences``) are imported by the test modules with ``from conftest import ...``.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import logging  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+
+from model.codec import SequenceCodec  # noqa: E402
+from model.config import CodecConfig  # noqa: E402
+from model.network import build_decoder, build_encoder  # noqa: E402
+from model.storage import save_codec  # noqa: E402
+from model.tfenv import keras  # noqa: E402
+from pipeline.cli import main as cli_main  # noqa: E402
+
+TINY = {"vocab_size": 13, "max_length": 12, "hidden_size": 16, "embedding_size": 8}
+INT32_LISTS = pa.list_(pa.int32())
+
+
+# -- plain helpers ----------------------------------------------------------------------------------
+
+
+def write_tokens_parquet(
+    path: str | os.PathLike,
+    ids: Sequence[int],
+    token_lists: Sequence,
+    tokens_type: pa.DataType = INT32_LISTS,
+    row_group_size: int | None = None,
+    *,
+    tokens_column: str = "tokens",
+) -> Path:
+    """Write a real Parquet file with columns ``id`` (int64) and ``tokens_column`` of ``tokens_type``.
+
+    ``token_lists`` may hold lists, numpy arrays or None (a null row); ``tokens_type`` can be any
+    Arrow type (e.g. ``pa.string()``) to write deliberately wrong columns. Returns the path.
+    """
+    rows = [t.tolist() if isinstance(t, np.ndarray) else t for t in token_lists]
+    table = pa.table({"id": pa.array(ids, type=pa.int64()), tokens_column: pa.array(rows, type=tokens_type)})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return Path(path)
+
+
+def random_sequences(n: int, vocab: int, max_len: int, seed: int) -> list[np.ndarray]:
+    """``n`` int64 sequences with lengths uniform in [1, max_len] and ids uniform in [0, vocab)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, size=int(rng.integers(1, max_len + 1)), dtype=np.int64) for _ in range(n)]
+
+
+def build_codec(config: CodecConfig, seed: int, batch_size: int | None = None) -> SequenceCodec:
+    """A fresh untrained codec; the same ``seed`` and ``config`` give the same weights."""
+    keras.utils.set_random_seed(seed)
+    kwargs = {} if batch_size is None else {"batch_size": batch_size}
+    return SequenceCodec(build_encoder(config), build_decoder(config), config, **kwargs)
+
+
+@contextlib.contextmanager
+def root_logging_restored() -> Iterator[None]:
+    """Put the root logger's handlers and level back afterwards.
+
+    The commands call ``logging.basicConfig(force=True)``, which would otherwise leave a handler
+    bound to a captured (later closed) stderr and change the level for every later test.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+
+
+def run_seqcodec(argv: Sequence) -> tuple[int, str, str]:
+    """Run the ``seqcodec`` CLI in-process outside capsys (e.g. in a module-scoped fixture).
+
+    Returns (exit code, stdout, stderr); stdout and stderr are redirected into strings.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with root_logging_restored(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_config() -> CodecConfig:
+    """A small configuration: 13 token ids, sequences up to 12 long, 16 hidden units."""
+    return CodecConfig(**TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_codec() -> SequenceCodec:
+    """An untrained codec of the tiny configuration (seed 1). Shared: do not change its weights."""
+    return build_codec(CodecConfig(**TINY), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_codec: SequenceCodec, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_codec`` saved with ``save_codec``. Shared: copy it before damaging it."""
+    model_dir = tmp_path_factory.mktemp("tiny") / "model"
+    save_codec(tiny_codec, model_dir, metrics={"note": "untrained test model"})
+    return model_dir
+
+
+@pytest.fixture
+def seqcodec(capsys: pytest.CaptureFixture):
+    """Run the ``seqcodec`` CLI in-process, output read with capsys: ``seqcodec(["train", ...])``.
+
+    Returns (exit code, stdout, stderr) of this call only (earlier captured output is discarded).
+    """
+
+    def run(argv: Sequence) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with root_logging_restored():
+            code = cli_main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,0 +1,129 @@
+"""RunInference with the codec: a columnar ModelHandler that loads the model once per worker process."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference import base as _beam_base
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from transforms.validate import METRICS_NAMESPACE
+
+MODEL_FILES = ("manifest.json", "encoder.keras", "decoder.keras")
+
+# Beam 2.77 imports `resource` in the same try block as a torch-only module, so without torch
+# it loses `resource`, drops RunInference's memory metric and warns on every bundle. Restore it.
+if _beam_base.resource is None:
+    _beam_base.resource = resource
+
+
+def read_model_manifest(model_dir: str) -> dict[str, Any]:
+    """Read and check ``manifest.json`` through Beam's FileSystems (local, gs://, ...)."""
+    from model.storage import ModelDirError, parse_manifest
+
+    where = f"model directory {model_dir}"
+    path = FileSystems.join(model_dir, "manifest.json")
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            text = handle.read()
+    except Exception as exc:  # FileSystems raises its own types per scheme
+        if not FileSystems.exists(model_dir):
+            raise ModelDirError(f"{where}: does not exist") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelDirError(f"{where}: no readable manifest.json ({reason})") from None
+    return parse_manifest(text, where)
+
+
+def localize_model_dir(model_dir: str) -> str:
+    """A local directory holding the model: the path itself if local, else a fresh copy in a temp dir."""
+    if os.path.isdir(model_dir):
+        return model_dir
+    local = tempfile.mkdtemp(prefix="seqcodec-model-")
+    for name in MODEL_FILES:
+        with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as src:
+            with open(os.path.join(local, name), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return local
+
+
+def flat_tokens(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A list column -> (values, offsets) numpy arrays starting at 0, whatever the slicing."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    return values, offsets
+
+
+def codes_table(ids: pa.Array, codes: np.ndarray) -> pa.Table:
+    """(id, length, code) rows from ids and the (N, H+1) code matrix."""
+    width = codes.shape[1]
+    return pa.table(
+        {
+            "id": ids,
+            "length": pa.array(codes[:, 0].astype(np.int32)),
+            "code": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), width),
+        }
+    )
+
+
+class CodecEncoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
+    """Arrow table of valid (id, tokens) rows in, Arrow table of (id, length, code) out.
+
+    Each element is already a batch (one Parquet row group or a slice of it), so RunInference
+    is told not to batch further; inside, the codec sorts the rows by length, pads per bucket
+    and runs its compiled encoder. The model directory may be on any Beam filesystem.
+    """
+
+    def __init__(self, model_dir: str, batch_size: int) -> None:
+        super().__init__(min_batch_size=1, max_batch_size=1)
+        self.model_dir, self.batch_size = model_dir, batch_size
+        self.rows = Metrics.counter(METRICS_NAMESPACE, "rows_encoded")
+
+    def load_model(self) -> Any:
+        from model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
+
+        return load_codec(localize_model_dir(self.model_dir), batch_size=self.batch_size)
+
+    def run_inference(
+        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[pa.Table]:
+        for table in batch:
+            codes = model.encode_flat(*flat_tokens(table.column("tokens")))
+            self.rows.inc(table.num_rows)
+            yield codes_table(table.column("id").combine_chunks(), codes)
+
+    def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
+        return sum(table.nbytes for table in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "seqcodec_encoder"
+
+
+def slice_tables(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:
+    """Cut a large row group into slices of at most ``max_rows`` rows (bounded memory per element)."""
+    for start in range(0, table.num_rows, max_rows):
+        yield table.slice(start, max_rows)
+
+
+class EncodeTables(beam.PTransform):
+    """Valid token tables -> code tables, through RunInference and the codec's batched encoder."""
+
+    def __init__(self, model_dir: str, batch_size: int = 512) -> None:
+        super().__init__()
+        self.handler = CodecEncoderHandler(model_dir, batch_size)
+
+    def expand(self, tables):
+        return tables | "RunInference" >> RunInference(self.handler)
