@@ -124,7 +124,7 @@ class SequenceCodec:
     def decode(self, codes: np.ndarray) -> list[np.ndarray]:
         """Length-prefixed codes -> token sequences (int32), each exactly ``code[0]`` long."""
         values, offsets = self.decode_flat(codes)
-        return np.split(values, offsets[1:-1])
+        return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
     def decode_flat(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Like ``decode``, returning (values, offsets) in Arrow's list layout."""

@@ -42,7 +42,7 @@ class TokenSequences:
         return TokenSequences(self.values[starts + within], offsets)
 
     def to_list(self) -> list[np.ndarray]:
-        return np.split(self.values, self.offsets[1:-1])
+        return [self.values[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
 
 
 def expand_glob(pattern: str) -> list[str]:

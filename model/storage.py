@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def fingerprint(config: CodecConfig, encoder: keras.Model, decoder: keras.Model)
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     for net in (encoder, decoder):
         for weight in net.weights:
-            value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value))
+            value = np.ascontiguousarray(weight.numpy())
             digest.update(str(value.shape).encode())
             digest.update(value.astype("<f4", copy=False).tobytes())
     return digest.hexdigest()[:16]
@@ -45,6 +46,8 @@ def save_codec(
 ) -> dict[str, Any]:
     """Write the model directory atomically (temp dir, then rename) and return its manifest."""
     target = Path(model_dir)
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST).exists())):
+        raise ModelDirError(f"model directory {target}: exists and is not a seqcodec model; refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)
@@ -64,10 +67,7 @@ def save_codec(
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
         target.rename(old / target.name)
         staging.rename(target)
-        for path in sorted((old / target.name).iterdir()):
-            path.unlink()
-        (old / target.name).rmdir()
-        old.rmdir()
+        shutil.rmtree(old)
     else:
         staging.rename(target)
     codec.fingerprint = manifest["fingerprint"]

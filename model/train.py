@@ -86,17 +86,42 @@ def bucketed_dataset(data: TokenSequences, batch_size: int, seed: int) -> tuple[
     return dataset, -(-lengths.size // batch_size)
 
 
-class BestExactMatch(keras.callbacks.Callback):
-    """After each epoch: round-trip the validation set, log it, keep the best weights on disk."""
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training cleanly (after the current batch) once ``seconds`` have passed; counts steps run."""
 
-    def __init__(self, codec: SequenceCodec, validation: TokenSequences, model_dir: Path) -> None:
+    def __init__(self, seconds: float | None) -> None:
         super().__init__()
-        self.codec, self.validation, self.model_dir = codec, validation, model_dir
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.spent = False
+        self.steps = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.steps += 1
+        if self.seconds is not None and time.monotonic() - self.start >= self.seconds:
+            self.spent = True
+            self.model.stop_training = True
+
+
+class BestExactMatch(keras.callbacks.Callback):
+    """After each epoch: round-trip the validation set, log it, keep the best weights on disk.
+
+    A first epoch cut short by the time budget is no checkpoint: that model has not yet seen
+    the data once.
+    """
+
+    def __init__(
+        self, codec: SequenceCodec, validation: TokenSequences, model_dir: Path, budget: TimeBudget
+    ) -> None:
+        super().__init__()
+        self.codec, self.validation, self.model_dir, self.budget = codec, validation, model_dir, budget
         self.best: tuple[float, float] = (-1.0, -1.0)
         self.best_epoch = -1
         self.best_weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if epoch == 0 and self.budget.spent:
+            return
         scores = evaluate(self.codec, self.validation)
         if logs is not None:
             logs["val_exact_match"] = scores["exact_match"]
@@ -106,21 +131,6 @@ class BestExactMatch(keras.callbacks.Callback):
             self.best, self.best_epoch = key, epoch
             self.best_weights = self.model.get_weights()
             save_codec(self.codec, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True})
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stop training cleanly (after the current batch) once ``seconds`` have passed."""
-
-    def __init__(self, seconds: float | None) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.start = time.monotonic()
-        self.spent = False
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.seconds is not None and time.monotonic() - self.start >= self.seconds:
-            self.spent = True
-            self.model.stop_training = True
 
 
 def train_codec(
@@ -143,8 +153,8 @@ def train_codec(
         jit_compile=False,
     )
     codec = SequenceCodec(encoder, decoder, config)
-    best = BestExactMatch(codec, validation, model_dir)
     budget = TimeBudget(settings.time_budget)
+    best = BestExactMatch(codec, validation, model_dir, budget)
     plateau = keras.callbacks.ReduceLROnPlateau(
         monitor="val_exact_match", mode="max", factor=0.5, patience=3, min_lr=settings.learning_rate / 32
     )
@@ -155,14 +165,18 @@ def train_codec(
         steps_per_epoch=steps,
         epochs=settings.epochs,
         shuffle=False,
-        callbacks=[best, plateau, budget],
+        callbacks=[budget, best, plateau],
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.monotonic() - started
     epochs_run = len(history.history.get("loss", []))
     if best.best_weights is None:
-        raise RuntimeError("training stopped before the first epoch ended; give it more time")
+        raise ValueError(
+            f"the time budget ({settings.time_budget:g}s) ran out before the first epoch ended; "
+            "give it more time or train on fewer sequences"
+        )
     autoencoder.set_weights(best.best_weights)
+    trained = min(budget.steps * settings.batch_size, len(train) * epochs_run)
     metrics = {
         "test": evaluate(codec, test),
         "validation": evaluate(codec, validation),
@@ -170,7 +184,7 @@ def train_codec(
         "best_epoch": best.best_epoch + 1,
         "epochs_run": epochs_run,
         "train_seconds": round(seconds, 1),
-        "train_sequences_per_second": round(len(train) * epochs_run / seconds, 1),
+        "train_sequences_per_second": round(trained / seconds, 1),
         "stopped_by_time_budget": budget.spent,
         "settings": dataclasses.asdict(settings),
     }

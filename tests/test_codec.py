@@ -153,11 +153,6 @@ def test_decode_takes_length_from_the_code(tiny_codec):
     assert [t.size for t in tiny_codec.decode(codes)] == [MAX_LEN, 1, 7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG model/codec.py SequenceCodec.decode: np.split(values, offsets[1:-1]) returns one empty "
-    "array for zero codes, so decode of N=0 codes gives 1 sequence instead of 0",
-)
 def test_decode_nothing_gives_no_sequences(tiny_codec):
     assert tiny_codec.decode(np.zeros((0, tiny_codec.config.code_size), np.float32)) == []
 

@@ -80,9 +80,8 @@ def test_fingerprint_is_stable_and_follows_the_weights(tiny_codec, tiny_model_di
     assert fingerprint(other_config, loaded.encoder, loaded.decoder) != before
 
 
-def test_save_replaces_an_existing_model_dir(tmp_path, sequences):
-    config = CodecConfig(**TINY)
-    first, second = build_codec(config, seed=5), build_codec(config, seed=6)
+def test_save_replaces_an_existing_model_dir(tiny_config, tmp_path, sequences):
+    first, second = build_codec(tiny_config, seed=5), build_codec(tiny_config, seed=6)
     target = tmp_path / "model"
     save_codec(first, target)
     (target / "history.json").write_text("{}")
@@ -93,6 +92,17 @@ def test_save_replaces_an_existing_model_dir(tmp_path, sequences):
     assert loaded.fingerprint == second.fingerprint != first.fingerprint
     assert manifest_of(target)["metrics"] == {"run": 2}
     np.testing.assert_array_equal(loaded.encode(sequences), second.encode(sequences))
+
+
+def test_save_refuses_to_replace_a_directory_that_is_not_a_model(tiny_codec, tmp_path):
+    target = tmp_path / "my-data"
+    target.mkdir()
+    (target / "notes.txt").write_text("not a model")
+    try:
+        with pytest.raises(ValueError):
+            save_codec(tiny_codec, target)
+    finally:
+        assert (target / "notes.txt").read_text() == "not a model"
 
 
 def test_saved_files_load_in_safe_mode_without_lambda_layers(tiny_codec, tiny_model_dir):
