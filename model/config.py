@@ -18,7 +18,7 @@ class CodecConfig:
     max_length: int
     hidden_size: int = 256
     embedding_size: int = 64
-    bidirectional: bool = False
+    bidirectional: bool = True
     position_signal: bool = True
 
     def __post_init__(self) -> None:

@@ -12,10 +12,12 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import run_cli, setup_logging
-from pipeline.options import add_io_arguments, check_positive, make_pipeline
-from pipeline.outputs import Partition
+from pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact
+from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, run_cli, setup_logging
+from pipeline.options import add_io_arguments, check_positive, check_run_options, make_pipeline
+from pipeline.outputs import Partition, partition_path
 from pipeline.run import run_and_publish
+from transforms.decoding import EncodeKeepingTokens
 from transforms.inference import EncodeTables, read_model_manifest, slice_tables
 from transforms.parquet_io import InputFiles, ReadTokenBatches, WriteTables, code_schema, inspect_inputs
 from transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
@@ -37,6 +39,8 @@ class EncodeJob:
     too_long: str = "reject"
     num_shards: int = 0
     max_batch_rows: int = 65536
+    decode: bool = False  # also decode every code, measure the round trip and write decoded/
+    mismatches: int = 0  # with decode: up to this many wrongly decoded examples to roundtrip/
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PCollection]:
@@ -50,7 +54,13 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PC
     checked = tables | "Validate" >> beam.ParDo(
         ValidateTokens(m["vocab_size"], m["max_length"], job.too_long, job.id_column, job.tokens_column)
     ).with_outputs(ERRORS_TAG, main="valid")
-    codes = checked.valid | "Encode" >> EncodeTables(job.model_dir, job.batch_size)
+    if job.decode:  # the codes keep their original tokens until written, so decoding can compare
+        encoded = checked.valid | "Encode" >> EncodeKeepingTokens(job.model_dir, job.batch_size)
+        codes = encoded | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
+        decoded = add_decode_stage(encoded, job.staging, job.inputs.id_type, m, job.model_dir, job.batch_size,
+                                   job.num_shards, compare=True, mismatches=job.mismatches)
+    else:
+        codes = checked.valid | "Encode" >> EncodeTables(job.model_dir, job.batch_size)
     facts = {"fingerprint": m["fingerprint"], "code_size": m["code_size"], "vocab_size": m["vocab_size"],
              "max_length": m["max_length"]}
     _ = codes | "Write codes" >> WriteTables(
@@ -60,7 +70,10 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PC
     _ = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1
     )
-    return {"codes": codes, "errors": checked[ERRORS_TAG], "valid": checked.valid}
+    outputs = {"codes": codes, "errors": checked[ERRORS_TAG], "valid": checked.valid}
+    if job.decode:
+        outputs["decoded"] = decoded
+    return outputs
 
 
 
@@ -69,11 +82,17 @@ def parser() -> argparse.ArgumentParser:
         prog="seqcodec encode",
         description="Encode token sequences into length-prefixed codes. Unknown --options go to Beam "
         "(e.g. --runner, --direct_running_mode, --setup_file).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=HelpFormatter,
     )
     add_io_arguments(p)
     p.add_argument("--tokens-column", default="tokens")
     p.add_argument("--too-long", choices=TOO_LONG_CHOICES, default="reject",
                    help="rows longer than the model's max_length: reject (dead letter) or truncate")
+    p.add_argument("--decode", action="store_true",
+                   help="also decode every code (DIR/decoded/) and report the round trip in summary.json")
+    p.add_argument("--mismatches", type=int, default=0, metavar="N",
+                   help="with --decode: write up to N wrongly decoded examples to DIR/roundtrip/mismatches.jsonl")
     return p
 
 
@@ -81,25 +100,32 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = parser().parse_known_args(argv)
     setup_logging(args.verbose)
     check_positive(args, "batch_size", "max_batch_rows")
+    check_run_options(args)
     if args.num_shards < 0:
         raise ValueError("--num-shards must be >= 0")
+    if args.mismatches < 0 or (args.mismatches and not args.decode):
+        raise ValueError("--mismatches must be >= 0 and needs --decode")
     started = time.monotonic()
     inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
     manifest = read_model_manifest(args.model_dir)
     log.info("encoding %d rows from %d file(s) with model %s (code size %d)",
              inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"])
-    partition = Partition(args.output)
+    partition = Partition(partition_path(args.output, args.run_date))
     partition.prepare()
     job = EncodeJob(
         inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=partition.staging,
         id_column=args.id_column, tokens_column=args.tokens_column, batch_size=args.batch_size,
         too_long=args.too_long, num_shards=args.num_shards, max_batch_rows=args.max_batch_rows,
+        decode=args.decode, mismatches=args.mismatches,
     )
     pipeline = make_pipeline(beam_args)
     build_pipeline(pipeline, job)
     facts = {"model_fingerprint": manifest["fingerprint"], "code_size": manifest["code_size"],
-             "input_files": len(inputs.paths)}
-    run_and_publish(pipeline, partition, inputs.rows, "codes", "encoded", started, facts)
+             "input_files": len(inputs.paths), "model_dir": model_dir_fact(args.model_dir)}
+    extra = decode_summary(compare=True, mismatches=args.mismatches, codes_folder="codes") if args.decode else None
+    summary = run_and_publish(pipeline, partition, inputs.rows, "codes", "encoded", started, facts,
+                              extra_summary=extra, max_error_rate=args.max_error_rate)
+    log_roundtrip(summary)
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Turn user mistakes into one line on stderr and exit code 2, without a stack trace."""
+"""Turn known failures into one line on stderr and a documented exit code, without a stack trace."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -13,8 +14,47 @@ from model.storage import ModelDirError
 USER_ERRORS: tuple[type[Exception], ...] = (InputDataError, ModelDirError, ValueError, FileNotFoundError)
 
 
+# Exit codes of the jobs, for schedulers (also in `seqcodec encode --help`).
+EXIT_PUBLISHED = 0
+EXIT_USAGE = 2
+EXIT_TOO_MANY_REJECTS = 3
+EXIT_PIPELINE_FAILED = 4
+EXIT_CODES_HELP = """exit codes:
+  0    the run succeeded and its partition was published (_SUCCESS written last)
+  2    bad arguments or input (bad --run-date, missing files, unreadable model, ...): nothing was run
+  3    more rows were rejected than --max-error-rate allows: nothing was published,
+       the rejected rows are kept in the staging directory named in the error line
+  4    the pipeline failed, its rows did not add up, or publishing failed: nothing new was published
+  130  interrupted (Ctrl-C); a shell reports 128+N for a run killed by signal N (137: SIGKILL)
+  Any failure leaves the previously published partition as it was and prints one line
+  `seqcodec: error: ...` saying why."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that text with its own line breaks (the exit-code epilog) is kept as is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class JobError(Exception):
     """A failure the job detected and explained itself (the message is the whole story)."""
+
+    exit_code = EXIT_USAGE
+
+
+class TooManyRejects(JobError):
+    """More rows were rejected than --max-error-rate allows; nothing was published."""
+
+    exit_code = EXIT_TOO_MANY_REJECTS
+
+
+class PipelineFailed(JobError):
+    """The pipeline failed, its row counts did not add up, or the publish failed; nothing new was published."""
+
+    exit_code = EXIT_PIPELINE_FAILED
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -23,7 +63,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         return main(argv)
     except (JobError, *USER_ERRORS) as exc:
         print(f"seqcodec: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", EXIT_USAGE)
     except KeyboardInterrupt:
         print("seqcodec: interrupted", file=sys.stderr)
         return 130

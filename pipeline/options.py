@@ -13,14 +13,29 @@ DIRECT_RUNNERS = (None, "DirectRunner", "direct")
 def add_io_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every job shares: where data and model are, and how outputs are cut."""
     parser.add_argument("--input", required=True, help="glob of input Parquet files (any Beam filesystem)")
-    parser.add_argument("--output", required=True, help="output directory (the run's partition)")
+    parser.add_argument("--output", required=True,
+                        help="output directory: the run's partition, or with --run-date the parent of its partitions")
     parser.add_argument("--model-dir", required=True, help="model directory written by `seqcodec train`")
     parser.add_argument("--id-column", default="id")
     parser.add_argument("--batch-size", type=int, default=512, help="sequences per model call (default 512)")
     parser.add_argument("--num-shards", type=int, default=0, help="output shards (default: the runner decides)")
     parser.add_argument("--max-batch-rows", type=int, default=65536,
                         help="largest Arrow batch handed to the model at once; bigger row groups are sliced")
+    parser.add_argument("--run-date", metavar="YYYY-MM-DD",
+                        help="nightly runs: publish into OUTPUT/dt=YYYY-MM-DD, replacing that partition whole")
+    parser.add_argument("--max-error-rate", type=float, metavar="F",
+                        help="fail (exit 3, nothing published) if more than this fraction of the rows is rejected")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    """ValueError (one line, exit 2) for a bad --run-date or --max-error-rate, before anything runs."""
+    from pipeline.outputs import check_run_date
+
+    if args.run_date is not None:
+        check_run_date(args.run_date)
+    if args.max_error_rate is not None and not 0.0 <= args.max_error_rate <= 1.0:
+        raise ValueError(f"--max-error-rate must be a fraction between 0 and 1, got {args.max_error_rate}")
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:

@@ -1,10 +1,37 @@
-"""A run's output partition: write into staging, check, then publish with _SUCCESS written last."""
+"""A run's output partition: write into staging, check, then publish it whole with _SUCCESS as the commit marker.
+
+Layout: ``--output DIR`` alone makes DIR the partition; with ``--run-date D`` the partition is
+``DIR/dt=D``. Either way it holds ``codes/``, ``errors/`` (and ``decoded/``), ``summary.json``
+and ``_SUCCESS``, and it is built in a hidden sibling ``.NAME.staging-RUNID`` that readers skip
+(Hadoop, Spark and Arrow ignore names starting with ``.`` or ``_``).
+
+Publishing (only after the whole run succeeded and its rows add up):
+
+* Local / POSIX paths: ``_SUCCESS`` is written into staging last, the staged files are fsynced,
+  then staging is swapped in whole. On Linux the swap is one atomic ``renameat2(RENAME_EXCHANGE)``
+  (readers see the old partition or the new one, never neither); where that is not available it
+  is two renames (old -> ``.NAME.old-RUNID``, staging -> NAME). A crash between those two leaves
+  NAME missing and the previous partition, intact, in ``.NAME.old-RUNID``: the next run for that
+  partition puts it back before it starts (``prepare``).
+* Object stores (gs://, s3://, ...) have no atomic rename, not even for one object's "directory":
+  the publish removes ``_SUCCESS`` first, moves the staged files in, deletes files of the previous
+  run that the new one did not write (so no stale shards), and writes ``_SUCCESS`` last. There,
+  ``_SUCCESS`` is the only commit marker: readers must not read a partition without it.
+
+Staging and ``.old-`` directories of runs that were killed are never published; the next
+successful publish of the same partition deletes those older than itself.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import datetime
+import errno
 import json
 import logging
-import time
+import os
+import re
+import shutil
 import uuid
 from typing import Any
 
@@ -18,54 +45,230 @@ log = logging.getLogger("seqcodec")
 
 SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"
+RUN_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _parent_and_name(path: str) -> tuple[str, str]:
-    path = path.rstrip("/")
-    parent, name = FileSystems.split(path)
-    return parent, name
+def check_run_date(value: str) -> str:
+    """``value`` if it is a real calendar date written YYYY-MM-DD, else ValueError (one line)."""
+    try:
+        if not RUN_DATE_PATTERN.fullmatch(value):
+            raise ValueError
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"--run-date must be a date written YYYY-MM-DD, got {value!r}") from None
+    return value
+
+
+def partition_path(output: str, run_date: str | None) -> str:
+    """The run's partition: ``OUTPUT/dt=RUN_DATE``, or OUTPUT itself without a run date.
+
+    ValueError if the two layouts would be mixed in one directory: a plain run would replace
+    the whole directory, dated partitions included.
+    """
+    output = output.rstrip("/") or "/"
+    if run_date is None:
+        if FileSystems.get_scheme(output) is None:
+            dated = os.path.isdir(output) and any(
+                name.startswith("dt=") and os.path.exists(os.path.join(output, name, SUCCESS))
+                for name in os.listdir(output)
+            )
+        else:
+            dated = bool(_match(FileSystems.join(output, "dt=*", SUCCESS)))
+        if dated:
+            raise ValueError(
+                f"--output {output} holds dated partitions (dt=...); pass --run-date, or use another directory "
+                "(a run without --run-date replaces the whole directory)"
+            )
+        return output
+    check_run_date(run_date)
+    if FileSystems.exists(FileSystems.join(output, SUCCESS)):
+        raise ValueError(
+            f"--output {output} is itself a published partition (it has {SUCCESS}); "
+            "dated runs need a directory of their own"
+        )
+    return FileSystems.join(output, f"dt={run_date}")
+
+
+def _match(pattern: str) -> list[str]:
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # nothing matches (some filesystems raise rather than return nothing)
+        return []
+
+
+# -- Linux's atomic exchange of two paths ------------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2() -> Any:
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 / not Linux
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+def exchange_paths(a: str, b: str) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported here."""
+    func = _renameat2()
+    if func is None:
+        return False
+    if func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # kernel or filesystem says no
+        return False
+    raise OSError(err, f"cannot swap {b} into place: {os.strerror(err)}")
+
+
+def _fsync_tree(root: str) -> None:
+    """Flush every file under ``root`` and the directories themselves, so a publish survives a power cut."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(folder)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Partition:
-    """The published directory of one run and the staging directory it is built in.
+    """The published directory of one run and the staging directory it is built in (see the module doc).
 
-    Staging is a hidden sibling (``.NAME.staging-RUNID``), so nothing lands in the published
-    directory until ``publish`` swaps it in whole. On a local or POSIX filesystem the swap is
-    two renames; on object stores (no atomic rename) ``_SUCCESS``, written last, marks a
-    complete partition.
+    ``swap_dirs`` (default: for local paths) publishes by swapping whole directories; otherwise the
+    object-store protocol is used (file by file, ``_SUCCESS`` last). ``exchange=False`` swaps with
+    two renames even where the atomic exchange is available (what other systems get).
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path.rstrip("/")
-        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        parent, name = _parent_and_name(self.path)
-        self.parent, self.name = parent, name
-        self.staging = FileSystems.join(parent, f".{name}.staging-{self.run_id}")
+    def __init__(self, path: str, *, swap_dirs: bool | None = None, exchange: bool = True) -> None:
+        self.local = FileSystems.get_scheme(path) is None
+        path = path.rstrip("/") or "/"
+        self.path = os.path.abspath(path) if self.local else path
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        self.run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+        self.parent, self.name = FileSystems.split(self.path)
+        self.staging = FileSystems.join(self.parent, f".{self.name}.staging-{self.run_id}")
+        self.swap_dirs = self.local if swap_dirs is None else swap_dirs
+        self.exchange = exchange
+        if self.swap_dirs and not self.local:
+            raise ValueError(f"{path}: directories can only be swapped on a local filesystem")
 
     def staged(self, *parts: str) -> str:
         return FileSystems.join(self.staging, *parts)
 
+    def leftovers(self) -> list[tuple[str, str, str]]:
+        """(run timestamp, "staging" or "old", path) of other runs' hidden directories for this partition."""
+        own = re.compile(rf"\.{re.escape(self.name)}\.(staging|old)-(\d{{8}}T\d{{6}}(?:\.\d{{6}})?)Z?-[0-9a-f]+")
+        if self.local:
+            names = os.listdir(self.parent) if os.path.isdir(self.parent) else []
+        else:
+            found = _match(FileSystems.join(self.parent, f".{self.name}.*", "**"))
+            names = sorted({p[len(self.parent) :].lstrip("/").split("/", 1)[0] for p in found})
+        out = []
+        for name in names:
+            hit = own.fullmatch(name)
+            path = FileSystems.join(self.parent, name)
+            if hit and path != self.staging:
+                out.append((hit.group(2), hit.group(1), path))
+        return sorted(out)
+
     def prepare(self) -> None:
+        """Recover from a publish that was cut between its two renames, refuse a foreign directory, make staging."""
+        if self.local:
+            self._restore_interrupted_swap()
+            if os.path.isdir(self.path) and os.listdir(self.path) and not any(
+                os.path.exists(os.path.join(self.path, marker)) for marker in (SUCCESS, SUMMARY)
+            ):
+                raise ValueError(
+                    f"--output {self.path} is a non-empty directory that is not a seqcodec partition "
+                    f"(no {SUCCESS}); publishing would replace it whole: remove it or choose another"
+                )
         FileSystems.mkdirs(self.staging)
+
+    def _restore_interrupted_swap(self) -> None:
+        if os.path.exists(self.path):
+            return
+        olds = [p for _, kind, p in self.leftovers() if kind == "old" and os.path.exists(os.path.join(p, SUCCESS))]
+        if olds:
+            os.rename(olds[-1], self.path)
+            log.warning("restored %s from %s (a previous publish was interrupted)", self.path, olds[-1])
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         with FileSystems.create(self.staged(name)) as handle:
             handle.write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
     def publish(self) -> None:
-        """Replace the published partition with staging, then write _SUCCESS."""
-        old = FileSystems.join(self.parent, f".{self.name}.old-{self.run_id}")
-        if FileSystems.exists(self.path):
-            FileSystems.rename([self.path], [old])
-        FileSystems.rename([self.staging], [self.path])
-        with FileSystems.create(FileSystems.join(self.path, SUCCESS)) as handle:
+        """Replace the published partition with staging, _SUCCESS last; then drop older leftovers."""
+        if self.swap_dirs:
+            self._publish_by_swap()
+        else:
+            self._publish_by_moving_files()
+        started = self.run_id.split("Z")[0]
+        for stamp, _, path in self.leftovers():
+            if stamp < started:
+                log.info("removing %s, left by an earlier run that did not finish", path)
+                self._delete_tree(path)
+
+    def _publish_by_swap(self) -> None:
+        with open(os.path.join(self.staging, SUCCESS), "wb"):
+            pass
+        _fsync_tree(self.staging)
+        if os.path.exists(self.path):
+            if self.exchange and exchange_paths(self.staging, self.path):
+                shutil.rmtree(self.staging)  # now the previous partition
+            else:
+                old = FileSystems.join(self.parent, f".{self.name}.old-{self.run_id}")
+                os.rename(self.path, old)
+                os.rename(self.staging, self.path)  # a crash just before this: prepare() restores `old`
+                shutil.rmtree(old)
+        else:
+            os.makedirs(self.parent, exist_ok=True)
+            os.rename(self.staging, self.path)
+        _fsync_dir(self.parent)
+
+    def _publish_by_moving_files(self) -> None:
+        success = FileSystems.join(self.path, SUCCESS)
+        if FileSystems.exists(success):
+            FileSystems.delete([success])  # un-commit: from here on readers must not trust this partition
+        staged = [p for p in _match(FileSystems.join(self.staging, "**")) if not p.endswith("/")]
+        targets = [FileSystems.join(self.path, p[len(self.staging) :].lstrip("/")) for p in staged]
+        if self.local:
+            for folder in sorted({FileSystems.split(t)[0] for t in targets}):
+                os.makedirs(folder, exist_ok=True)
+        previous = set(_match(FileSystems.join(self.path, "**")))
+        if staged:
+            FileSystems.rename(staged, targets)
+        stale = sorted(previous - set(targets) - {success})
+        if stale:
+            FileSystems.delete(stale)
+        with FileSystems.create(success) as handle:
             handle.write(b"")
-        if FileSystems.exists(old):
-            FileSystems.delete([old])
+        self._delete_tree(self.staging)
+
+    def _delete_tree(self, path: str) -> None:
+        if self.local:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            files = _match(FileSystems.join(path, "**"))
+            if files:
+                FileSystems.delete(files)
 
     def discard(self) -> None:
         if FileSystems.exists(self.staging):
-            FileSystems.delete([self.staging])
+            self._delete_tree(self.staging)
 
 
 def staged_rows(partition: Partition, folder: str) -> int:

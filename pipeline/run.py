@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipeline.errors import JobError
+from pipeline.errors import PipelineFailed, TooManyRejects
 from pipeline.options import runner_name
-from pipeline.outputs import SUMMARY, Partition, reason_counts, staged_rows
+from pipeline.outputs import SUCCESS, SUMMARY, Partition, reason_counts, staged_rows
 from transforms.validate import METRICS_NAMESPACE
 
 log = logging.getLogger("seqcodec")
@@ -38,24 +39,32 @@ def run_and_publish(
     done_label: str,
     started: float,
     facts: dict[str, Any],
+    extra_summary: Callable[[Partition], dict[str, Any]] | None = None,
+    *,
+    max_error_rate: float | None = None,
 ) -> dict[str, Any]:
     """Run ``pipeline`` (built to write into ``partition``'s staging) and publish it if every row adds up.
 
     ``folder`` is the main output ("codes" or "decoded"), its rows counted as ``rows_<done_label>``;
-    rejected rows are in "errors".
-    Raises JobError (nothing published, staging kept for inspection) if the run fails or the
-    counts do not add up.
+    rejected rows are in "errors". ``extra_summary``, if given, is called after a successful run
+    with the partition (still staged) and its dict is added to the summary after ``facts``; it
+    may raise JobError to stop the publish.
+    Raises PipelineFailed (exit 4; nothing published, staging kept for inspection) if the run
+    fails, the counts do not add up or the publish fails, and TooManyRejects (exit 3; staging kept,
+    summary.json included) if more than ``max_error_rate`` of the rows were rejected.
     """
     try:
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise JobError(
+        raise PipelineFailed(
             f"the pipeline failed, nothing was published ({first}); staging kept at {partition.staging}"
         ) from exc
     done = staged_rows(partition, folder)
     rejected = staged_rows(partition, "errors")
+    if extra_summary is not None:
+        facts = {**facts, **extra_summary(partition)}
     elapsed = time.monotonic() - started
     summary = {
         "rows_read": rows_read,
@@ -65,19 +74,40 @@ def run_and_publish(
         "elapsed_seconds": round(elapsed, 2),
         "sequences_per_second": round(rows_read / elapsed, 1) if elapsed > 0 else None,
         "runner": runner_name(pipeline.options),
+        "run_id": partition.run_id,
+        "partition": partition.path,
         **facts,
         "counters": counters(result),
     }
     if done + rejected != rows_read:
-        raise JobError(
+        raise PipelineFailed(
             f"row accounting failed: read {rows_read}, {done_label} {done} + rejected {rejected}; "
             f"nothing was published (staging kept at {partition.staging})"
         )
     partition.write_json(SUMMARY, summary)
-    partition.publish()
+    check_error_rate(rows_read, rejected, max_error_rate, partition)
+    try:
+        partition.publish()
+    except OSError as exc:  # BeamIOError is an OSError too
+        raise PipelineFailed(
+            f"publishing {partition.path} failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); "
+            f"a reader must not trust it without {SUCCESS}; staging kept at {partition.staging}"
+        ) from exc
     log.info(
-        "done: %d rows read, %d %s, %d rejected %s in %.1fs (%.0f sequences/s); output in %s",
+        "done: %d rows read, %d %s, %d rejected %s in %.1fs (%.0f sequences/s); published %s",
         rows_read, done, done_label, rejected, summary["rejected_by_reason"] or "", elapsed,
         summary["sequences_per_second"] or 0, partition.path,
     )
     return summary
+
+
+def check_error_rate(rows_read: int, rejected: int, max_error_rate: float | None, partition: Partition) -> None:
+    """TooManyRejects if the rejected fraction is above ``max_error_rate`` (nothing published, staging kept)."""
+    rate = rejected / rows_read if rows_read else 0.0
+    if max_error_rate is None or rate <= max_error_rate:
+        return
+    raise TooManyRejects(
+        f"{rejected} of {rows_read} rows rejected ({rate:.2%}), more than --max-error-rate {max_error_rate:g} "
+        f"allows; nothing was published; rejected rows are in {partition.staged('errors')} "
+        f"(summary in {partition.staged(SUMMARY)})"
+    )

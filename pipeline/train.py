@@ -24,8 +24,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-size", type=int, default=64)
     p.add_argument("--vocab-size", type=int, help="default: largest token id seen + 1")
     p.add_argument("--max-length", type=int, help="default: longest sequence seen")
-    p.add_argument("--bidirectional", action="store_true", help="bidirectional encoder LSTM")
-    p.add_argument("--no-position-signal", action="store_true", help="decoder gets only the repeated state")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
+                   help="bidirectional encoder LSTM, hidden_size/2 each way (default: on)")
+    p.add_argument("--position-signal", action=argparse.BooleanOptionalAction, default=True,
+                   help="learned position and steps-to-go signals added to the decoder input (default: on)")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,
                    help="seconds; stop cleanly when spent and keep the best model (0: no limit)")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         hidden_size=args.hidden_size,
         embedding_size=args.embedding_size,
         bidirectional=args.bidirectional,
-        position_signal=not args.no_position_signal,
+        position_signal=args.position_signal,
     )
     settings = TrainSettings(
         epochs=args.epochs,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,6 +23,10 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from transforms.validate import METRICS_NAMESPACE
 
 MODEL_FILES = ("manifest.json", "encoder.keras", "decoder.keras")
+# Seconds between two progress lines of one worker (SEQCODEC_PROGRESS_SECONDS overrides).
+PROGRESS_SECONDS = float(os.environ.get("SEQCODEC_PROGRESS_SECONDS", "10"))
+
+log = logging.getLogger("seqcodec")
 
 # Beam 2.77 imports `resource` in the same try block as a torch-only module, so without torch
 # it loses `resource`, drops RunInference's memory metric and warns on every bundle. Restore it.
@@ -79,6 +85,24 @@ def codes_table(ids: pa.Array, codes: np.ndarray) -> pa.Table:
     )
 
 
+class Progress:
+    """Throttled progress of one worker: a log line with rows done and rate, at most every PROGRESS_SECONDS."""
+
+    def __init__(self, done: str) -> None:
+        self.done, self.rows, self.started, self.last = done, 0, None, 0.0
+
+    def add(self, rows: int) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            self.started = self.last = now
+        self.rows += rows
+        if now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            elapsed = now - self.started
+            log.info("progress: %d rows %s by this worker in %.0fs (%.0f rows/s)",
+                     self.rows, self.done, elapsed, self.rows / elapsed if elapsed > 0 else 0.0)
+
+
 class CodecEncoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
     """Arrow table of valid (id, tokens) rows in, Arrow table of (id, length, code) out.
 
@@ -91,6 +115,7 @@ class CodecEncoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
         super().__init__(min_batch_size=1, max_batch_size=1)
         self.model_dir, self.batch_size = model_dir, batch_size
         self.rows = Metrics.counter(METRICS_NAMESPACE, "rows_encoded")
+        self.progress = Progress("encoded")
 
     def load_model(self) -> Any:
         from model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
@@ -103,6 +128,7 @@ class CodecEncoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
         for table in batch:
             codes = model.encode_flat(*flat_tokens(table.column("tokens")))
             self.rows.inc(table.num_rows)
+            self.progress.add(table.num_rows)
             yield codes_table(table.column("id").combine_chunks(), codes)
 
     def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:

@@ -56,7 +56,9 @@ def split_rows(
     n = len(tokens)
     lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(tokens)
-    parents = pc.list_parent_indices(tokens).to_numpy(zero_copy_only=False)
+    # The row of each flattened value, from the same lengths list_flatten uses: list_parent_indices would
+    # also count the values behind a null list slot, which list_flatten leaves out.
+    parents = np.repeat(np.arange(n), lengths)
     values = pc.fill_null(flat, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
     null_element = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else np.zeros(len(flat), bool)

@@ -1,0 +1,36 @@
+"""Flex-template entry point (FLEX_TEMPLATE_PYTHON_PY_FILE): `seqcodec encode` with template parameters.
+
+Dataflow passes each template parameter as ``--name=value``; metadata.json names them the Beam way
+(``model_dir``), so the job's own dashed options (``--model-dir``) are matched in both spellings.
+Beam's options (``--temp_location``, ...) pass through unchanged.
+
+Not yet usable as a nightly flex template: seqcodec counts rows and publishes the partition from the
+launching process after the job finished, while a flex-template launcher must return right after
+submitting the job. See deploy/README.md (Dataflow).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def seqcodec_argv(argv: list[str]) -> list[str]:
+    """``argv`` with ``--snake_case`` spellings of seqcodec's own options turned into their ``--dashed`` names."""
+    from pipeline.encode import parser
+
+    ours = {opt for action in parser()._actions for opt in action.option_strings if opt.startswith("--")}
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        dashed = name.replace("_", "-")
+        if name.startswith("--") and name not in ours and dashed in ours:
+            arg = dashed + sep + value
+        out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    from pipeline.encode import main
+    from pipeline.errors import run_cli
+
+    sys.exit(run_cli(main, seqcodec_argv(sys.argv[1:])))

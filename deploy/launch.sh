@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Launch one nightly `seqcodec encode` run on a chosen Beam runner (the command lines of deploy/README.md).
+#
+# Usage: deploy/launch.sh RUNNER [more seqcodec or Beam options...]     RUNNER: direct | dataflow | flink | spark
+#
+# Configuration, from the environment:
+#   SEQCODEC_INPUT        input glob; "{ds}" in it becomes the run date        (required)
+#   SEQCODEC_OUTPUT       output root; the run publishes OUTPUT/dt=RUN_DATE     (required)
+#   SEQCODEC_MODEL_DIR    model directory written by `seqcodec train`            (required)
+#   RUN_DATE              YYYY-MM-DD (default: yesterday in TZ, like Airflow's {{ ds }} of a daily run)
+#   SEQCODEC_MAX_ERROR_RATE  fail with exit 3 above this rejected fraction (default 0.01; "" = no limit)
+#   SEQCODEC_BIN          the seqcodec command (default: the repo's .venv/bin/seqcodec)
+#   dataflow: GCP_PROJECT, GCP_REGION, GCS_TEMP (gs://bucket/tmp); optional SDK_CONTAINER_IMAGE
+#   flink:    FLINK_MASTER (host:8081); optional FLINK_VERSION, FLINK_JOB_SERVER_JAR
+#   spark:    SPARK_JOB_ENDPOINT (host:8099 of a running Beam Spark job server)
+#   flink/spark: BEAM_ENVIRONMENT_TYPE (default DOCKER), BEAM_ENVIRONMENT_CONFIG (SDK image with seqcodec installed)
+#   SEQCODEC_DRY_RUN=1    print the command, one argument per line, instead of running it
+# The exit code is the job's (0 published, 2 bad arguments/input, 3 too many rejects, 4 pipeline failed).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+runner="${1:?usage: deploy/launch.sh direct|dataflow|flink|spark [options...]}"
+shift
+: "${SEQCODEC_INPUT:?set SEQCODEC_INPUT (input glob, {ds} = run date)}"
+: "${SEQCODEC_OUTPUT:?set SEQCODEC_OUTPUT (output root)}"
+: "${SEQCODEC_MODEL_DIR:?set SEQCODEC_MODEL_DIR (model directory)}"
+run_date="${RUN_DATE:-$(date -d yesterday +%F)}"
+max_error_rate="${SEQCODEC_MAX_ERROR_RATE-0.01}"
+
+cmd=("${SEQCODEC_BIN:-$root/.venv/bin/seqcodec}" encode
+  --input "${SEQCODEC_INPUT//\{ds\}/$run_date}"
+  --output "$SEQCODEC_OUTPUT"
+  --model-dir "$SEQCODEC_MODEL_DIR"
+  --run-date "$run_date")
+if [[ -n "$max_error_rate" ]]; then
+  cmd+=(--max-error-rate "$max_error_rate")
+fi
+
+case "$runner" in
+  direct)
+    # One machine. For every core add: --direct_running_mode=multi_processing --direct_num_workers=0
+    cmd+=(--runner=DirectRunner)
+    ;;
+  dataflow)
+    # Workers install the project from the sdist that --setup_file builds (it pulls requirements.txt,
+    # TensorFlow included, on every worker start: a prebuilt --sdk_container_image starts faster).
+    cmd+=(--runner=DataflowRunner
+      --project="${GCP_PROJECT:?set GCP_PROJECT}" --region="${GCP_REGION:?set GCP_REGION}"
+      --temp_location="${GCS_TEMP:?set GCS_TEMP (gs://bucket/tmp)}"
+      --job_name="seqcodec-encode-$run_date"
+      --setup_file="$root/setup.py")
+    if [[ -n "${SDK_CONTAINER_IMAGE:-}" ]]; then
+      cmd+=(--sdk_container_image="$SDK_CONTAINER_IMAGE")
+    fi
+    ;;
+  flink)
+    cmd+=(--runner=FlinkRunner --flink_master="${FLINK_MASTER:?set FLINK_MASTER (host:8081)}"
+      --flink_version="${FLINK_VERSION:-1.19}"
+      --environment_type="${BEAM_ENVIRONMENT_TYPE:-DOCKER}")
+    if [[ -n "${FLINK_JOB_SERVER_JAR:-}" ]]; then
+      cmd+=(--flink_job_server_jar="$FLINK_JOB_SERVER_JAR")  # else Beam downloads it at launch
+    fi
+    ;;
+  spark)
+    cmd+=(--runner=PortableRunner --job_endpoint="${SPARK_JOB_ENDPOINT:?set SPARK_JOB_ENDPOINT (host:8099)}"
+      --environment_type="${BEAM_ENVIRONMENT_TYPE:-DOCKER}")
+    ;;
+  *)
+    echo "deploy/launch.sh: unknown runner '$runner' (direct, dataflow, flink or spark)" >&2
+    exit 2
+    ;;
+esac
+if [[ "$runner" == flink || "$runner" == spark ]] && [[ -n "${BEAM_ENVIRONMENT_CONFIG:-}" ]]; then
+  cmd+=(--environment_config="$BEAM_ENVIRONMENT_CONFIG")
+fi
+cmd+=("$@")
+
+if [[ "${SEQCODEC_DRY_RUN:-}" == 1 ]]; then
+  printf '%s\n' "${cmd[@]}"
+  exit 0
+fi
+exec "${cmd[@]}"

@@ -1,0 +1,234 @@
+"""`seqcodec decode` / `python -m pipeline.decode`: the Beam job from code Parquet back to token Parquet.
+
+The decode stage (``add_decode_stage``) is shared with ``seqcodec encode --decode``, which also
+hands it the original tokens so it can measure the round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, PipelineFailed, run_cli, setup_logging
+from pipeline.options import add_io_arguments, check_positive, check_run_options, make_pipeline
+from pipeline.outputs import Partition, partition_path, staged_rows
+from pipeline.run import run_and_publish
+from transforms.decoding import (
+    CodeFiles,
+    DecodeTables,
+    KeepExamples,
+    LengthStats,
+    PickMismatches,
+    SumStats,
+    ValidateCodes,
+    code_error_schema,
+    decoded_schema,
+    inspect_codes,
+    length_report,
+    read_stats,
+    write_examples,
+    write_stats,
+)
+from transforms.inference import read_model_manifest, slice_tables
+from transforms.parquet_io import WriteTables
+from transforms.validate import ERRORS_TAG
+
+log = logging.getLogger("seqcodec")
+
+STATS_FILE = "_decode_stats.json"  # per-length counts, read into summary.json and then removed
+MISMATCHES = ("roundtrip", "mismatches.jsonl")
+
+
+def model_dir_fact(model_dir: str) -> str:
+    """The model directory as summary.json records it: absolute if local, so `seqcodec report` finds it."""
+    return model_dir if "://" in model_dir else os.path.abspath(model_dir)
+
+
+def model_facts(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What output schemas record about the model that wrote them."""
+    return {k: manifest[k] for k in ("fingerprint", "code_size", "vocab_size", "max_length")}
+
+
+def add_decode_stage(
+    tables: beam.PCollection,
+    staging: str,
+    id_type,
+    manifest: dict[str, Any],
+    model_dir: str,
+    batch_size: int,
+    num_shards: int = 0,
+    compare: bool = False,
+    mismatches: int = 0,
+) -> beam.PCollection:
+    """Valid code tables (id, code[, tokens]) -> staging/decoded/, per-length counts, mismatch examples.
+
+    With ``compare`` the tables also carry the original ``tokens``, and up to ``mismatches``
+    wrongly decoded rows go to staging/roundtrip/mismatches.jsonl. Returns the decoded tables.
+    """
+    decoded = tables | "Decode" >> DecodeTables(model_dir, batch_size, compare)
+    _ = (
+        decoded
+        | "Decoded columns" >> beam.Map(lambda t: t.select(["id", "tokens"]))
+        | "Write decoded" >> WriteTables(
+            FileSystems.join(staging, "decoded", "part"), decoded_schema(id_type, model_facts(manifest)), num_shards
+        )
+    )
+    _ = (
+        decoded
+        | "Length stats" >> beam.ParDo(LengthStats(manifest["max_length"], compare))
+        | "Sum stats" >> beam.CombineGlobally(SumStats(manifest["max_length"]))
+        | "Write stats" >> beam.Map(write_stats, FileSystems.join(staging, STATS_FILE))
+    )
+    if compare and mismatches:
+        _ = (
+            decoded
+            | "Pick mismatches" >> beam.ParDo(PickMismatches(mismatches))
+            | "Keep mismatches" >> beam.CombineGlobally(KeepExamples(mismatches))
+            | "Write mismatches" >> beam.Map(write_examples, FileSystems.join(staging, *MISMATCHES))
+        )
+    return decoded
+
+
+def decode_summary(compare: bool, mismatches: int = 0, codes_folder: str | None = None
+                   ) -> Callable[[Partition], dict[str, Any]]:
+    """The ``extra_summary`` for run_and_publish: round trip (or length histogram) from the staged counts.
+
+    Raises PipelineFailed if the counts do not match the decoded rows (or, with ``codes_folder``,
+    the decoded rows do not match the codes written in the same job).
+    """
+
+    def extra(partition: Partition) -> dict[str, Any]:
+        path = partition.staged(STATS_FILE)
+        try:
+            stats = read_stats(path)
+        except Exception as exc:  # missing or damaged: the job did not finish its work
+            raise PipelineFailed(f"the decode statistics are missing ({exc}); nothing was published") from None
+        FileSystems.delete([path])
+        report = length_report(stats, compare)
+        decoded = staged_rows(partition, "decoded")
+        expected = staged_rows(partition, codes_folder) if codes_folder else decoded
+        if not report["sequences"] == decoded == expected:
+            raise PipelineFailed(
+                f"decode accounting failed: {decoded} decoded rows, {report['sequences']} counted"
+                + (f", {expected} {codes_folder}" if codes_folder else "")
+                + f"; nothing was published (staging kept at {partition.staging})"
+            )
+        if not compare:
+            return {"length_histogram": report["by_length"]}
+        if mismatches:
+            with FileSystems.open(partition.staged(*MISMATCHES), compression_type="uncompressed") as handle:
+                report["mismatch_examples"] = handle.read().count(b"\n")
+            report["mismatches_file"] = "/".join(MISMATCHES)
+        return {"rows_decoded": decoded, "roundtrip": report}
+
+    return extra
+
+
+def log_roundtrip(summary: dict[str, Any]) -> None:
+    """The round trip in the printed summary: totals, then one line per length bucket."""
+    rt = summary.get("roundtrip")
+    if not rt:
+        return
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    log.info("round trip: token accuracy %s, exact match %s over %d sequences (%d tokens)",
+             pct(rt["token_accuracy"]), pct(rt["exact_match"]), rt["sequences"], rt["tokens"])
+    for b in rt["by_length"]:
+        if b["sequences"]:
+            log.info("  length %-9s %8d sequences  token accuracy %8s  exact match %8s",
+                     b["lengths"], b["sequences"], pct(b["token_accuracy"]), pct(b["exact_match"]))
+    if "mismatch_examples" in rt:
+        log.info("%d mismatch example(s) in %s", rt["mismatch_examples"], rt["mismatches_file"])
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeJob:
+    """Everything the graph needs, fixed before it is built (checked inputs, model facts, paths)."""
+
+    inputs: CodeFiles
+    model_dir: str
+    manifest: dict[str, Any]
+    staging: str
+    id_column: str = "id"
+    code_column: str = "code"
+    batch_size: int = 512
+    num_shards: int = 0
+    max_batch_rows: int = 65536
+
+
+def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> dict[str, beam.PCollection]:
+    """Read codes -> validate -> decode -> write tokens; rejected rows -> errors. Returns the main PCollections."""
+    m = job.manifest
+    tables = (
+        pipeline
+        | "Files" >> beam.Create(job.inputs.paths)
+        | "Row groups" >> beam.io.ReadAllFromParquetBatched(columns=[job.id_column, job.code_column])
+        | "Slice" >> beam.FlatMap(slice_tables, job.max_batch_rows)
+    )
+    checked = tables | "Validate" >> beam.ParDo(
+        ValidateCodes(m["code_size"], m["max_length"], job.id_column, job.code_column)
+    ).with_outputs(ERRORS_TAG, main="valid")
+    decoded = add_decode_stage(
+        checked.valid, job.staging, job.inputs.id_type, m, job.model_dir, job.batch_size, job.num_shards
+    )
+    _ = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
+        FileSystems.join(job.staging, "errors", "part"), code_error_schema(job.inputs.id_type), 1
+    )
+    return {"decoded": decoded, "errors": checked[ERRORS_TAG], "valid": checked.valid}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqcodec decode",
+        description="Decode length-prefixed codes back into token sequences. Unknown --options go to Beam "
+        "(e.g. --runner, --direct_running_mode, --setup_file).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=HelpFormatter,
+    )
+    add_io_arguments(p)
+    p.add_argument("--code-column", default="code")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = parser().parse_known_args(argv)
+    setup_logging(args.verbose)
+    check_positive(args, "batch_size", "max_batch_rows")
+    check_run_options(args)
+    if args.num_shards < 0:
+        raise ValueError("--num-shards must be >= 0")
+    started = time.monotonic()
+    manifest = read_model_manifest(args.model_dir)
+    inputs = inspect_codes(args.input, args.id_column, args.code_column, manifest, args.model_dir)
+    log.info("decoding %d codes from %d file(s) with model %s (code size %d)",
+             inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"])
+    partition = Partition(partition_path(args.output, args.run_date))
+    partition.prepare()
+    job = DecodeJob(
+        inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=partition.staging,
+        id_column=args.id_column, code_column=args.code_column, batch_size=args.batch_size,
+        num_shards=args.num_shards, max_batch_rows=args.max_batch_rows,
+    )
+    pipeline = make_pipeline(beam_args)
+    build_pipeline(pipeline, job)
+    facts = {"model_fingerprint": manifest["fingerprint"], "code_size": manifest["code_size"],
+             "model_dir": model_dir_fact(args.model_dir), "input_files": len(inputs.paths),
+             "input_files_without_fingerprint": len(inputs.unmarked)}
+    run_and_publish(pipeline, partition, inputs.rows, "decoded", "decoded", started, facts,
+                    extra_summary=decode_summary(compare=False), max_error_rate=args.max_error_rate)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,322 @@
+"""`seqcodec report DIR`: a finished run as a picture (report.png) and a small page around it (report.html).
+
+Reads DIR/summary.json and, when summary.json names a model directory holding history.json,
+the training curves. Panels: round-trip accuracy by length, the length histogram, training
+loss and training/validation accuracy; a panel whose data the run does not have says so.
+Rendered with matplotlib's Agg canvas: no display needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from model.data import InputDataError
+from pipeline.errors import run_cli, setup_logging
+from transforms.decoding import bucket_label, length_buckets
+
+log = logging.getLogger("seqcodec")
+
+PNG_NAME, HTML_NAME = "report.png", "report.html"
+HISTORY = "history.json"
+COLORS = {"token": "#1f77b4", "exact": "#ff7f0e", "wrong": "#c7c7c7", "lr": "#7f7f7f", "val": "#2ca02c"}
+
+
+def _read_text(path: str) -> str:
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return handle.read().decode()
+
+
+def read_summary(run_dir: str) -> dict[str, Any]:
+    """DIR/summary.json; InputDataError (one line) if the directory is not a finished run."""
+    path = FileSystems.join(run_dir, "summary.json")
+    try:
+        text = _read_text(path)
+    except Exception:  # FileSystems raises its own types per scheme
+        raise InputDataError(f"{run_dir}: no readable summary.json (not a finished seqcodec run)") from None
+    try:
+        summary = json.loads(text)
+    except ValueError as exc:
+        raise InputDataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(summary, dict) or "rows_read" not in summary:
+        raise InputDataError(f"{path}: not a seqcodec run summary (no rows_read)")
+    return summary
+
+
+def read_history(model_dir: str | None) -> dict[str, list[float]] | None:
+    """The model directory's training curves, or None if there are none (a warning if they are unreadable)."""
+    if not model_dir:
+        return None
+    path = FileSystems.join(model_dir, HISTORY)
+    try:
+        if not FileSystems.exists(path):
+            log.info("no %s in %s: the report has no training curves", HISTORY, model_dir)
+            return None
+        history = json.loads(_read_text(path))
+    except Exception as exc:
+        log.warning("cannot read %s (%s): the report has no training curves", path, str(exc).splitlines()[0])
+        return None
+    if not isinstance(history, dict):
+        log.warning("%s is not a JSON object: the report has no training curves", path)
+        return None
+    return {k: [float(x) for x in v] for k, v in history.items() if isinstance(v, list) and v}
+
+
+def lengths_from_codes(run_dir: str) -> list[dict[str, Any]] | None:
+    """Length histogram from the codes' ``length`` column, for runs that did not decode."""
+    import pyarrow.parquet as pq
+
+    try:
+        paths = [m.path for m in FileSystems.match([FileSystems.join(run_dir, "codes", "*.parquet")])[0].metadata_list]
+    except Exception:  # no codes folder
+        return None
+    parts = []
+    for path in sorted(paths):
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            parts.append(pq.read_table(handle, columns=["length"]).column("length").to_numpy().astype(np.int64))
+    lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if not lengths.size:
+        return None
+    rows = np.bincount(lengths)
+    out = []
+    for lo, hi in length_buckets(int(lengths.max())):
+        n = int(rows[lo : hi + 1].sum())
+        out.append({"lengths": bucket_label(lo, hi), "min_length": lo, "max_length": hi, "sequences": n})
+    return out
+
+
+def length_rows(summary: dict[str, Any], run_dir: str) -> list[dict[str, Any]] | None:
+    """Per-length-bucket rows: from the round trip, the decode histogram, or else the codes themselves."""
+    if summary.get("roundtrip"):
+        return summary["roundtrip"]["by_length"]
+    if summary.get("length_histogram"):
+        return summary["length_histogram"]
+    return lengths_from_codes(run_dir)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _empty(ax, text: str) -> None:
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="#555555", wrap=True,
+            transform=ax.transAxes)
+
+
+def _plot_accuracy(ax, roundtrip: dict[str, Any] | None) -> None:
+    if not roundtrip:
+        _empty(ax, "no round trip in this run\n(`seqcodec encode ... --decode` measures it)")
+        return
+    buckets = [b for b in roundtrip["by_length"] if b["sequences"]]
+    x = np.arange(len(buckets))
+    token = np.array([b["token_accuracy"] for b in buckets], dtype=float)
+    exact = np.array([b["exact_match"] for b in buckets], dtype=float)
+    ax.plot(x, token, "o-", color=COLORS["token"], label=f"token accuracy (all: {_pct(roundtrip['token_accuracy'])})")
+    ax.plot(x, exact, "s-", color=COLORS["exact"], label=f"exact match (all: {_pct(roundtrip['exact_match'])})")
+    for value, color in ((roundtrip["token_accuracy"], COLORS["token"]), (roundtrip["exact_match"], COLORS["exact"])):
+        if value is not None:
+            ax.axhline(value, color=color, linestyle=":", linewidth=1)
+    ax.set_xticks(x, [b["lengths"] for b in buckets], rotation=45 if len(buckets) > 12 else 0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel("correct")
+    ax.set_title(f"Round trip by length ({roundtrip['sequences']:,} sequences)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+
+
+def _plot_lengths(ax, rows: list[dict[str, Any]] | None, roundtrip: dict[str, Any] | None) -> None:
+    if not rows:
+        _empty(ax, "no sequence lengths in this run")
+        return
+    x = np.arange(len(rows))
+    total = np.array([b["sequences"] for b in rows])
+    if roundtrip:
+        exact = np.array([round((b["exact_match"] or 0) * b["sequences"]) for b in rows])
+        ax.bar(x, exact, color=COLORS["exact"], label="decoded exactly")
+        ax.bar(x, total - exact, bottom=exact, color=COLORS["wrong"], label="with wrong tokens")
+        ax.legend(loc="upper right", fontsize=9)
+    else:
+        ax.bar(x, total, color=COLORS["token"])
+    ax.set_xticks(x, [b["lengths"] for b in rows], rotation=45 if len(rows) > 12 else 0)
+    ax.set_ylim(0, max(1, int(total.max())) * 1.2)  # headroom for the legend
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel("sequences")
+    ax.set_title(f"Sequence lengths ({int(total.sum()):,} sequences)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_loss(ax, history: dict[str, list[float]] | None, model_dir: str | None) -> None:
+    if not history or "loss" not in history:
+        where = f"no {HISTORY} in {model_dir}" if model_dir else "summary.json names no model directory"
+        _empty(ax, f"no training history\n({where})")
+        return
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    ax.plot(epochs, history["loss"], "o-", color=COLORS["token"], markersize=3, label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    if history.get("learning_rate"):
+        lr = ax.twinx()
+        rates = history["learning_rate"]
+        lr.plot(np.arange(1, len(rates) + 1), rates, "--", color=COLORS["lr"], label="learning rate")
+        lr.set_ylabel("learning rate", color=COLORS["lr"])
+        lr.tick_params(axis="y", colors=COLORS["lr"])
+        lines = ax.get_lines() + lr.get_lines()
+        ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=9)
+    else:
+        ax.legend(loc="upper right", fontsize=9)
+
+
+def _plot_training_accuracy(ax, history: dict[str, list[float]] | None) -> None:
+    curves = [
+        ("token_accuracy", "token accuracy (train)", COLORS["token"], "-"),
+        ("val_token_accuracy", "token accuracy (validation)", COLORS["val"], "-"),
+        ("val_exact_match", "exact match (validation)", COLORS["exact"], "-"),
+    ]
+    present = [c for c in curves if history and history.get(c[0])]
+    if not present:
+        _empty(ax, "no training accuracy curves")
+        return
+    for key, label, color, style in present:
+        values = history[key]
+        ax.plot(np.arange(1, len(values) + 1), values, style, marker="o", markersize=3, color=color, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+    ax.set_xlabel("epoch")
+    ax.set_title("Training accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+
+
+def headline(summary: dict[str, Any], run_dir: str) -> list[str]:
+    """Two lines for the top of the picture: where and what, then how many rows went where."""
+    counts = [f"{summary['rows_read']:,} read"]
+    for key in ("rows_encoded", "rows_decoded", "rows_rejected"):
+        if key in summary:
+            counts.append(f"{summary[key]:,} {key.split('_', 1)[1]}")
+    reasons = summary.get("rejected_by_reason") or {}
+    if reasons:
+        counts[-1] += " (" + ", ".join(f"{k} {v:,}" for k, v in reasons.items()) + ")"
+    where = run_dir.rstrip("/")
+    first = f"seqcodec run {where if len(where) <= 90 else '...' + where[-87:]}"
+    model = summary.get("model_fingerprint")
+    second = ", ".join(counts) + (f"  |  model {model}" if model else "")
+    if summary.get("elapsed_seconds") is not None:
+        second += f"  |  {summary['elapsed_seconds']:.1f} s on {summary.get('runner', '?')}"
+    return [first, second]
+
+
+def render_png(summary: dict[str, Any], history: dict[str, list[float]] | None,
+               rows: list[dict[str, Any]] | None, run_dir: str) -> bytes:
+    """The four panels as PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle("\n".join(headline(summary, run_dir)), fontsize=11)
+    (a, b), (c, d) = fig.subplots(2, 2)
+    roundtrip = summary.get("roundtrip")
+    _plot_accuracy(a, roundtrip)
+    _plot_lengths(b, rows, roundtrip)
+    _plot_loss(c, history, summary.get("model_dir"))
+    _plot_training_accuracy(d, history)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def render_html(summary: dict[str, Any], png: bytes, rows: list[dict[str, Any]] | None, run_dir: str) -> str:
+    """A self-contained page: the picture (embedded), the headline numbers and the per-length table."""
+    e = html.escape
+    facts = [(k, summary[k]) for k in ("rows_read", "rows_encoded", "rows_decoded", "rows_rejected",
+                                       "rejected_by_reason", "model_fingerprint", "model_dir", "runner",
+                                       "elapsed_seconds", "sequences_per_second") if k in summary]
+    roundtrip = summary.get("roundtrip")
+    if roundtrip:
+        facts += [("token_accuracy", _pct(roundtrip["token_accuracy"])),
+                  ("exact_match", _pct(roundtrip["exact_match"]))]
+        if roundtrip.get("mismatches_file"):
+            facts.append(("mismatch examples", f"{roundtrip['mismatch_examples']} in {roundtrip['mismatches_file']}"))
+    fact_rows = "\n".join(f"<tr><th>{e(str(k))}</th><td>{e(json.dumps(v) if isinstance(v, dict) else str(v))}</td></tr>"
+                          for k, v in facts)
+    table = ""
+    if rows:
+        head = "<tr><th>length</th><th>sequences</th>" + (
+            "<th>token accuracy</th><th>exact match</th>" if roundtrip else "") + "</tr>"
+        body = "\n".join(
+            f"<tr><td>{e(b['lengths'])}</td><td>{b['sequences']:,}</td>"
+            + (f"<td>{_pct(b.get('token_accuracy'))}</td><td>{_pct(b.get('exact_match'))}</td>" if roundtrip else "")
+            + "</tr>"
+            for b in rows
+        )
+        table = f"<h2>By length</h2>\n<table>\n{head}\n{body}\n</table>"
+    title = e(headline(summary, run_dir)[0])
+    image = base64.b64encode(png).decode()
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+img {{ max-width: 100%; border: 1px solid #ddd; }}
+table {{ border-collapse: collapse; margin-top: 1em; }}
+th, td {{ border: 1px solid #ddd; padding: 0.25em 0.75em; text-align: left; }}
+th {{ background: #f4f4f4; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<img src="data:image/png;base64,{image}" alt="round trip by length, length histogram and training curves">
+<table>
+{fact_rows}
+</table>
+{table}
+</body>
+</html>
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seqcodec report",
+                                description="Render a finished run (its summary.json) as report.png and report.html.")
+    p.add_argument("run_dir", help="the run's output directory (the partition holding summary.json)")
+    p.add_argument("--out", help="where to write report.png and report.html (default: RUN_DIR)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    summary = read_summary(args.run_dir)
+    history = read_history(summary.get("model_dir"))
+    rows = length_rows(summary, args.run_dir)
+    png = render_png(summary, history, rows, args.run_dir)
+    out = args.out or args.run_dir
+    png_path, html_path = FileSystems.join(out, PNG_NAME), FileSystems.join(out, HTML_NAME)
+    with FileSystems.create(png_path) as handle:
+        handle.write(png)
+    with FileSystems.create(html_path) as handle:
+        handle.write(render_html(summary, png, rows, args.run_dir).encode())
+    log.info("report written: %s (%d bytes) and %s", png_path, len(png), html_path)
+    print(json.dumps({"png": png_path, "html": html_path}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

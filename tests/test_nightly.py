@@ -1,0 +1,296 @@
+"""Nightly operation: dated partitions, idempotent reruns, atomic publish, --max-error-rate, killed runs.
+
+Real jobs on the DirectRunner (in-process through the `seqcodec` fixture, and one real subprocess that
+is SIGKILLed mid-run), real files; the publish protocol is also driven directly on real directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import random_sequences, write_tokens_parquet
+
+from pipeline.outputs import SUCCESS, SUMMARY, Partition
+
+DATE = "2026-11-26"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def token_file(path: Path, n: int, bad_every: int = 0, seed: int = 0, row_group_size: int = 50):
+    """A token Parquet file of ids 0..n-1; every ``bad_every``-th row has an out-of-range token.
+
+    Returns (path, ids of valid rows, ids of rejected rows).
+    """
+    seqs = random_sequences(n, 13, 12, seed)
+    bad = list(range(0, n, bad_every)) if bad_every else []
+    for i in bad:
+        seqs[i] = np.array([99])
+    write_tokens_parquet(path, list(range(n)), seqs, row_group_size=row_group_size)
+    return path, sorted(set(range(n)) - set(bad)), bad
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nightly-data")
+    return {
+        "clean": token_file(root / "clean.parquet", 200, seed=1),
+        "dirty": token_file(root / "dirty.parquet", 200, bad_every=10, seed=2),  # 20 of 200 rejected: 10%
+    }
+
+
+def encode(seqcodec, model_dir, input_path, output, *extra):
+    return seqcodec(["encode", "--input", input_path, "--output", output, "--model-dir", model_dir, *extra])
+
+
+def ids(folder: Path) -> list[int]:
+    """All ids in the Parquet shards of ``folder``, sorted, duplicates kept."""
+    out: list[int] = []
+    for shard in sorted(folder.glob("*.parquet")):
+        out += pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+    return sorted(out)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("seqcodec: error: "), err
+    return lines[0]
+
+
+# -- through the command --------------------------------------------------------------------------
+
+
+def test_run_date_layout_one_partition_per_date(seqcodec, tiny_model_dir, data, tmp_path):
+    path, valid, bad = data["dirty"]
+    out = tmp_path / "codes"
+    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", DATE)
+    assert code == 0, err
+    assert "published" in err and f"dt={DATE}" in err
+    part = out / f"dt={DATE}"
+    assert sorted(os.listdir(out)) == [f"dt={DATE}"]  # no staging or .old- left beside it
+    assert sorted(os.listdir(part)) == [SUCCESS, "codes", "errors", SUMMARY]
+    assert ids(part / "codes") == valid and ids(part / "errors") == bad
+    summary = json.loads((part / SUMMARY).read_text())
+    assert summary["partition"] == str(part) and summary["rows_rejected"] == len(bad)
+
+    before = snapshot(part)
+    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", "2026-11-27")
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == [f"dt={DATE}", "dt=2026-11-27"]
+    assert snapshot(part) == before  # another date leaves this one alone
+
+
+@pytest.mark.parametrize(
+    "dated, shards", [(True, (3, 3, 1)), (False, (2, 1))], ids=["run-date", "plain-output"]
+)
+def test_rerun_replaces_the_partition_completely(seqcodec, tiny_model_dir, data, tmp_path, dated, shards):
+    path, valid, _ = data["clean"]
+    out = tmp_path / "codes"
+    part = out / f"dt={DATE}" if dated else out
+    extra = ["--run-date", DATE] if dated else []
+    for n in shards:
+        code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--num-shards", n, *extra)
+        assert code == 0, err
+        assert ids(part / "codes") == valid  # exactly the input's rows: no duplicates from earlier runs
+        assert len(list((part / "codes").glob("*.parquet"))) == n  # and no stale shards of another count
+        assert (part / SUCCESS).exists()
+    assert hidden(out if dated else tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["2026-11-31", "2026-13-01", "26-11-2026", "20261126", "yesterday", " 2026-11-26"])
+def test_bad_run_date_is_one_line_and_exit_2(seqcodec, tiny_model_dir, data, tmp_path, value):
+    code, out, err = encode(seqcodec, tiny_model_dir, data["clean"][0], tmp_path / "codes", "--run-date", value)
+    assert code == 2
+    assert "--run-date" in one_line(err) and repr(value) in err
+    assert not (tmp_path / "codes").exists() and hidden(tmp_path) == []
+
+
+def test_max_error_rate_at_the_threshold_publishes(seqcodec, tiny_model_dir, data, tmp_path):
+    path, valid, bad = data["dirty"]  # 10% rejected
+    code, _, err = encode(seqcodec, tiny_model_dir, path, tmp_path / "codes", "--run-date", DATE,
+                          "--max-error-rate", "0.1")
+    assert code == 0, err
+    part = tmp_path / "codes" / f"dt={DATE}"
+    assert (part / SUCCESS).exists() and ids(part / "codes") == valid and ids(part / "errors") == bad
+
+
+def test_max_error_rate_exceeded_exit_3_keeps_previous_and_rejects_for_inspection(
+    seqcodec, tiny_model_dir, data, tmp_path
+):
+    out = tmp_path / "codes"
+    part = out / f"dt={DATE}"
+    code, _, err = encode(seqcodec, tiny_model_dir, data["clean"][0], out, "--run-date", DATE)
+    assert code == 0, err
+    before = snapshot(part)
+
+    path, _, bad = data["dirty"]
+    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", DATE, "--max-error-rate", "0.05")
+    assert code == 3
+    line = one_line(err[err.index("seqcodec: error:"):])  # progress lines come first on stderr
+    assert "20 of 200 rows rejected (10.00%)" in line and "--max-error-rate 0.05" in line
+    staging = Path(re.search(r"rejected rows are in (\S+)/errors", line).group(1))
+    assert staging.parent == out and staging.name.startswith(f".dt={DATE}.staging-")
+    assert ids(staging / "errors") == bad  # kept for inspection
+    assert json.loads((staging / SUMMARY).read_text())["rows_rejected"] == len(bad)
+    assert not (staging / SUCCESS).exists()
+    assert snapshot(part) == before  # the published partition did not change
+
+    code, _, err = encode(seqcodec, tiny_model_dir, data["clean"][0], out, "--run-date", DATE)
+    assert code == 0, err
+    assert hidden(out) == []  # the next successful publish removed the failed run's staging
+
+
+def test_output_that_is_not_a_partition_is_refused(seqcodec, tiny_model_dir, data, tmp_path):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    code, _, err = encode(seqcodec, tiny_model_dir, data["clean"][0], precious)
+    assert code == 2 and "not a seqcodec partition" in one_line(err[err.index("seqcodec: error:"):])
+    assert os.listdir(precious) == ["notes.txt"] and hidden(tmp_path) == []
+
+    dated = tmp_path / "codes"
+    (dated / f"dt={DATE}").mkdir(parents=True)
+    (dated / f"dt={DATE}" / SUCCESS).touch()
+    code, _, err = encode(seqcodec, tiny_model_dir, data["clean"][0], dated)
+    assert code == 2 and "holds dated partitions" in one_line(err[err.index("seqcodec: error:"):])
+    assert (dated / f"dt={DATE}" / SUCCESS).exists()
+
+
+def test_killed_run_leaves_the_previous_partition_and_publishes_nothing(seqcodec, tiny_model_dir, data, tmp_path):
+    out = tmp_path / "codes"
+    part = out / f"dt={DATE}"
+    path, valid, _ = data["clean"]
+    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", DATE)
+    assert code == 0, err
+    before = snapshot(part)
+
+    # A long run: 3000 rows, one model call per row, killed once it reports encoding progress.
+    big, _, _ = token_file(tmp_path / "big.parquet", 3000, seed=3, row_group_size=100)
+    log = tmp_path / "job.log"
+    env = {**os.environ, "SEQCODEC_PROGRESS_SECONDS": "0.2", "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "pipeline.cli", "encode", "--input", str(big), "--output", str(out),
+            "--model-dir", str(tiny_model_dir), "--run-date", DATE, "--batch-size", "1"]
+    with open(log, "wb") as stderr:
+        job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 150
+        while "progress:" not in log.read_text() or not hidden(out):
+            assert job.poll() is None, f"the job ended before it could be killed:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no progress line in time:\n{log.read_text()}"
+            time.sleep(0.1)
+        job.send_signal(signal.SIGKILL)
+    finally:
+        job.kill()
+        job.wait(30)
+    assert job.returncode == -signal.SIGKILL
+    assert re.search(r"progress: \d+ rows encoded by this worker in \d+s \(\d+ rows/s\)", log.read_text())
+
+    assert snapshot(part) == before  # same files, same bytes
+    leftovers = hidden(out)
+    assert len(leftovers) == 1 and leftovers[0].startswith(f".dt={DATE}.staging-")
+    assert not any(p.name == SUCCESS for p in (out / leftovers[0]).rglob("*"))
+    assert sorted(os.listdir(out)) == [leftovers[0], f"dt={DATE}"]
+
+    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", DATE, "--num-shards", 2)
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == [f"dt={DATE}"]  # the killed run's staging was cleaned up, never published
+    assert ids(part / "codes") == valid
+
+
+# -- the publish protocol on real directories -----------------------------------------------------
+
+
+def stage(partition: Partition, files: dict[str, str]) -> None:
+    partition.prepare()
+    for name, text in files.items():
+        target = Path(partition.staged(name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+
+@pytest.mark.parametrize("mode", ["exchange", "two-renames", "object-store"])
+def test_publish_replaces_whole_partition(tmp_path, mode):
+    kwargs = {"exchange": {}, "two-renames": {"exchange": False}, "object-store": {"swap_dirs": False}}[mode]
+    path = tmp_path / "codes" / f"dt={DATE}"
+    first = Partition(str(path), **kwargs)
+    stage(first, {"codes/part-0-of-3": "a", "codes/part-1-of-3": "b", "codes/part-2-of-3": "c", "errors/e": "x"})
+    first.publish()
+    assert snapshot(path) == {SUCCESS: b"", "codes/part-0-of-3": b"a", "codes/part-1-of-3": b"b",
+                              "codes/part-2-of-3": b"c", "errors/e": b"x"}
+    second = Partition(str(path), **kwargs)
+    stage(second, {"codes/part-0-of-1": "new", SUMMARY: "{}"})
+    second.publish()
+    assert snapshot(path) == {SUCCESS: b"", "codes/part-0-of-1": b"new", SUMMARY: b"{}"}
+    assert hidden(path.parent) == []
+
+
+def test_publish_cut_between_its_two_renames_is_rolled_back(tmp_path):
+    path = tmp_path / "codes" / f"dt={DATE}"
+    first = Partition(str(path))
+    stage(first, {"codes/part": "published"})
+    first.publish()
+    before = snapshot(path)
+
+    # The on-disk state of a two-rename publish killed between its renames: the new run is
+    # complete in staging (with _SUCCESS), the previous partition sits in .old-, NAME is missing.
+    cut = Partition(str(path), exchange=False)
+    stage(cut, {"codes/part": "never published", SUCCESS: ""})
+    os.rename(path, path.parent / f".{path.name}.old-{cut.run_id}")
+
+    nxt = Partition(str(path))
+    nxt.prepare()  # puts the previous partition back before anything else
+    assert snapshot(path) == before
+    assert Path(cut.staging).exists()  # the cut run's staging is not published...
+    Path(nxt.staged("codes")).mkdir()
+    Path(nxt.staged("codes", "part")).write_text("next")
+    nxt.publish()
+    assert snapshot(path) == {SUCCESS: b"", "codes/part": b"next"}
+    assert hidden(path.parent) == []  # ...and goes with the next successful publish
+
+
+def test_leftovers_of_a_newer_run_are_kept(tmp_path):
+    path = tmp_path / f"dt={DATE}"
+    current = Partition(str(path))
+    newer = tmp_path / f".dt={DATE}.staging-29991231T000000.000000Z-abcdef"  # started after `current`
+    newer.mkdir()
+    other = tmp_path / f".dt={DATE}x.staging-20000101T000000.000000Z-abcdef"  # another partition's
+    other.mkdir()
+    stage(current, {"codes/part": "x"})
+    current.publish()
+    assert newer.exists() and other.exists()
+
+
+def test_pipeline_failure_exit_4_keeps_the_previous_partition(seqcodec, tiny_model_dir, data, tmp_path):
+    out = tmp_path / "codes"
+    path = data["clean"][0]
+    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", DATE)
+    assert code == 0, err
+    before = snapshot(out / f"dt={DATE}")
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "encoder.keras").write_bytes(b"not a keras file")  # the manifest reads fine; workers fail
+    code, _, err = encode(seqcodec, broken, path, out, "--run-date", DATE)
+    assert code == 4
+    assert "the pipeline failed, nothing was published" in one_line(err[err.index("seqcodec: error:"):])
+    assert snapshot(out / f"dt={DATE}") == before

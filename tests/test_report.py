@@ -1,0 +1,106 @@
+"""`seqcodec report DIR`: a real run (a briefly trained model, then encode --decode) rendered as PNG and HTML."""
+
+import base64
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import random_sequences, run_seqcodec, write_tokens_parquet
+from matplotlib.image import imread
+
+VOCAB, MAX_LEN = 5, 6
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Train a tiny model for a few epochs (a real history.json), encode --decode with it, then report."""
+    root = tmp_path_factory.mktemp("report")
+    data = write_tokens_parquet(root / "tokens.parquet", range(400), random_sequences(400, VOCAB, MAX_LEN, seed=4))
+    code, _, err = run_seqcodec([
+        "train", "--input", data, "--model-dir", root / "model", "--hidden-size", 32, "--embedding-size", 8,
+        "--epochs", 6, "--batch-size", 32, "--learning-rate", 0.01, "--time-budget", 60,
+    ])
+    assert code == 0, err
+    code, _, err = run_seqcodec(["encode", "--input", data, "--output", root / "run", "--model-dir", root / "model",
+                                 "--decode", "--mismatches", 3])
+    assert code == 0, err
+    code, out, err = run_seqcodec(["report", root / "run"])
+    assert code == 0, err
+    return SimpleNamespace(root=root, dir=root / "run", out=out,
+                           summary=json.loads((root / "run" / "summary.json").read_text()))
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def ink_by_quadrant(path: Path) -> list[float]:
+    """Share of clearly non-white pixels in each quarter of the picture (top-left, top-right, ...)."""
+    pixels = imread(path)[..., :3]
+    inked = (pixels < 0.85).any(axis=-1)
+    h, w = inked.shape
+    body = inked[int(h * 0.07):]  # below the title
+    bh = body.shape[0]
+    return [float(body[r * bh // 2:(r + 1) * bh // 2, c * w // 2:(c + 1) * w // 2].mean())
+            for r in (0, 1) for c in (0, 1)]
+
+
+def test_report_renders_a_png_and_a_page_from_a_real_run(trained_run):
+    paths = json.loads(trained_run.out)
+    png, page = Path(paths["png"]), Path(paths["html"])
+    assert png == trained_run.dir / "report.png" and page == trained_run.dir / "report.html"
+    data = png.read_bytes()
+    assert png_size(data) == (1300, 850)
+    assert 30_000 < len(data) < 1_000_000
+    # All four panels drawn: accuracy by length, lengths, loss, training accuracy (a "no data" note is far lighter).
+    assert min(ink_by_quadrant(png)) > 0.018  # drawn panels measure 0.03-0.4, a note alone under 0.01
+    text = page.read_text()
+    embedded = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert embedded and base64.b64decode(embedded.group(1)) == data
+    rt = trained_run.summary["roundtrip"]
+    assert f"{100 * rt['exact_match']:.1f}%" in text and trained_run.summary["model_fingerprint"] in text
+
+
+def test_the_run_records_what_the_report_needs(trained_run):
+    s = trained_run.summary
+    assert Path(s["model_dir"]) == (trained_run.root / "model").resolve()
+    history = json.loads((Path(s["model_dir"]) / "history.json").read_text())
+    assert {"loss", "token_accuracy", "val_exact_match", "val_token_accuracy"} <= set(history)
+    rt = s["roundtrip"]
+    # A few epochs on 5 token ids: clearly better than chance (1 in 5), and short sequences do best.
+    assert rt["token_accuracy"] > 0.3
+    by_length = {b["min_length"]: b for b in rt["by_length"]}
+    assert by_length[1]["exact_match"] > by_length[MAX_LEN]["exact_match"]
+    assert sum(b["sequences"] for b in rt["by_length"]) == s["rows_decoded"] == 400
+
+
+def test_report_without_round_trip_or_history(trained_run, tmp_path, tiny_model_dir):
+    """A plain encode run whose model has no history.json: lengths come from the codes, the rest says so."""
+    run = tmp_path / "plain"
+    shutil.copytree(trained_run.dir / "codes", run / "codes")
+    summary = {k: v for k, v in trained_run.summary.items() if k not in ("roundtrip", "rows_decoded")}
+    summary["model_dir"] = str(tiny_model_dir)
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, out, err = run_seqcodec(["report", run, "--out", tmp_path / "pictures"])
+    assert code == 0, err
+    png = tmp_path / "pictures" / "report.png"
+    assert json.loads(out)["png"] == str(png)
+    top_left, top_right, bottom_left, bottom_right = ink_by_quadrant(png)
+    assert top_right > 0.018  # the length histogram, read from codes/*.parquet
+    assert max(top_left, bottom_left, bottom_right) < 0.012  # only a note in each
+    counts = np.bincount([len(s) for s in random_sequences(400, VOCAB, MAX_LEN, seed=4)])
+    page = (tmp_path / "pictures" / "report.html").read_text()
+    for length in range(1, MAX_LEN + 1):
+        assert f"<tr><td>{length}</td><td>{counts[length]:,}</td></tr>" in page
+
+
+def test_report_of_a_directory_that_is_not_a_run(seqcodec, tmp_path):
+    code, _, err = seqcodec(["report", tmp_path])
+    assert code == 2 and err.count("\n") == 1 and "no readable summary.json" in err
