@@ -126,7 +126,7 @@ def _plot_accuracy(ax, roundtrip: dict[str, Any] | None) -> None:
     for value, color in ((roundtrip["token_accuracy"], COLORS["token"]), (roundtrip["exact_match"], COLORS["exact"])):
         if value is not None:
             ax.axhline(value, color=color, linestyle=":", linewidth=1)
-    ax.set_xticks(x, [b["lengths"] for b in buckets], rotation=45 if len(buckets) > 12 else 0)
+    ax.set_xticks(x, [b["lengths"] for b in buckets], rotation=45 if len(buckets) > 8 else 0)
     ax.set_ylim(-0.02, 1.02)
     ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
     ax.set_xlabel("sequence length")
@@ -149,7 +149,7 @@ def _plot_lengths(ax, rows: list[dict[str, Any]] | None, roundtrip: dict[str, An
         ax.legend(loc="upper right", fontsize=9)
     else:
         ax.bar(x, total, color=COLORS["token"])
-    ax.set_xticks(x, [b["lengths"] for b in rows], rotation=45 if len(rows) > 12 else 0)
+    ax.set_xticks(x, [b["lengths"] for b in rows], rotation=45 if len(rows) > 8 else 0)
     ax.set_ylim(0, max(1, int(total.max())) * 1.2)  # headroom for the legend
     ax.set_xlabel("sequence length")
     ax.set_ylabel("sequences")
