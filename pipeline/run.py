@@ -53,6 +53,7 @@ def run_and_publish(
     fails, the counts do not add up or the publish fails, and TooManyRejects (exit 3; staging kept,
     summary.json included) if more than ``max_error_rate`` of the rows were rejected.
     """
+    runner = runner_name(pipeline.options)  # before run(): portable runners clear options.runner
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -73,7 +74,7 @@ def run_and_publish(
         "rejected_by_reason": reason_counts(partition.staged("errors", "*.parquet")),
         "elapsed_seconds": round(elapsed, 2),
         "sequences_per_second": round(rows_read / elapsed, 1) if elapsed > 0 else None,
-        "runner": runner_name(pipeline.options),
+        "runner": runner,
         "run_id": partition.run_id,
         "partition": partition.path,
         **facts,

@@ -1,0 +1,198 @@
+"""One dataset, three runners, the same codes and errors.
+
+(a) the default DirectRunner, in memory, in this process;
+(b) the DirectRunner with --direct_running_mode=multi_processing --direct_num_workers=2 (a separate
+    driver process whose SDK workers are processes too);
+(c) a real portable runner: Beam's local job service and an external worker pool, each a separate
+    process on a free port, the job submitted with --runner PortableRunner --environment_type EXTERNAL.
+
+Every process we start gets a fresh HOME: Beam caches anything it downloads (the Prism binary) under
+~/.apache_beam, so an empty HOME afterwards shows that no download was attempted.
+"""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+from conftest import random_sequences, run_seqcodec
+from helpers_beam import (
+    ATOL,
+    BAD_ROWS,
+    EXPECTED_REASON_COUNTS,
+    MAX_LEN,
+    REPO,
+    VOCAB,
+    child_env,
+    codes_by_id,
+    error_rows,
+    free_port,
+    mixed_rows,
+    start_encode_subprocess,
+    stop_process_group,
+    summary,
+    wait_for_port,
+    write_mixed,
+    write_table,
+)
+
+from model.storage import load_codec
+from pipeline.options import make_pipeline
+
+ROWS = mixed_rows(n_valid=30, seed=8)
+EXTRA = [s.tolist() for s in random_sequences(60, VOCAB, MAX_LEN, seed=12)]
+N_VALID = sum(r[2] is None for r in ROWS) + len(EXTRA)
+COUNTERS = ("rows_read", "rows_valid", "rows_encoded", "rows_truncated")
+JOB_TIMEOUT = 300  # seconds, per subprocess job
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Two files, several row groups each, every bad-row reason included."""
+    root = tmp_path_factory.mktemp("runners")
+    (root / "in").mkdir()
+    write_mixed(root / "in" / "a.parquet", ROWS, row_group_size=10)
+    write_table(root / "in" / "b.parquet", range(1000, 1000 + len(EXTRA)), EXTRA, row_group_size=15)
+    return root
+
+
+def job_args(dataset, out, model_dir) -> list:
+    return ["--input", dataset / "in" / "*.parquet", "--output", out, "--model-dir", model_dir, "--batch-size", 8]
+
+
+def assert_same_output(out, reference):
+    ids, lengths, codes = codes_by_id(out)
+    want_ids, want_lengths, want = codes_by_id(reference)
+    assert ids == want_ids
+    assert np.array_equal(lengths, want_lengths)
+    assert np.abs(codes - want).max() <= ATOL
+    assert error_rows(out) == error_rows(reference)
+    got, ref = summary(out), summary(reference)
+    for key in ("rows_read", "rows_encoded", "rows_rejected", "rejected_by_reason", "model_fingerprint"):
+        assert got[key] == ref[key], key
+    assert {k: got["counters"].get(k) for k in COUNTERS} == {k: ref["counters"].get(k) for k in COUNTERS}
+
+
+def test_direct_runner_is_fnapi_runner_without_prism():
+    """pipeline/options.py hands the DirectRunner's own engine to the Pipeline, so Beam never picks Prism."""
+    for args in ([], ["--runner", "DirectRunner"], ["--runner=direct"],
+                 ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]):
+        assert isinstance(make_pipeline(args).runner, FnApiRunner), args
+    assert not isinstance(make_pipeline(["--runner", "PortableRunner"]).runner, FnApiRunner)
+
+
+def test_in_memory_direct_runner(runs, tiny_model_dir):
+    in_memory = runs["in-memory"]
+    s = summary(in_memory)
+    assert (s["rows_read"], s["rows_encoded"], s["rows_rejected"]) == (len(ROWS) + len(EXTRA), N_VALID, len(BAD_ROWS))
+    assert s["rejected_by_reason"] == EXPECTED_REASON_COUNTS
+    assert s["runner"] == "DirectRunner"
+    valid = {i: t for i, t, reason in ROWS if reason is None} | {1000 + k: t for k, t in enumerate(EXTRA)}
+    ids, _, codes = codes_by_id(in_memory)
+    assert ids == sorted(valid)
+    assert np.abs(codes - load_codec(tiny_model_dir).encode([valid[i] for i in ids])).max() <= ATOL
+    assert {k: s["counters"][k] for k in COUNTERS} == {
+        "rows_read": len(ROWS) + len(EXTRA), "rows_valid": N_VALID, "rows_encoded": N_VALID, "rows_truncated": 0,
+    }
+
+
+def test_multi_processing_direct_runner(runs):
+    run = runs["multi-processing"]
+    assert run["returncode"] == 0, run["log"][-4000:]
+    # two SDK worker processes really ran (their start-up lines reach the driver's stderr)
+    assert run["log"].count("Python sdk harness starting") == 2, run["log"][-4000:]
+    assert_same_output(run["out"], runs["in-memory"])
+    assert not (run["home"] / ".apache_beam").exists(), "Beam tried to fetch Prism"
+
+
+def test_portable_runner(runs, portable_services):
+    run = runs["portable"]
+    logs = {name: path.read_text() for name, path in portable_services["logs"].items()}
+    assert run["returncode"] == 0, run["log"][-4000:] + "".join(f"\n--- {n}\n{t[-2000:]}" for n, t in logs.items())
+    assert_same_output(run["out"], runs["in-memory"])
+    assert "Running job" in logs["job-service"]
+    # the SDK harness was started by the external worker pool, not by the job service or the driver
+    assert "Starting worker with command" in logs["worker-pool"]
+    assert all(p.poll() is None for p in portable_services["processes"].values()), "a service died during the job"
+    for home in (run["home"], portable_services["home"]):
+        assert not (home / ".apache_beam").exists(), "something was downloaded for the portable path"
+
+
+# -- the services and the runs ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def portable_services(tmp_path_factory, request):
+    """A local job service and an external worker pool, real processes on free ports (``ready()`` waits for them)."""
+    root = tmp_path_factory.mktemp("portable")
+    home = root / "home"
+    home.mkdir()
+    job_port, pool_port = free_port(), free_port()
+    while pool_port == job_port:
+        pool_port = free_port()
+    commands = {
+        "job-service": (["apache_beam.runners.portability.local_job_service_main", "--port", str(job_port)], job_port),
+        "worker-pool": (["apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)], pool_port),
+    }
+    processes, logs = {}, {}
+    for name, (command, _) in commands.items():
+        logs[name] = root / f"{name}.log"
+        with open(logs[name], "wb") as log:
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", *command], cwd=REPO, env=child_env(home), stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        request.addfinalizer(lambda p=processes[name]: stop_process_group(p))
+
+    def ready() -> None:
+        for name, (_, port) in commands.items():
+            wait_for_port(port, processes[name], logs[name])
+
+    return {"job_endpoint": f"localhost:{job_port}", "pool": f"localhost:{pool_port}", "logs": logs, "home": home,
+            "processes": processes, "ready": ready}
+
+
+@pytest.fixture(scope="module")
+def runs(dataset, tiny_model_dir, portable_services, tmp_path_factory, request):
+    """The three runs, overlapped to save time: the two subprocess jobs run while the in-memory one does."""
+    root = tmp_path_factory.mktemp("runs")
+    extra = {
+        "multi-processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        "portable": ["--runner", "PortableRunner", "--job_endpoint", portable_services["job_endpoint"],
+                     "--environment_type", "EXTERNAL", "--environment_config", portable_services["pool"]],
+    }
+    jobs = {}
+
+    def start(name):
+        home = root / f"{name}-home"
+        home.mkdir()
+        out = root / name / "out"
+        out.parent.mkdir()
+        process = start_encode_subprocess([*job_args(dataset, out, tiny_model_dir), *extra[name]], home,
+                                          root / f"{name}.log")
+        request.addfinalizer(lambda: stop_process_group(process))
+        jobs[name] = {"process": process, "out": out, "home": home, "started": time.monotonic()}
+
+    start("multi-processing")
+    in_memory = root / "in-memory" / "out"
+    code, _, err = run_seqcodec(["encode", *job_args(dataset, in_memory, tiny_model_dir)])
+    assert code == 0, err
+    portable_services["ready"]()
+    start("portable")
+    results = {"in-memory": in_memory}
+    for name, job in jobs.items():
+        try:
+            job["process"].wait(timeout=max(1.0, JOB_TIMEOUT - (time.monotonic() - job["started"])))
+        except subprocess.TimeoutExpired:
+            stop_process_group(job["process"])
+        results[name] = {"returncode": job["process"].returncode, "out": job["out"], "home": job["home"],
+                         "log": (root / f"{name}.log").read_text()}
+    return results
+
+
+def test_portable_summary_names_its_runner(runs):
+    if runs["portable"]["returncode"] != 0:  # a real failure, not the expected one
+        pytest.fail("the portable run failed: " + runs["portable"]["log"][-2000:])
+    assert summary(runs["portable"]["out"])["runner"] == "PortableRunner"
