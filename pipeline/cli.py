@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from pipeline.errors import run_cli
+from pipeline.errors import exit_process, run_cli
 
 COMMANDS = {
     "train": ("pipeline.train", "fit a codec on Parquet token files"),
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    exit_process(main())
 
 
 if __name__ == "__main__":

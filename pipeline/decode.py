@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, PipelineFailed, run_cli, setup_logging
+from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, PipelineFailed, exit_process, run_cli, setup_logging
 from pipeline.options import add_io_arguments, check_positive, check_run_options, make_pipeline
 from pipeline.outputs import Partition, partition_path, staged_rows
 from pipeline.run import run_and_publish
@@ -231,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import time
 from typing import Any
 
@@ -13,7 +12,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact
-from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, run_cli, setup_logging
+from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, exit_process, run_cli, setup_logging
 from pipeline.options import add_io_arguments, check_positive, check_run_options, make_pipeline
 from pipeline.outputs import Partition, partition_path
 from pipeline.run import run_and_publish
@@ -130,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

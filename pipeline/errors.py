@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -67,6 +68,23 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("seqcodec: interrupted", file=sys.stderr)
         return 130
+
+
+def exit_process(code: int) -> None:
+    """Flush and leave without running C++ static destructors.
+
+    TensorFlow and gRPC (Beam's in-process workers) can still own native threads at interpreter
+    exit; tearing them down sometimes aborts with "terminate called without an active exception"
+    (exit 134), which would hide the job's real exit code from schedulers. All our output is
+    written and closed by now, so skipping the teardown loses nothing.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -14,14 +14,13 @@ import html
 import io
 import json
 import logging
-import sys
 from typing import Any
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from model.data import InputDataError
-from pipeline.errors import run_cli, setup_logging
+from pipeline.errors import exit_process, run_cli, setup_logging
 from transforms.decoding import bucket_label, length_buckets
 
 log = logging.getLogger("seqcodec")
@@ -319,4 +318,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

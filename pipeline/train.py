@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 from model.config import CodecConfig
 from model.data import read_token_sequences
 from model.train import TrainSettings, train_codec
-from pipeline.errors import run_cli, setup_logging
+from pipeline.errors import exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
 
@@ -87,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))
