@@ -21,25 +21,19 @@ from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, PipelineFailed, exit
 from pipeline.options import add_io_arguments, check_positive, check_run_options, make_pipeline
 from pipeline.outputs import Partition, partition_path, staged_rows
 from pipeline.run import run_and_publish
-from transforms.decoding import (
-    CodeFiles,
-    DecodeTables,
+from transforms.inference import DecodeTables, read_model_manifest, slice_tables
+from transforms.parquet_io import CodeFiles, WriteTables, decoded_schema, inspect_codes
+from transforms.roundtrip import (
     KeepExamples,
     LengthStats,
     PickMismatches,
     SumStats,
-    ValidateCodes,
-    code_error_schema,
-    decoded_schema,
-    inspect_codes,
     length_report,
     read_stats,
     write_examples,
     write_stats,
 )
-from transforms.inference import read_model_manifest, slice_tables
-from transforms.parquet_io import WriteTables
-from transforms.validate import ERRORS_TAG
+from transforms.validate import ERRORS_TAG, ValidateCodes, code_error_schema
 
 log = logging.getLogger("seqcodec")
 

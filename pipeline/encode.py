@@ -16,8 +16,7 @@ from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, exit_process, run_cl
 from pipeline.options import add_io_arguments, check_positive, check_run_options, make_pipeline
 from pipeline.outputs import Partition, partition_path
 from pipeline.run import run_and_publish
-from transforms.decoding import EncodeKeepingTokens
-from transforms.inference import EncodeTables, read_model_manifest, slice_tables
+from transforms.inference import EncodeKeepingTokens, EncodeTables, read_model_manifest, slice_tables
 from transforms.parquet_io import InputFiles, ReadTokenBatches, WriteTables, code_schema, inspect_inputs
 from transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
 

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from model.data import InputDataError
 from pipeline.errors import exit_process, run_cli, setup_logging
-from transforms.decoding import bucket_label, length_buckets
+from transforms.roundtrip import bucket_label, length_buckets
 
 log = logging.getLogger("seqcodec")
 

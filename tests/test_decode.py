@@ -23,7 +23,8 @@ from conftest import TINY, build_codec, random_sequences, run_seqcodec
 
 from model.config import CodecConfig
 from model.storage import save_codec
-from transforms.decoding import CODE_REASONS, length_buckets, split_codes
+from transforms.roundtrip import length_buckets
+from transforms.validate import CODE_REASONS, split_codes
 
 VOCAB, MAX_LEN, CODE_SIZE = TINY["vocab_size"], TINY["max_length"], TINY["hidden_size"] + 1
 MISMATCHES = 4

@@ -1,4 +1,4 @@
-"""Beam PTransforms and DoFns of the seqcodec job: Parquet in/out, validation, inference."""
+"""Beam PTransforms and DoFns of the seqcodec job: Parquet in/out, validation, inference, round-trip statistics."""
 
 import logging as _logging
 

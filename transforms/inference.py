@@ -1,4 +1,7 @@
-"""RunInference with the codec: a columnar ModelHandler that loads the model once per worker process."""
+"""RunInference with the codec: columnar encoder and decoder ModelHandlers, and the PTransforms around them.
+
+Each handler loads the model once per worker process.
+"""
 
 from __future__ import annotations
 
@@ -150,6 +153,104 @@ class EncodeTables(beam.PTransform):
     def __init__(self, model_dir: str, batch_size: int = 512) -> None:
         super().__init__()
         self.handler = CodecEncoderHandler(model_dir, batch_size)
+
+    def expand(self, tables):
+        return tables | "RunInference" >> RunInference(self.handler)
+
+
+# -- decoding and the round trip ---------------------------------------------------------------------
+
+
+def code_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A valid fixed-size code column -> float32 matrix (N, code_size)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    width = array.type.list_size
+    return pc.list_flatten(array).to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, width)
+
+
+def tokens_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
+    """(values, offsets) in Arrow's list layout -> list<int32>."""
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=pa.int32()))
+
+
+def correct_per_row(same: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """How many positions of each row are True in the flat ``same`` mask."""
+    cumulative = np.zeros(same.size + 1, dtype=np.int64)
+    np.cumsum(same, out=cumulative[1:])
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+
+
+class CodecDecoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
+    """Arrow table of valid (id, code) rows in, Arrow table of (id, tokens) out.
+
+    Like the encoder's handler, each element is already a batch; the codec sorts its rows by
+    length, cuts them into batches and runs the compiled decoder. With ``compare`` the input
+    also holds the original ``tokens``; the output then keeps them as ``original`` and adds
+    ``correct``, the number of positions each decoded row got right.
+    """
+
+    def __init__(self, model_dir: str, batch_size: int, compare: bool = False) -> None:
+        super().__init__(min_batch_size=1, max_batch_size=1)
+        self.model_dir, self.batch_size, self.compare = model_dir, batch_size, compare
+        self.rows = Metrics.counter(METRICS_NAMESPACE, "rows_decoded")
+
+    def load_model(self) -> Any:
+        from model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
+
+        return load_codec(localize_model_dir(self.model_dir), batch_size=self.batch_size)
+
+    def run_inference(
+        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[pa.Table]:
+        for table in batch:
+            values, offsets = model.decode_flat(code_matrix(table.column("code")))
+            columns = {"id": table.column("id").combine_chunks(), "tokens": tokens_array(values, offsets)}
+            if self.compare:
+                original = table.column("tokens").combine_chunks()
+                original_values, original_offsets = flat_tokens(original)
+                if not np.array_equal(original_offsets, offsets):
+                    raise ValueError("decoded lengths differ from the original sequences' lengths")
+                columns["original"] = original
+                columns["correct"] = pa.array(
+                    correct_per_row(original_values == values, offsets).astype(np.int32), type=pa.int32()
+                )
+            self.rows.inc(table.num_rows)
+            yield pa.table(columns)
+
+    def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
+        return sum(table.nbytes for table in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "seqcodec_decoder"
+
+
+class CodecEncoderKeepingTokens(CodecEncoderHandler):
+    """The encoder's handler, with the input ``tokens`` kept next to each code (for the round trip)."""
+
+    def run_inference(
+        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[pa.Table]:
+        for table, codes in zip(batch, super().run_inference(batch, model, inference_args), strict=True):
+            yield codes.append_column("tokens", table.column("tokens"))
+
+
+class EncodeKeepingTokens(beam.PTransform):
+    """Valid token tables -> (id, length, code, tokens) tables through RunInference."""
+
+    def __init__(self, model_dir: str, batch_size: int = 512) -> None:
+        super().__init__()
+        self.handler = CodecEncoderKeepingTokens(model_dir, batch_size)
+
+    def expand(self, tables):
+        return tables | "RunInference" >> RunInference(self.handler)
+
+
+class DecodeTables(beam.PTransform):
+    """Valid code tables -> decoded tables, through RunInference and the codec's batched decoder."""
+
+    def __init__(self, model_dir: str, batch_size: int = 512, compare: bool = False) -> None:
+        super().__init__()
+        self.handler = CodecDecoderHandler(model_dir, batch_size, compare)
 
     def expand(self, tables):
         return tables | "RunInference" >> RunInference(self.handler)

@@ -1,18 +1,25 @@
-"""Parquet in and out: check input files up front, read Arrow batches, write code/error shards."""
+"""Parquet in and out: check token and code files up front, read Arrow batches, write code/decoded/error shards."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from model.data import InputDataError, token_list_type_error
+from transforms.validate import CODE_VALUE_TYPES
 
 METADATA_PREFIX = "seqcodec."
+
+log = logging.getLogger("seqcodec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +79,113 @@ def inspect_inputs(pattern: str, id_column: str, tokens_column: str) -> InputFil
     return InputFiles(tuple(paths), total, id_type)
 
 
+def code_type_error(field_type: pa.DataType) -> str | None:
+    """Why a column type cannot hold codes, or None for a (fixed-size or large) list of float32/float64."""
+    if not (pa.types.is_list(field_type) or pa.types.is_large_list(field_type)
+            or pa.types.is_fixed_size_list(field_type)):
+        return f"is {field_type}, not a list of float32 or float64"
+    if field_type.value_type not in CODE_VALUE_TYPES:
+        return f"is a list of {field_type.value_type}, not of float32 or float64"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeFiles:
+    """What the up-front check of the code files learned."""
+
+    paths: tuple[str, ...]
+    rows: int
+    id_type: pa.DataType
+    unmarked: tuple[str, ...]  # files without a model fingerprint in their metadata
+
+
+def _first_rows_width(file: pq.ParquetFile, column: str) -> int | None:
+    """The most common code width among the first rows of a variable-width code column (None if all null)."""
+    for batch in file.iter_batches(batch_size=1024, columns=[column]):
+        widths = pc.drop_null(pc.list_value_length(batch.column(0))).to_numpy(zero_copy_only=False)
+        if widths.size:
+            values, counts = np.unique(widths, return_counts=True)
+            return int(values[np.argmax(counts)])
+    return None
+
+
+def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: dict[str, Any],
+                  model_dir: str) -> CodeFiles:
+    """Check every code file against the model before the job starts; InputDataError (one line) if unusable.
+
+    Codes whose metadata names another model are refused, naming both fingerprints. Files with no
+    fingerprint (not written by ``seqcodec encode``) are accepted when their code width matches
+    the model: the fixed width of the column, or else the usual width of its first rows.
+    """
+    fingerprint, code_size = manifest["fingerprint"], manifest["code_size"]
+    paths = match_files(pattern)
+    total = 0
+    id_type: pa.DataType | None = None
+    unmarked = []
+    for path in paths:
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as handle:
+                file = pq.ParquetFile(handle)
+                schema, rows = file.schema_arrow, file.metadata.num_rows
+                for column in (id_column, code_column):
+                    if column not in schema.names:
+                        raise InputDataError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)})")
+                code_type = schema.field(code_column).type
+                problem = code_type_error(code_type)
+                if problem:
+                    raise InputDataError(f"{path}: column {code_column!r} {problem}")
+                facts = schema_metadata(schema)
+                made_by = facts.get("fingerprint")
+                if made_by is not None and made_by != fingerprint:
+                    raise InputDataError(
+                        f"{path}: these codes were made by model {made_by}, but --model-dir {model_dir} is model "
+                        f"{fingerprint}; decode them with the model that made them"
+                    )
+                if pa.types.is_fixed_size_list(code_type):
+                    width, seen = code_type.list_size, "its column type"
+                elif made_by is None:
+                    width, seen = _first_rows_width(file, code_column), "its first rows"
+                else:
+                    width, seen = facts.get("code_size"), "its metadata"
+        except (OSError, pa.ArrowException) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputDataError(f"{path}: not a readable Parquet file ({reason})") from None
+        if width is not None and width != code_size:
+            raise InputDataError(
+                f"{path}: codes are {width} wide (from {seen}) but model {fingerprint} has code_size {code_size}"
+            )
+        this_id = schema.field(id_column).type
+        if pa.types.is_nested(this_id):
+            raise InputDataError(f"{path}: column {id_column!r} is {this_id}; ids must be scalars")
+        if id_type is None:
+            id_type = this_id
+        elif this_id != id_type:
+            raise InputDataError(f"{path}: column {id_column!r} is {this_id} but {paths[0]} has {id_type}")
+        if made_by is None:
+            unmarked.append(path)
+        total += rows
+    assert id_type is not None
+    if unmarked:
+        log.warning(
+            "%d of %d file(s) carry no model fingerprint (not written by seqcodec encode), e.g. %s; "
+            "accepted because their code width matches the model's %d", len(unmarked), len(paths), unmarked[0],
+            code_size,
+        )
+    return CodeFiles(tuple(paths), total, id_type, tuple(unmarked))
+
+
 def code_schema(id_type: pa.DataType, code_size: int, metadata: dict[str, object]) -> pa.Schema:
     """Code shards: id, length and the length-prefixed code; model facts in the schema metadata."""
     return pa.schema(
         [("id", id_type), ("length", pa.int32()), ("code", pa.list_(pa.float32(), code_size))],
+        metadata={f"{METADATA_PREFIX}{k}": json.dumps(v) for k, v in metadata.items()},
+    )
+
+
+def decoded_schema(id_type: pa.DataType, metadata: dict[str, object]) -> pa.Schema:
+    """Decoded shards: id and tokens (int32); the decoding model's facts in the schema metadata."""
+    return pa.schema(
+        [("id", id_type), ("tokens", pa.list_(pa.int32()))],
         metadata={f"{METADATA_PREFIX}{k}": json.dumps(v) for k, v in metadata.items()},
     )
 

@@ -1,4 +1,4 @@
-"""Check token rows column-wise and split each Arrow batch into valid rows and dead letters."""
+"""Check token rows and code rows column-wise and split each Arrow batch into valid rows and dead letters."""
 
 from __future__ import annotations
 
@@ -22,11 +22,29 @@ REASONS: dict[str, str] = {
 }
 TOO_LONG_CHOICES = ("reject", "truncate")
 
+# Why a code row was rejected, in the order they are checked (a row gets the first that applies).
+CODE_REASONS: dict[str, str] = {
+    "null_id": "the id is null",
+    "null_code": "the code is null",
+    "wrong_width": "the code does not have the model's code_size values",
+    "null_value": "the code holds a null value",
+    "not_finite": "the code holds NaN or infinity (as float32)",
+    "bad_length": "the length field (the code's first value) is not an integer in [1, max_length]",
+}
+CODE_VALUE_TYPES = (pa.float32(), pa.float64())
+
 
 def error_schema(id_type: pa.DataType) -> pa.Schema:
     """Dead-letter rows: the id, why, a sentence for people, and the tokens as they were read."""
     return pa.schema(
         [("id", id_type), ("reason", pa.string()), ("detail", pa.string()), ("tokens", pa.list_(pa.int64()))]
+    )
+
+
+def code_error_schema(id_type: pa.DataType) -> pa.Schema:
+    """Dead-letter code rows: the id, why, a sentence for people, and the code as it was read."""
+    return pa.schema(
+        [("id", id_type), ("reason", pa.string()), ("detail", pa.string()), ("code", pa.list_(pa.float64()))]
     )
 
 
@@ -126,6 +144,106 @@ class ValidateTokens(beam.DoFn):
         if bad.num_rows:
             for name, count in zip(*np.unique(bad.column("reason").to_numpy(zero_copy_only=False), return_counts=True),
                                    strict=True):
+                self.rejected[name].inc(int(count))
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, bad)
+        if good.num_rows:
+            yield good
+
+
+# -- code rows --------------------------------------------------------------------------------------------
+
+
+def split_codes(
+    table: pa.Table, code_size: int, max_length: int, id_column: str = "id", code_column: str = "code"
+) -> tuple[pa.Table, pa.Table]:
+    """Split one batch into (valid ``id, code`` rows, rejected rows in ``code_error_schema``).
+
+    Valid codes come out as ``fixed_size_list<float32, code_size>`` whatever list type they were
+    read as; the checks are column operations, only rejected rows get a Python-built detail.
+    """
+    ids = table.column(id_column).combine_chunks()
+    codes = table.column(code_column).combine_chunks()
+    n = len(codes)
+    widths = pc.fill_null(pc.list_value_length(codes), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(codes)
+    # The row of each flattened value, from the lengths list_flatten itself uses (list_parent_indices
+    # would also count values hidden behind a null slot, which list_flatten leaves out).
+    parents = np.repeat(np.arange(n), widths)
+    values = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # nulls read as NaN
+    starts = np.cumsum(widths) - widths  # where each row's values begin in ``values``
+
+    null_value = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else np.zeros(len(flat), bool)
+    with np.errstate(over="ignore"):
+        not_finite = ~np.isfinite(values.astype(np.float32)) & ~null_value
+    # Per row, the flat position of its first hit (same helper as the token checks, with positions as values).
+    null_value_rows, _ = _first_per_row(parents[null_value], np.flatnonzero(null_value), n)
+    not_finite_rows, first_not_finite = _first_per_row(parents[not_finite], np.flatnonzero(not_finite), n)
+    right_width = widths == code_size
+    length_field = np.full(n, np.nan)
+    length_field[right_width] = values[starts[right_width]]
+    with np.errstate(invalid="ignore"):
+        good_length = (length_field == np.round(length_field)) & (length_field >= 1) & (length_field <= max_length)
+    checks = {
+        "null_id": ids.is_null().to_numpy(zero_copy_only=False),
+        "null_code": codes.is_null().to_numpy(zero_copy_only=False),
+        "wrong_width": ~right_width,
+        "null_value": null_value_rows,
+        "not_finite": not_finite_rows,
+        "bad_length": ~good_length,
+    }
+    reason = np.full(n, "", dtype=object)
+    for name, hit in checks.items():
+        reason[(reason == "") & hit] = name
+    ok = reason == ""
+
+    matrix = values[ok[parents]].astype(np.float32).reshape(-1, code_size)
+    good = pa.table({
+        "id": ids.filter(pa.array(ok)),
+        "code": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), code_size),
+    })
+
+    bad_rows = np.flatnonzero(~ok)
+    details = []
+    for row in bad_rows.tolist():
+        name = reason[row]
+        if name == "wrong_width":
+            details.append(f"{widths[row]} values, the model's code_size is {code_size}")
+        elif name == "not_finite":
+            at = int(first_not_finite[row])
+            details.append(f"value {float(values[at])!r} at position {at - starts[row]} is not a finite float32")
+        elif name == "bad_length":
+            details.append(f"length field {float(length_field[row])!r} is not an integer in [1, {max_length}]")
+        else:
+            details.append(CODE_REASONS[name])
+    indices = pa.array(bad_rows, type=pa.int64())
+    bad = pa.Table.from_arrays(
+        [
+            ids.take(indices),
+            pa.array(reason[bad_rows].tolist(), type=pa.string()),
+            pa.array(details, type=pa.string()),
+            codes.take(indices).cast(pa.list_(pa.float64())),
+        ],
+        schema=code_error_schema(ids.type),
+    )
+    return good, bad
+
+
+class ValidateCodes(beam.DoFn):
+    """Arrow batch of code rows in; valid rows on the main output, rejected rows on ``errors``."""
+
+    def __init__(self, code_size: int, max_length: int, id_column: str, code_column: str) -> None:
+        self.args = (code_size, max_length, id_column, code_column)
+        self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
+        self.rows_valid = Metrics.counter(METRICS_NAMESPACE, "rows_valid")
+        self.rejected = {name: Metrics.counter(METRICS_NAMESPACE, f"rejected_{name}") for name in CODE_REASONS}
+
+    def process(self, table: pa.Table):
+        good, bad = split_codes(table, *self.args)
+        self.rows_read.inc(table.num_rows)
+        self.rows_valid.inc(good.num_rows)
+        if bad.num_rows:
+            reasons = bad.column("reason").to_numpy(zero_copy_only=False)
+            for name, count in zip(*np.unique(reasons, return_counts=True), strict=True):
                 self.rejected[name].inc(int(count))
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, bad)
         if good.num_rows:

@@ -1,0 +1,223 @@
+"""Round-trip statistics and examples: per-length counts and accuracies, and mismatched rows to show.
+
+Everything on the hot path is an Arrow or numpy column operation; Python loops only ever touch
+the few mismatch examples kept for people.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.validate import METRICS_NAMESPACE
+
+MAX_BUCKETS = 20
+
+
+# -- lengths and round-trip statistics -----------------------------------------------------------------
+
+
+def length_buckets(max_length: int) -> list[tuple[int, int]]:
+    """Inclusive (first, last) length ranges of a round width (1, 2, 5, 10, 20, ...), at most MAX_BUCKETS."""
+    widths = (m * 10**e for e in itertools.count() for m in (1, 2, 5))
+    width = next(w for w in widths if -(-max_length // w) <= MAX_BUCKETS)
+    return [(lo, min(lo + width - 1, max_length)) for lo in range(1, max_length + 1, width)]
+
+
+def bucket_label(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+class LengthStats(beam.DoFn):
+    """Decoded table -> per-length counts ``(3, max_length + 1)``: rows, correct tokens, exact rows.
+
+    The last two stay 0 without ``compare``. Round-trip totals and per-bucket counts also go
+    to Beam counters (``roundtrip_*``), so they show while the job runs.
+    """
+
+    def __init__(self, max_length: int, compare: bool) -> None:
+        self.max_length, self.compare = max_length, compare
+        self.buckets = length_buckets(max_length)
+        if compare:
+            def counter(name):
+                return Metrics.counter(METRICS_NAMESPACE, name)
+
+            self.totals = {name: counter(f"roundtrip_{name}") for name in ("rows", "tokens", "tokens_correct", "exact")}
+            self.by_bucket = {
+                name: [counter(f"roundtrip_{name}_len{lo:04d}_{hi:04d}") for lo, hi in self.buckets]
+                for name in ("rows", "tokens_correct", "exact")
+            }
+
+    def process(self, table: pa.Table) -> Iterator[np.ndarray]:
+        size = self.max_length + 1
+        lengths = pc.list_value_length(table.column("tokens")).to_numpy(zero_copy_only=False).astype(np.int64)
+        if lengths.size and lengths.max() > self.max_length:
+            raise ValueError(f"a decoded row is {lengths.max()} long, over max_length {self.max_length}")
+        stats = np.zeros((3, size), dtype=np.int64)
+        stats[0] = np.bincount(lengths, minlength=size)
+        if self.compare:
+            correct = table.column("correct").to_numpy().astype(np.int64)
+            stats[1] = np.bincount(lengths, weights=correct, minlength=size).astype(np.int64)
+            stats[2] = np.bincount(lengths[correct == lengths], minlength=size)
+            self.totals["rows"].inc(int(lengths.size))
+            self.totals["tokens"].inc(int(lengths.sum()))
+            self.totals["tokens_correct"].inc(int(correct.sum()))
+            self.totals["exact"].inc(int(stats[2].sum()))
+            starts = np.array([lo for lo, _ in self.buckets])
+            for row, name in enumerate(("rows", "tokens_correct", "exact")):
+                for counter, value in zip(self.by_bucket[name], np.add.reduceat(stats[row], starts), strict=True):
+                    if value:
+                        counter.inc(int(value))
+        yield stats
+
+
+class SumStats(beam.CombineFn):
+    """Element-wise sum of the per-length count arrays (zeros when there were none)."""
+
+    def __init__(self, max_length: int) -> None:
+        self.shape = (3, max_length + 1)
+
+    def create_accumulator(self) -> np.ndarray:
+        return np.zeros(self.shape, dtype=np.int64)
+
+    def add_input(self, accumulator: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        return accumulator + stats
+
+    def merge_accumulators(self, accumulators: Iterable[np.ndarray]) -> np.ndarray:
+        return sum(accumulators, self.create_accumulator())
+
+    def extract_output(self, accumulator: np.ndarray) -> np.ndarray:
+        return accumulator
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def length_report(stats: np.ndarray, compare: bool) -> dict[str, Any]:
+    """Summed per-length counts -> totals and per-bucket rows for summary.json (accuracies if ``compare``)."""
+    rows, correct, exact = (np.asarray(s, dtype=np.int64) for s in stats)
+    tokens = rows * np.arange(rows.size)
+    buckets = []
+    for lo, hi in length_buckets(rows.size - 1):
+        span = slice(lo, hi + 1)
+        entry: dict[str, Any] = {
+            "lengths": bucket_label(lo, hi), "min_length": lo, "max_length": hi,
+            "sequences": int(rows[span].sum()), "tokens": int(tokens[span].sum()),
+        }
+        if compare:
+            entry["token_accuracy"] = _ratio(int(correct[span].sum()), entry["tokens"])
+            entry["exact_match"] = _ratio(int(exact[span].sum()), entry["sequences"])
+        buckets.append(entry)
+    out: dict[str, Any] = {"sequences": int(rows.sum()), "tokens": int(tokens.sum())}
+    if compare:
+        out["tokens_correct"] = int(correct.sum())
+        out["exact_matches"] = int(exact.sum())
+        out["token_accuracy"] = _ratio(out["tokens_correct"], out["tokens"])
+        out["exact_match"] = _ratio(out["exact_matches"], out["sequences"])
+    out["by_length"] = buckets
+    return out
+
+
+def write_text(path: str, text: str) -> None:
+    """Write (or overwrite) a small text file on any Beam filesystem."""
+    with FileSystems.create(path) as handle:
+        handle.write(text.encode())
+
+
+def write_stats(stats: np.ndarray, path: str) -> None:
+    write_text(path, json.dumps({"rows": stats[0].tolist(), "correct": stats[1].tolist(),
+                                 "exact": stats[2].tolist()}) + "\n")
+
+
+def read_stats(path: str) -> np.ndarray:
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        data = json.loads(handle.read())
+    return np.array([data["rows"], data["correct"], data["exact"]], dtype=np.int64)
+
+
+# -- mismatch examples ------------------------------------------------------------------------------------
+
+
+class PickMismatches(beam.DoFn):
+    """From a compared table, up to ``n`` wrongly decoded rows, spread over lengths (one per length first).
+
+    Yields one list of example dicts per table (nothing when every row round-tripped).
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def process(self, table: pa.Table) -> Iterator[list[dict[str, Any]]]:
+        lengths = pc.list_value_length(table.column("tokens")).to_numpy(zero_copy_only=False).astype(np.int64)
+        correct = table.column("correct").to_numpy().astype(np.int64)
+        wrong = np.flatnonzero(correct < lengths)
+        if not wrong.size:
+            return
+        wrong_lengths = lengths[wrong]
+        order = np.argsort(wrong_lengths, kind="stable")
+        sorted_lengths = wrong_lengths[order]
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size) - np.searchsorted(sorted_lengths, sorted_lengths, side="left")
+        chosen = np.lexsort((wrong_lengths, rank))[: self.n]
+        take = pa.array(wrong[chosen], type=pa.int64())
+        examples = []
+        for r, row_id, original, decoded in zip(
+            rank[chosen].tolist(),
+            table.column("id").take(take).to_pylist(),
+            table.column("original").take(take).to_pylist(),
+            table.column("tokens").take(take).to_pylist(),
+            strict=True,
+        ):
+            wrong_at = [i for i, (a, b) in enumerate(zip(original, decoded, strict=True)) if a != b]
+            examples.append({
+                "rank": r, "id": row_id, "length": len(original), "wrong_tokens": len(wrong_at),
+                "wrong_positions": wrong_at, "original": original, "decoded": decoded,
+            })
+        yield examples
+
+
+def keep_spread(examples: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` examples taking one of each length in turn (shortest first), then a second, ..."""
+    turn: dict[int, int] = {}
+    keyed = []
+    for example in sorted(examples, key=lambda e: (e["length"], e["rank"], str(e["id"]))):
+        k = turn.get(example["length"], 0)
+        turn[example["length"]] = k + 1
+        keyed.append(((k, example["length"], str(example["id"])), example))
+    keyed.sort(key=lambda item: item[0])
+    return [example for _, example in keyed[:n]]
+
+
+class KeepExamples(beam.CombineFn):
+    """At most ``n`` examples, preferring one per length before a second of any length."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def create_accumulator(self) -> list[dict[str, Any]]:
+        return []
+
+    def add_input(self, accumulator: list, examples: list) -> list:
+        return keep_spread(accumulator + examples, self.n)
+
+    def merge_accumulators(self, accumulators: Iterable[list]) -> list:
+        return keep_spread(itertools.chain.from_iterable(accumulators), self.n)
+
+    def extract_output(self, accumulator: list) -> list:
+        out = sorted(accumulator, key=lambda e: (e["length"], str(e["id"])))
+        return [{k: v for k, v in e.items() if k != "rank"} for e in out]
+
+
+def write_examples(examples: list[dict[str, Any]], path: str) -> None:
+    """Mismatch examples as JSON Lines, one readable object per line (empty file when there are none)."""
+    write_text(path, "".join(json.dumps(e, default=str) + "\n" for e in examples))
