@@ -20,13 +20,14 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "sample"))
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=0, help="how many words (default 0: all of them)")
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
 
     words = sorted(get_english_words_set(["web2"], lower=True, alpha=True))
     rng = np.random.default_rng(args.seed)
-    chosen = [words[i] for i in rng.choice(len(words), size=min(args.rows, len(words)), replace=False)]
+    count = min(args.rows, len(words)) if args.rows > 0 else len(words)
+    chosen = [words[i] for i in rng.choice(len(words), size=count, replace=False)]
     index = {c: i for i, c in enumerate(ALPHABET)}
     tokens = pa.array([[index[c] for c in w] for w in chosen], type=pa.list_(pa.int32()))
     table = pa.table({"id": pa.array(np.arange(len(chosen), dtype=np.int64)), "tokens": tokens})

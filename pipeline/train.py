@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=TrainSettings.validation_fraction)
     p.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     p.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate)
+    p.add_argument("--lr-decay", type=float, default=TrainSettings.lr_decay,
+                   help="learning-rate multiplier per epoch (default %(default)s)")
     p.add_argument("--seed", type=int, default=TrainSettings.seed)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.lr_decay <= 1:
+        raise ValueError(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
     if args.time_budget is not None and args.time_budget < 0:
         raise ValueError("--time-budget must be >= 0 seconds")
     data = read_token_sequences(args.input, args.tokens_column)
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         validation_fraction=args.validation_fraction,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        lr_decay=args.lr_decay,
         seed=args.seed,
     )
     manifest = train_codec(data, config, settings, args.model_dir)
