@@ -12,7 +12,7 @@ ensure_venv() {
   want="$(cat "$root/$req" "$root/requirements.txt" "$root/setup.py" | sha256sum | cut -c1-16) $req"
   if [[ ! -f "$stamp" ]] || ! grep -qxF "$want" "$stamp"; then
     echo "seqcodec: installing $req and the project into .venv (first run takes a minute or two)" >&2
-    "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/$req" -e "$root"
+    "$root/.venv/bin/python" -m pip install -qq --disable-pip-version-check -r "$root/$req" -e "$root"
     echo "$want" >> "$stamp"
   fi
 }
