@@ -18,11 +18,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, PipelineFailed, exit_process, run_cli, setup_logging
-from pipeline.options import add_io_arguments, check_positive, check_run_options, make_pipeline
+from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
 from pipeline.outputs import Partition, partition_path, staged_rows
 from pipeline.run import run_and_publish
 from transforms.inference import DecodeTables, read_model_manifest, slice_tables
-from transforms.parquet_io import CodeFiles, WriteTables, decoded_schema, inspect_codes
+from transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, decoded_schema, inspect_codes
 from transforms.roundtrip import (
     KeepExamples,
     LengthStats,
@@ -165,8 +165,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> dict[str, beam.PC
     m = job.manifest
     tables = (
         pipeline
-        | "Files" >> beam.Create(job.inputs.paths)
-        | "Row groups" >> beam.io.ReadAllFromParquetBatched(columns=[job.id_column, job.code_column])
+        | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.code_column)
         | "Slice" >> beam.FlatMap(slice_tables, job.max_batch_rows)
     )
     checked = tables | "Validate" >> beam.ParDo(
@@ -197,10 +196,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parser().parse_known_args(argv)
     setup_logging(args.verbose)
-    check_positive(args, "batch_size", "max_batch_rows")
-    check_run_options(args)
-    if args.num_shards < 0:
-        raise ValueError("--num-shards must be >= 0")
+    check_io_arguments(args)
     started = time.monotonic()
     manifest = read_model_manifest(args.model_dir)
     inputs = inspect_codes(args.input, args.id_column, args.code_column, manifest, args.model_dir)

@@ -13,11 +13,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact
 from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, exit_process, run_cli, setup_logging
-from pipeline.options import add_io_arguments, check_positive, check_run_options, make_pipeline
+from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
 from pipeline.outputs import Partition, partition_path
 from pipeline.run import run_and_publish
 from transforms.inference import EncodeKeepingTokens, EncodeTables, read_model_manifest, slice_tables
-from transforms.parquet_io import InputFiles, ReadTokenBatches, WriteTables, code_schema, inspect_inputs
+from transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
 from transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
 
 log = logging.getLogger("seqcodec")
@@ -46,7 +46,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PC
     m = job.manifest
     tables = (
         pipeline
-        | "Read" >> ReadTokenBatches(job.inputs.paths, job.id_column, job.tokens_column)
+        | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column)
         | "Slice" >> beam.FlatMap(slice_tables, job.max_batch_rows)
     )
     checked = tables | "Validate" >> beam.ParDo(
@@ -97,10 +97,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parser().parse_known_args(argv)
     setup_logging(args.verbose)
-    check_positive(args, "batch_size", "max_batch_rows")
-    check_run_options(args)
-    if args.num_shards < 0:
-        raise ValueError("--num-shards must be >= 0")
+    check_io_arguments(args)
     if args.mismatches < 0 or (args.mismatches and not args.decode):
         raise ValueError("--mismatches must be >= 0 and needs --decode")
     started = time.monotonic()

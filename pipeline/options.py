@@ -38,6 +38,14 @@ def check_run_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-error-rate must be a fraction between 0 and 1, got {args.max_error_rate}")
 
 
+def check_io_arguments(args: argparse.Namespace) -> None:
+    """ValueError (one line, exit 2) for any bad shared option, before anything runs."""
+    check_positive(args, "batch_size", "max_batch_rows")
+    if args.num_shards < 0:
+        raise ValueError(f"--num-shards must be >= 0, got {args.num_shards}")
+    check_run_options(args)
+
+
 def check_positive(args: argparse.Namespace, *names: str) -> None:
     """ValueError for an option that must be >= 1."""
     for name in names:

@@ -1,4 +1,4 @@
-"""The job's transforms on their own: ValidateTokens / split_rows, EncodeTables (RunInference), ReadTokenBatches.
+"""The job's transforms on their own: ValidateTokens / split_rows, EncodeTables (RunInference), ReadBatches.
 
 Pipelines are real Beam TestPipelines on the DirectRunner's in-process engine (FnApiRunner, chosen the
 way pipeline/options.py does) with assert_that; inputs are real Arrow tables and real Parquet files,
@@ -31,7 +31,7 @@ from helpers_beam import (
 
 from pipeline.options import direct_runner
 from transforms.inference import EncodeTables, slice_tables
-from transforms.parquet_io import ReadTokenBatches
+from transforms.parquet_io import ReadBatches
 from transforms.validate import ERRORS_TAG, METRICS_NAMESPACE, REASONS, ValidateTokens, error_schema, split_rows
 
 ROWS = mixed_rows(n_valid=30, seed=5)
@@ -288,7 +288,7 @@ def test_encode_tables_equals_sequence_codec(tiny_model_dir, tiny_codec):
     assert counters["rows_encoded"] == 40
 
 
-# -- ReadTokenBatches ---------------------------------------------------------------------------------
+# -- ReadBatches ---------------------------------------------------------------------------------
 
 
 def test_read_token_batches_multi_row_group(tmp_path):
@@ -306,7 +306,7 @@ def test_read_token_batches_multi_row_group(tmp_path):
         check(rows == list(zip(range(10), seqs, strict=True)) + [(50, [1]), (51, [2, 3])], f"rows differ: {rows}")
 
     p = make_pipeline()
-    assert_that(p | ReadTokenBatches((str(path), str(path2)), "id", "tokens"), check_tables)
+    assert_that(p | ReadBatches((str(path), str(path2)), "id", "tokens"), check_tables)
     p.run()
 
 
@@ -322,5 +322,5 @@ def test_read_token_batches_other_column_names(tmp_path):
         check(got.to_pylist() == [{"key": "a", "toks": [1, 2]}, {"key": "b", "toks": [3]}], f"{got.to_pylist()}")
 
     p = make_pipeline()
-    assert_that(p | ReadTokenBatches((str(path),), "key", "toks"), check_tables)
+    assert_that(p | ReadBatches((str(path),), "key", "toks"), check_tables)
     p.run()

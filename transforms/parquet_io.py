@@ -54,6 +54,18 @@ def read_schema(path: str) -> tuple[pa.Schema, int]:
         raise InputDataError(f"{path}: not a readable Parquet file ({reason})") from None
 
 
+def check_id_type(
+    path: str, schema: pa.Schema, id_column: str, seen: pa.DataType | None, first_path: str
+) -> pa.DataType:
+    """The id column's type; InputDataError if it is not a scalar or differs from the first file's."""
+    this_id = schema.field(id_column).type
+    if pa.types.is_nested(this_id):
+        raise InputDataError(f"{path}: column {id_column!r} is {this_id}; ids must be scalars")
+    if seen is not None and this_id != seen:
+        raise InputDataError(f"{path}: column {id_column!r} is {this_id} but {first_path} has {seen}")
+    return this_id
+
+
 def inspect_inputs(pattern: str, id_column: str, tokens_column: str) -> InputFiles:
     """Check every input file before the job starts, so a bad file stops it before anything is written."""
     paths = match_files(pattern)
@@ -67,13 +79,7 @@ def inspect_inputs(pattern: str, id_column: str, tokens_column: str) -> InputFil
         problem = token_list_type_error(schema.field(tokens_column).type)
         if problem:
             raise InputDataError(f"{path}: column {tokens_column!r} {problem}")
-        this_id = schema.field(id_column).type
-        if pa.types.is_nested(this_id):
-            raise InputDataError(f"{path}: column {id_column!r} is {this_id}; ids must be scalars")
-        if id_type is None:
-            id_type = this_id
-        elif this_id != id_type:
-            raise InputDataError(f"{path}: column {id_column!r} is {this_id} but {paths[0]} has {id_type}")
+        id_type = check_id_type(path, schema, id_column, id_type, paths[0])
         total += rows
     assert id_type is not None
     return InputFiles(tuple(paths), total, id_type)
@@ -154,13 +160,7 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: dict
             raise InputDataError(
                 f"{path}: codes are {width} wide (from {seen}) but model {fingerprint} has code_size {code_size}"
             )
-        this_id = schema.field(id_column).type
-        if pa.types.is_nested(this_id):
-            raise InputDataError(f"{path}: column {id_column!r} is {this_id}; ids must be scalars")
-        if id_type is None:
-            id_type = this_id
-        elif this_id != id_type:
-            raise InputDataError(f"{path}: column {id_column!r} is {this_id} but {paths[0]} has {id_type}")
+        id_type = check_id_type(path, schema, id_column, id_type, paths[0])
         if made_by is None:
             unmarked.append(path)
         total += rows
@@ -201,12 +201,12 @@ def schema_metadata(schema: pa.Schema) -> dict[str, object]:
     return out
 
 
-class ReadTokenBatches(beam.PTransform):
-    """Read the checked files' row groups as Arrow tables, projected to the id and tokens columns."""
+class ReadBatches(beam.PTransform):
+    """Read the checked files' row groups as Arrow tables, projected to the id and data columns."""
 
-    def __init__(self, paths: tuple[str, ...], id_column: str, tokens_column: str) -> None:
+    def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str) -> None:
         super().__init__()
-        self.paths, self.columns = paths, [id_column, tokens_column]
+        self.paths, self.columns = paths, [id_column, data_column]
 
     def expand(self, pbegin):
         # The checked list, not the glob again: a file that appears mid-run must not break the row count.
