@@ -106,7 +106,24 @@ class Progress:
                      self.rows, self.done, elapsed, self.rows / elapsed if elapsed > 0 else 0.0)
 
 
-class CodecEncoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
+class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
+    """What both codec handlers share: one Arrow table per call, the model loaded once per worker."""
+
+    def __init__(self, model_dir: str, batch_size: int) -> None:
+        # Each element is already a batch of rows (a row group or a slice): RunInference must not add another.
+        super().__init__(min_batch_size=1, max_batch_size=1)
+        self.model_dir, self.batch_size = model_dir, batch_size
+
+    def load_model(self) -> Any:
+        from model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
+
+        return load_codec(localize_model_dir(self.model_dir), batch_size=self.batch_size)
+
+    def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
+        return sum(table.nbytes for table in batch)
+
+
+class CodecEncoderHandler(CodecHandler):
     """Arrow table of valid (id, tokens) rows in, Arrow table of (id, length, code) out.
 
     Each element is already a batch (one Parquet row group or a slice of it), so RunInference
@@ -115,15 +132,9 @@ class CodecEncoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
     """
 
     def __init__(self, model_dir: str, batch_size: int) -> None:
-        super().__init__(min_batch_size=1, max_batch_size=1)
-        self.model_dir, self.batch_size = model_dir, batch_size
+        super().__init__(model_dir, batch_size)
         self.rows = Metrics.counter(METRICS_NAMESPACE, "rows_encoded")
         self.progress = Progress("encoded")
-
-    def load_model(self) -> Any:
-        from model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
-
-        return load_codec(localize_model_dir(self.model_dir), batch_size=self.batch_size)
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
@@ -133,9 +144,6 @@ class CodecEncoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
             self.rows.inc(table.num_rows)
             self.progress.add(table.num_rows)
             yield codes_table(table.column("id").combine_chunks(), codes)
-
-    def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
-        return sum(table.nbytes for table in batch)
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_encoder"
@@ -180,7 +188,7 @@ def correct_per_row(same: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
 
 
-class CodecDecoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
+class CodecDecoderHandler(CodecHandler):
     """Arrow table of valid (id, code) rows in, Arrow table of (id, tokens) out.
 
     Like the encoder's handler, each element is already a batch; the codec sorts its rows by
@@ -190,14 +198,9 @@ class CodecDecoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
     """
 
     def __init__(self, model_dir: str, batch_size: int, compare: bool = False) -> None:
-        super().__init__(min_batch_size=1, max_batch_size=1)
-        self.model_dir, self.batch_size, self.compare = model_dir, batch_size, compare
+        super().__init__(model_dir, batch_size)
+        self.compare = compare
         self.rows = Metrics.counter(METRICS_NAMESPACE, "rows_decoded")
-
-    def load_model(self) -> Any:
-        from model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
-
-        return load_codec(localize_model_dir(self.model_dir), batch_size=self.batch_size)
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
@@ -216,9 +219,6 @@ class CodecDecoderHandler(ModelHandler[pa.Table, pa.Table, Any]):
                 )
             self.rows.inc(table.num_rows)
             yield pa.table(columns)
-
-    def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
-        return sum(table.nbytes for table in batch)
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_decoder"
