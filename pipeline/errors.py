@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 from model.data import InputDataError
-from model.storage import ModelDirError
+from model.manifest import ModelDirError
 
 # Errors that mean "the user's input or arguments are wrong": reported in one line.
 USER_ERRORS: tuple[type[Exception], ...] = (InputDataError, ModelDirError, ValueError, FileNotFoundError)

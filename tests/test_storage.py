@@ -10,7 +10,8 @@ import pytest
 from conftest import TINY, build_codec, random_sequences
 
 from model.config import CodecConfig
-from model.storage import ModelDirError, fingerprint, load_codec, save_codec
+from model.manifest import ModelDirError
+from model.storage import fingerprint, load_codec, save_codec
 from model.tfenv import keras
 
 

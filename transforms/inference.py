@@ -39,7 +39,7 @@ if _beam_base.resource is None:
 
 def read_model_manifest(model_dir: str) -> dict[str, Any]:
     """Read and check ``manifest.json`` through Beam's FileSystems (local, gs://, ...)."""
-    from model.storage import ModelDirError, parse_manifest
+    from model.manifest import ModelDirError, parse_manifest
 
     where = f"model directory {model_dir}"
     path = FileSystems.join(model_dir, "manifest.json")
