@@ -1,0 +1,95 @@
+"""Decode cost beside encode cost, per sequence: in memory and as whole Beam jobs, in one run.
+
+Run: .venv/bin/python -m bench.decode_bench --rows 200000
+(default model: models/default; data: bench/make_rows.py under /tmp/seqcodec-bench, not the repository)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from bench.encode_bench import REPO, git_commit, loadavg, log, run_child, seqcodec_cmd
+from bench.make_rows import ensure_rows
+
+
+def in_memory(model_dir: Path, data: Path, rows: int, rounds: int) -> dict:
+    """Encode and decode the same sequences with the batched codec, interleaved; sequences per second."""
+    from model.storage import load_codec
+    from transforms.inference import flat_tokens
+
+    codec = load_codec(model_dir)
+    tokens = pq.read_table(data, columns=["tokens"]).column("tokens").slice(0, rows)
+    values, offsets = flat_tokens(tokens)
+    codes = codec.encode_flat(values, offsets)  # warm-up (traces) and the decoder's input
+    codec.decode_flat(codes[:1000])
+    rates: dict[str, list[float]] = {"encode": [], "decode": []}
+    for _ in range(rounds):
+        start = time.perf_counter()
+        codec.encode_flat(values, offsets)
+        rates["encode"].append(rows / (time.perf_counter() - start))
+        start = time.perf_counter()
+        codec.decode_flat(codes)
+        rates["decode"].append(rows / (time.perf_counter() - start))
+    ratios = [e / d for e, d in zip(rates["encode"], rates["decode"], strict=True)]
+    return {"rates": rates, "decode_cost_vs_encode": ratios}
+
+
+def jobs(model_dir: Path, data: Path, work: Path, repeats: int) -> dict:
+    """`seqcodec encode` then `seqcodec decode` on its codes, alternating; rows/s from summary.json."""
+    out: dict[str, list] = {"encode": [], "decode": []}
+    for i in range(repeats):
+        encoded = work / f"enc-{i}"
+        run = run_child([*seqcodec_cmd(), "encode", "--input", str(data), "--output", str(encoded),
+                         "--model-dir", str(model_dir)], work / f"enc-{i}.log")
+        summary = json.loads((encoded / "summary.json").read_text())
+        out["encode"].append({**run, "rows_per_second": summary["sequences_per_second"]})
+        decoded = work / f"dec-{i}"
+        run = run_child([*seqcodec_cmd(), "decode", "--input", str(encoded / "codes" / "*.parquet"),
+                         "--output", str(decoded), "--model-dir", str(model_dir)], work / f"dec-{i}.log")
+        summary = json.loads((decoded / "summary.json").read_text())
+        out["decode"].append({**run, "rows_per_second": summary["sequences_per_second"]})
+        shutil.rmtree(encoded)
+        shutil.rmtree(decoded)
+    out["decode_cost_vs_encode"] = [e["rows_per_second"] / d["rows_per_second"]
+                                    for e, d in zip(out["encode"], out["decode"], strict=True)]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--model-dir", default=str(REPO / "models" / "default"))
+    parser.add_argument("--rounds", type=int, default=3, help="in-memory encode/decode rounds")
+    parser.add_argument("--job-repeats", type=int, default=2)
+    parser.add_argument("--work", default="/tmp/seqcodec-bench")
+    parser.add_argument("--out", default="/tmp/seqcodec-bench/decode_bench.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="decode-", dir=Path(args.work)))
+    model_dir = work / "model"
+    shutil.copytree(args.model_dir, model_dir)  # a model replaced mid-run must not change the numbers
+    data = ensure_rows(args.rows, Path(args.work) / "data")
+    result = {"commit": git_commit(), "rows": args.rows, "model": json.loads((model_dir / "manifest.json").read_text())
+              ["fingerprint"], "load_average_start": loadavg()}
+    log("in-memory encode vs decode")
+    result["in_memory"] = in_memory(model_dir, data, args.rows, args.rounds)
+    log("whole jobs: encode, then decode its codes")
+    result["jobs"] = jobs(model_dir, data, work, args.job_repeats)
+    result["load_average_end"] = loadavg()
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    mem, job = result["in_memory"], result["jobs"]
+    log(f"in memory: decode costs {np.median(mem['decode_cost_vs_encode']):.2f}x encode per sequence "
+        f"(encode {np.median(mem['rates']['encode']):.0f}/s, decode {np.median(mem['rates']['decode']):.0f}/s)")
+    log(f"whole jobs: decode costs {np.median(job['decode_cost_vs_encode']):.2f}x encode per sequence")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
