@@ -56,6 +56,31 @@ def _first_per_row(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.nda
     return mask, dict(zip(unique.tolist(), values[first].tolist(), strict=True))
 
 
+def first_reason(checks: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Per row, the name of the first check (in dict order) that it fails, or "" if none."""
+    reason = np.full(n, "", dtype=object)
+    for name, hit in checks.items():
+        reason[(reason == "") & hit] = name
+    return reason
+
+
+def dead_letters(
+    ids: pa.Array, reason: np.ndarray, bad_rows: np.ndarray, details: list[str], original: pa.Array,
+    schema: pa.Schema,
+) -> pa.Table:
+    """Rejected rows as a table of ``schema``: id, reason, detail and the original value (cast to the schema)."""
+    indices = pa.array(bad_rows, type=pa.int64())
+    return pa.Table.from_arrays(
+        [
+            ids.take(indices),
+            pa.array(reason[bad_rows].tolist(), type=pa.string()),
+            pa.array(details, type=pa.string()),
+            original.take(indices).cast(schema.field(3).type),
+        ],
+        schema=schema,
+    )
+
+
 def split_rows(
     table: pa.Table,
     vocab_size: int,
@@ -91,9 +116,7 @@ def split_rows(
         "token_out_of_range": bad_id_rows,
         "too_long": (lengths > max_length) if too_long == "reject" else np.zeros(n, bool),
     }
-    reason = np.full(n, "", dtype=object)
-    for name, hit in checks.items():
-        reason[(reason == "") & hit] = name
+    reason = first_reason(checks, n)
     ok = reason == ""
 
     good_tokens = tokens.filter(pa.array(ok))
@@ -111,16 +134,7 @@ def split_rows(
             details.append(f"{lengths[row]} tokens, the model's max_length is {max_length}")
         else:
             details.append(REASONS[name])
-    indices = pa.array(bad_rows, type=pa.int64())
-    bad = pa.Table.from_arrays(
-        [
-            ids.take(indices),
-            pa.array(reason[bad_rows].tolist(), type=pa.string()),
-            pa.array(details, type=pa.string()),
-            tokens.take(indices).cast(pa.list_(pa.int64())),
-        ],
-        schema=error_schema(ids.type),
-    )
+    bad = dead_letters(ids, reason, bad_rows, details, tokens, error_schema(ids.type))
     truncated = int((ok & (lengths > max_length)).sum()) if too_long == "truncate" else 0
     return good, bad, truncated
 
@@ -191,9 +205,7 @@ def split_codes(
         "not_finite": not_finite_rows,
         "bad_length": ~good_length,
     }
-    reason = np.full(n, "", dtype=object)
-    for name, hit in checks.items():
-        reason[(reason == "") & hit] = name
+    reason = first_reason(checks, n)
     ok = reason == ""
 
     matrix = values[ok[parents]].astype(np.float32).reshape(-1, code_size)
@@ -215,16 +227,7 @@ def split_codes(
             details.append(f"length field {float(length_field[row])!r} is not an integer in [1, {max_length}]")
         else:
             details.append(CODE_REASONS[name])
-    indices = pa.array(bad_rows, type=pa.int64())
-    bad = pa.Table.from_arrays(
-        [
-            ids.take(indices),
-            pa.array(reason[bad_rows].tolist(), type=pa.string()),
-            pa.array(details, type=pa.string()),
-            codes.take(indices).cast(pa.list_(pa.float64())),
-        ],
-        schema=code_error_schema(ids.type),
-    )
+    bad = dead_letters(ids, reason, bad_rows, details, codes, code_error_schema(ids.type))
     return good, bad
 
 
