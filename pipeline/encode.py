@@ -16,7 +16,7 @@ from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, exit_process, run_cl
 from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
 from pipeline.outputs import Partition, partition_path
 from pipeline.run import run_and_publish
-from transforms.inference import EncodeKeepingTokens, EncodeTables, read_model_manifest, slice_tables
+from transforms.inference import EncodeTables, read_model_manifest, slice_tables
 from transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
 from transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
 
@@ -53,7 +53,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PC
         ValidateTokens(m["vocab_size"], m["max_length"], job.too_long, job.id_column, job.tokens_column)
     ).with_outputs(ERRORS_TAG, main="valid")
     if job.decode:  # the codes keep their original tokens until written, so decoding can compare
-        encoded = checked.valid | "Encode" >> EncodeKeepingTokens(job.model_dir, job.batch_size)
+        encoded = checked.valid | "Encode" >> EncodeTables(job.model_dir, job.batch_size, keep_tokens=True)
         codes = encoded | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
         decoded = add_decode_stage(encoded, job.staging, job.inputs.id_type, m, job.model_dir, job.batch_size,
                                    job.num_shards, compare=True, mismatches=job.mismatches)

@@ -156,11 +156,15 @@ def slice_tables(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:
 
 
 class EncodeTables(beam.PTransform):
-    """Valid token tables -> code tables, through RunInference and the codec's batched encoder."""
+    """Valid token tables -> code tables, through RunInference and the codec's batched encoder.
 
-    def __init__(self, model_dir: str, batch_size: int = 512) -> None:
+    With ``keep_tokens`` each code table also keeps the input ``tokens`` (for the round trip).
+    """
+
+    def __init__(self, model_dir: str, batch_size: int = 512, keep_tokens: bool = False) -> None:
         super().__init__()
-        self.handler = CodecEncoderHandler(model_dir, batch_size)
+        handler = CodecEncoderKeepingTokens if keep_tokens else CodecEncoderHandler
+        self.handler = handler(model_dir, batch_size)
 
     def expand(self, tables):
         return tables | "RunInference" >> RunInference(self.handler)
@@ -232,17 +236,6 @@ class CodecEncoderKeepingTokens(CodecEncoderHandler):
     ) -> Iterable[pa.Table]:
         for table, codes in zip(batch, super().run_inference(batch, model, inference_args), strict=True):
             yield codes.append_column("tokens", table.column("tokens"))
-
-
-class EncodeKeepingTokens(beam.PTransform):
-    """Valid token tables -> (id, length, code, tokens) tables through RunInference."""
-
-    def __init__(self, model_dir: str, batch_size: int = 512) -> None:
-        super().__init__()
-        self.handler = CodecEncoderKeepingTokens(model_dir, batch_size)
-
-    def expand(self, tables):
-        return tables | "RunInference" >> RunInference(self.handler)
 
 
 class DecodeTables(beam.PTransform):
