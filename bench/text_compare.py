@@ -6,8 +6,8 @@ each per round, so a slow spell of the shared machine hits all of them alike and
 variant round-trips the held-out rows (the 10% that model.train.split holds out: validation and
 test halves, no checkpoint is picked from them) through model.train.evaluate. Seconds per epoch
 count training steps only; the first epoch includes tracing. The learning rate follows
-model.train's schedule (2e-3 * 0.85**epoch, floor 2e-3 / 50). Results are rewritten after every
-round.
+the per-epoch schedule model.train had when this was measured (2e-3 * 0.85**epoch, floor
+2e-3 / 50). Results are rewritten after every round.
 Run: .venv/bin/python data/make_text_sample.py --out /tmp/seqcodec-text
      .venv/bin/python bench/text_compare.py --input /tmp/seqcodec-text/sentences.parquet --epochs 8
 """
@@ -38,7 +38,7 @@ VARIANTS = {
           dict(hidden_size=256, embedding_size=64, bidirectional=False, position_signal=False)),
     "b": ("h256 uni + position signal",
           dict(hidden_size=256, embedding_size=64, bidirectional=False, position_signal=True)),
-    "c": ("h256 bi + position signal (current default)",
+    "c": ("h256 bi + position signal (the default shape at the time)",
           dict(hidden_size=256, embedding_size=64, bidirectional=True, position_signal=True)),
     "d": ("h256 bi + position signal, embedding 128",
           dict(hidden_size=256, embedding_size=128, bidirectional=True, position_signal=True)),

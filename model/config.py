@@ -16,7 +16,9 @@ class CodecConfig:
 
     vocab_size: int
     max_length: int
-    hidden_size: int = 256
+    # 192, not 256: on 2 CPU cores a training step at 192 costs about half of one at 224 or 256
+    # (docs/MODEL.md), which buys twice the epochs in a time budget and more than pays for the size.
+    hidden_size: int = 192
     embedding_size: int = 64
     bidirectional: bool = True
     position_signal: bool = True

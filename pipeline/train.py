@@ -19,8 +19,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="glob of Parquet files with a list-of-integers tokens column")
     p.add_argument("--model-dir", required=True, help="where to write the model directory")
     p.add_argument("--tokens-column", default="tokens")
-    p.add_argument("--hidden-size", type=int, default=256)
-    p.add_argument("--embedding-size", type=int, default=64)
+    p.add_argument("--hidden-size", type=int, default=CodecConfig.hidden_size)
+    p.add_argument("--embedding-size", type=int, default=CodecConfig.embedding_size)
     p.add_argument("--vocab-size", type=int, help="default: largest token id seen + 1")
     p.add_argument("--max-length", type=int, help="default: longest sequence seen")
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
@@ -32,9 +32,8 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds; stop cleanly when spent and keep the best model (0: no limit)")
     p.add_argument("--validation-fraction", type=float, default=TrainSettings.validation_fraction)
     p.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
-    p.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate)
-    p.add_argument("--lr-decay", type=float, default=TrainSettings.lr_decay,
-                   help="learning-rate multiplier per epoch (default %(default)s)")
+    p.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate,
+                   help="starting rate, annealed (cosine) to 1/50 of it over the run's epochs or time budget")
     p.add_argument("--seed", type=int, default=TrainSettings.seed)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -46,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 < args.lr_decay <= 1:
-        raise ValueError(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be positive, got {args.learning_rate}")
     if args.time_budget is not None and args.time_budget < 0:
         raise ValueError("--time-budget must be >= 0 seconds")
     data = read_token_sequences(args.input, args.tokens_column)
@@ -77,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         validation_fraction=args.validation_fraction,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        lr_decay=args.lr_decay,
         seed=args.seed,
     )
     manifest = train_codec(data, config, settings, args.model_dir)

@@ -11,6 +11,7 @@ from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 
 from model.data import InputDataError, TokenSequences, read_token_sequences
 from model.storage import load_codec
+from model.train import TimeBudget
 
 VOCAB, LONGEST = 10, 8
 # Small and fast: a tiny network, two epochs of 12 batches.
@@ -90,6 +91,22 @@ def test_train_reports_metrics_and_history(trained):
     history = json.loads((model_dir / "history.json").read_text())
     assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
     assert len(history["val_exact_match"]) == 2
+    # Cosine from 2e-3 over the 24 planned steps: about half way after epoch 1, near the floor (4e-5) at the end.
+    first, last = history["learning_rate"]
+    assert 0.9e-3 < first < 1.3e-3 and 4e-5 <= last < 6e-5
+
+
+def test_time_budget_plans_the_run_from_the_pace_so_far():
+    budget = TimeBudget(seconds=100, max_steps=1000)
+    assert budget.progress() == 0.0
+    budget.start -= 25  # 50 steps in 25 s of a 100 s budget: 200 steps planned, a quarter done
+    budget.steps = 50
+    assert budget.progress() == pytest.approx(0.25, abs=0.01)
+    budget.max_steps = 100  # the epochs end before the budget would: they bound the plan
+    assert budget.progress() == 0.5
+    unlimited = TimeBudget(seconds=None, max_steps=40)
+    unlimited.steps = 30
+    assert unlimited.progress() == 0.75
 
 
 def test_same_seed_gives_the_same_model(trained, corpus_glob, corpus, tmp_path):
@@ -124,7 +141,10 @@ def test_time_budget_stops_early_and_keeps_a_model(tmp_path):
     assert metrics["stopped_by_time_budget"] is True
     assert 1 <= metrics["epochs_run"] < 100000
     assert 14.5 <= metrics["train_seconds"] < 90
-    assert len(json.loads((model_dir / "history.json").read_text())["loss"]) == metrics["epochs_run"]
+    history = json.loads((model_dir / "history.json").read_text())
+    assert len(history["loss"]) == metrics["epochs_run"]
+    # The schedule follows the clock: the budget ends at the floor learning rate, not at epoch 100000's.
+    assert history["learning_rate"][-1] < 2e-3 * 0.05
     load_codec(model_dir)
 
 
@@ -202,6 +222,11 @@ def _zero_epochs(d: Path) -> tuple[str, list, str]:
     return str(d / "f.parquet"), ["--epochs", "0"], "--epochs"
 
 
+def _zero_learning_rate(d: Path) -> tuple[str, list, str]:
+    write_tokens_parquet(d / "f.parquet", range(10), random_sequences(10, VOCAB, LONGEST, 1))
+    return str(d / "f.parquet"), ["--learning-rate", "0"], "--learning-rate"
+
+
 BAD_INPUTS = {
     "glob-matches-nothing": _no_match,
     "not-parquet": _not_parquet,
@@ -214,6 +239,7 @@ BAD_INPUTS = {
     "vocab-size-too-small": _vocab_too_small,
     "too-few-sequences": _too_few_sequences,
     "zero-epochs": _zero_epochs,
+    "zero-learning-rate": _zero_learning_rate,
 }
 
 
