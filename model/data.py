@@ -18,6 +18,19 @@ class InputDataError(ValueError):
     """A file or column that cannot be used; the message is one line naming the file."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message for a one-line error, or its type name if it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def require_columns(path: str, names: list[str], columns: list[str] | tuple[str, ...]) -> None:
+    """InputDataError naming the file if any of ``columns`` is not among the file's column ``names``."""
+    for column in columns:
+        if column not in names:
+            raise InputDataError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
+
+
 @dataclasses.dataclass
 class TokenSequences:
     """Sequences in Arrow's list layout: row i is ``values[offsets[i]:offsets[i + 1]]``."""
@@ -67,11 +80,8 @@ def open_parquet(path: str, columns: list[str]) -> pq.ParquetFile:
     try:
         file = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
-        raise InputDataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    names = file.schema_arrow.names
-    for column in columns:
-        if column not in names:
-            raise InputDataError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
+        raise InputDataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
+    require_columns(path, file.schema_arrow.names, columns)
     return file
 
 
@@ -105,7 +115,7 @@ def read_token_sequences(pattern: str, tokens_column: str = "tokens") -> TokenSe
                 value_parts.append(values)
                 length_parts.append(lengths[keep])
         except (OSError, pa.ArrowException) as exc:
-            raise InputDataError(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from None
+            raise InputDataError(f"{path}: cannot be read ({first_line(exc)})") from None
     if skipped:
         log.warning("skipped %d null or empty sequences", skipped)
     lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, np.int64)

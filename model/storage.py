@@ -15,6 +15,7 @@ import numpy as np
 import model.layers  # noqa: F401  (registers the custom layers before any .keras file is read)
 from model.codec import SequenceCodec
 from model.config import CodecConfig
+from model.data import first_line
 from model.manifest import FORMAT_VERSION, MANIFEST, ModelDirError, read_manifest
 from model.tfenv import keras, tf
 
@@ -82,8 +83,7 @@ def load_codec(model_dir: str | os.PathLike, batch_size: int | None = None) -> S
         try:
             nets.append(keras.saving.load_model(file, compile=False, safe_mode=True))
         except Exception as exc:  # keras raises many types for a damaged archive
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelDirError(f"model directory {path}: {name} cannot be loaded ({reason})") from None
+            raise ModelDirError(f"model directory {path}: {name} cannot be loaded ({first_line(exc)})") from None
     encoder, decoder = nets
     if encoder.output_shape[-1] != config.code_size or decoder.output_shape[-1] != config.vocab_size:
         raise ModelDirError(f"model directory {path}: the saved networks do not match {MANIFEST}")

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.parquet_io import count_rows
+from transforms.parquet_io import count_rows, matching_paths
 
 log = logging.getLogger("seqcodec")
 
@@ -73,7 +73,7 @@ def partition_path(output: str, run_date: str | None) -> str:
                 for name in os.listdir(output)
             )
         else:
-            dated = bool(_match(FileSystems.join(output, "dt=*", SUCCESS)))
+            dated = bool(matching_paths(FileSystems.join(output, "dt=*", SUCCESS)))
         if dated:
             raise ValueError(
                 f"--output {output} holds dated partitions (dt=...); pass --run-date, or use another directory "
@@ -87,13 +87,6 @@ def partition_path(output: str, run_date: str | None) -> str:
             "dated runs need a directory of their own"
         )
     return FileSystems.join(output, f"dt={run_date}")
-
-
-def _match(pattern: str) -> list[str]:
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # nothing matches (some filesystems raise rather than return nothing)
-        return []
 
 
 # -- Linux's atomic exchange of two paths ------------------------------------------------------------
@@ -175,7 +168,7 @@ class Partition:
         if self.local:
             names = os.listdir(self.parent) if os.path.isdir(self.parent) else []
         else:
-            found = _match(FileSystems.join(self.parent, f".{self.name}.*", "**"))
+            found = matching_paths(FileSystems.join(self.parent, f".{self.name}.*", "**"))
             names = sorted({p[len(self.parent) :].lstrip("/").split("/", 1)[0] for p in found})
         out = []
         for name in names:
@@ -243,12 +236,12 @@ class Partition:
         success = FileSystems.join(self.path, SUCCESS)
         if FileSystems.exists(success):
             FileSystems.delete([success])  # un-commit: from here on readers must not trust this partition
-        staged = [p for p in _match(FileSystems.join(self.staging, "**")) if not p.endswith("/")]
+        staged = [p for p in matching_paths(FileSystems.join(self.staging, "**")) if not p.endswith("/")]
         targets = [FileSystems.join(self.path, p[len(self.staging) :].lstrip("/")) for p in staged]
         if self.local:
             for folder in sorted({FileSystems.split(t)[0] for t in targets}):
                 os.makedirs(folder, exist_ok=True)
-        previous = set(_match(FileSystems.join(self.path, "**")))
+        previous = set(matching_paths(FileSystems.join(self.path, "**")))
         if staged:
             FileSystems.rename(staged, targets)
         stale = sorted(previous - set(targets) - {success})
@@ -262,7 +255,7 @@ class Partition:
         if self.local:
             shutil.rmtree(path, ignore_errors=True)
         else:
-            files = _match(FileSystems.join(path, "**"))
+            files = matching_paths(FileSystems.join(path, "**"))
             if files:
                 FileSystems.delete(files)
 
@@ -279,11 +272,7 @@ def staged_rows(partition: Partition, folder: str) -> int:
 def reason_counts(pattern: str) -> dict[str, int]:
     """Rejected rows by reason, from the error shards' ``reason`` column alone."""
     counts: dict[str, int] = {}
-    try:
-        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    except Exception:  # no shards written
-        return counts
-    for path in paths:
+    for path in matching_paths(pattern):
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             reasons = pq.read_table(handle, columns=["reason"]).column("reason").to_numpy(zero_copy_only=False)
         for name, count in zip(*np.unique(reasons.astype(str), return_counts=True), strict=True):

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from model.data import InputDataError
+from model.data import InputDataError, first_line
 from pipeline.errors import exit_process, run_cli, setup_logging
+from transforms.parquet_io import matching_paths
 from transforms.roundtrip import bucket_label, length_buckets
 
 log = logging.getLogger("seqcodec")
@@ -62,7 +63,7 @@ def read_history(model_dir: str | None) -> dict[str, list[float]] | None:
             return None
         history = json.loads(_read_text(path))
     except Exception as exc:
-        log.warning("cannot read %s (%s): the report has no training curves", path, str(exc).splitlines()[0])
+        log.warning("cannot read %s (%s): the report has no training curves", path, first_line(exc))
         return None
     if not isinstance(history, dict):
         log.warning("%s is not a JSON object: the report has no training curves", path)
@@ -74,12 +75,8 @@ def lengths_from_codes(run_dir: str) -> list[dict[str, Any]] | None:
     """Length histogram from the codes' ``length`` column, for runs that did not decode."""
     import pyarrow.parquet as pq
 
-    try:
-        paths = [m.path for m in FileSystems.match([FileSystems.join(run_dir, "codes", "*.parquet")])[0].metadata_list]
-    except Exception:  # no codes folder
-        return None
     parts = []
-    for path in sorted(paths):
+    for path in matching_paths(FileSystems.join(run_dir, "codes", "*.parquet")):
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             parts.append(pq.read_table(handle, columns=["length"]).column("length").to_numpy().astype(np.int64))
     lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)

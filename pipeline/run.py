@@ -10,6 +10,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
+from model.data import first_line
 from pipeline.errors import PipelineFailed, TooManyRejects
 from pipeline.options import runner_name
 from pipeline.outputs import SUCCESS, SUMMARY, Partition, reason_counts, staged_rows
@@ -58,9 +59,8 @@ def run_and_publish(
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineFailed(
-            f"the pipeline failed, nothing was published ({first}); staging kept at {partition.staging}"
+            f"the pipeline failed, nothing was published ({first_line(exc)}); staging kept at {partition.staging}"
         ) from exc
     done = staged_rows(partition, folder)
     rejected = staged_rows(partition, "errors")
@@ -91,7 +91,7 @@ def run_and_publish(
         partition.publish()
     except OSError as exc:  # BeamIOError is an OSError too
         raise PipelineFailed(
-            f"publishing {partition.path} failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); "
+            f"publishing {partition.path} failed ({first_line(exc)}); "
             f"a reader must not trust it without {SUCCESS}; staging kept at {partition.staging}"
         ) from exc
     log.info(

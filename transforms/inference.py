@@ -39,6 +39,7 @@ if _beam_base.resource is None:
 
 def read_model_manifest(model_dir: str) -> dict[str, Any]:
     """Read and check ``manifest.json`` through Beam's FileSystems (local, gs://, ...)."""
+    from model.data import first_line
     from model.manifest import ModelDirError, parse_manifest
 
     where = f"model directory {model_dir}"
@@ -49,8 +50,7 @@ def read_model_manifest(model_dir: str) -> dict[str, Any]:
     except Exception as exc:  # FileSystems raises its own types per scheme
         if not FileSystems.exists(model_dir):
             raise ModelDirError(f"{where}: does not exist") from None
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelDirError(f"{where}: no readable manifest.json ({reason})") from None
+        raise ModelDirError(f"{where}: no readable manifest.json ({first_line(exc)})") from None
     return parse_manifest(text, where)
 
 

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from model.data import InputDataError, token_list_type_error
+from model.data import InputDataError, first_line, require_columns, token_list_type_error
 from transforms.validate import CODE_VALUE_TYPES
 
 METADATA_PREFIX = "seqcodec."
@@ -36,11 +36,19 @@ def match_files(pattern: str) -> list[str]:
     try:
         results = FileSystems.match([pattern])
     except Exception as exc:  # a bad scheme or unreachable bucket: report it, do not crash
-        raise InputDataError(f"{pattern}: cannot list files ({str(exc).splitlines()[0]})") from None
+        raise InputDataError(f"{pattern}: cannot list files ({first_line(exc)})") from None
     paths = sorted(m.path for m in results[0].metadata_list)
     if not paths:
         raise InputDataError(f"{pattern}: no file matches")
     return paths
+
+
+def matching_paths(pattern: str) -> list[str]:
+    """Files matching ``pattern``, sorted; empty when nothing matches (some filesystems raise then)."""
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:
+        return []
 
 
 def read_schema(path: str) -> tuple[pa.Schema, int]:
@@ -50,8 +58,12 @@ def read_schema(path: str) -> tuple[pa.Schema, int]:
             meta = pq.ParquetFile(handle).metadata
             return meta.schema.to_arrow_schema(), meta.num_rows
     except (OSError, pa.ArrowException) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputDataError(f"{path}: not a readable Parquet file ({reason})") from None
+        raise unreadable(path, exc) from None
+
+
+def unreadable(path: str, exc: BaseException) -> InputDataError:
+    """The one-line error for a file that is not readable Parquet."""
+    return InputDataError(f"{path}: not a readable Parquet file ({first_line(exc)})")
 
 
 def check_id_type(
@@ -73,9 +85,7 @@ def inspect_inputs(pattern: str, id_column: str, tokens_column: str) -> InputFil
     id_type: pa.DataType | None = None
     for path in paths:
         schema, rows = read_schema(path)
-        for column in (id_column, tokens_column):
-            if column not in schema.names:
-                raise InputDataError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)})")
+        require_columns(path, schema.names, (id_column, tokens_column))
         problem = token_list_type_error(schema.field(tokens_column).type)
         if problem:
             raise InputDataError(f"{path}: column {tokens_column!r} {problem}")
@@ -133,9 +143,7 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: dict
             with FileSystems.open(path, compression_type="uncompressed") as handle:
                 file = pq.ParquetFile(handle)
                 schema, rows = file.schema_arrow, file.metadata.num_rows
-                for column in (id_column, code_column):
-                    if column not in schema.names:
-                        raise InputDataError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)})")
+                require_columns(path, schema.names, (id_column, code_column))
                 code_type = schema.field(code_column).type
                 problem = code_type_error(code_type)
                 if problem:
@@ -154,8 +162,7 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: dict
                 else:
                     width, seen = facts.get("code_size"), "its metadata"
         except (OSError, pa.ArrowException) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputDataError(f"{path}: not a readable Parquet file ({reason})") from None
+            raise unreadable(path, exc) from None
         if width is not None and width != code_size:
             raise InputDataError(
                 f"{path}: codes are {width} wide (from {seen}) but model {fingerprint} has code_size {code_size}"
@@ -174,20 +181,19 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: dict
     return CodeFiles(tuple(paths), total, id_type, tuple(unmarked))
 
 
+def _with_facts(fields: list[tuple[str, pa.DataType]], facts: dict[str, object]) -> pa.Schema:
+    """A schema whose metadata holds the model's facts as ``seqcodec.<name>`` JSON entries."""
+    return pa.schema(fields, metadata={f"{METADATA_PREFIX}{k}": json.dumps(v) for k, v in facts.items()})
+
+
 def code_schema(id_type: pa.DataType, code_size: int, metadata: dict[str, object]) -> pa.Schema:
     """Code shards: id, length and the length-prefixed code; model facts in the schema metadata."""
-    return pa.schema(
-        [("id", id_type), ("length", pa.int32()), ("code", pa.list_(pa.float32(), code_size))],
-        metadata={f"{METADATA_PREFIX}{k}": json.dumps(v) for k, v in metadata.items()},
-    )
+    return _with_facts([("id", id_type), ("length", pa.int32()), ("code", pa.list_(pa.float32(), code_size))], metadata)
 
 
 def decoded_schema(id_type: pa.DataType, metadata: dict[str, object]) -> pa.Schema:
     """Decoded shards: id and tokens (int32); the decoding model's facts in the schema metadata."""
-    return pa.schema(
-        [("id", id_type), ("tokens", pa.list_(pa.int32()))],
-        metadata={f"{METADATA_PREFIX}{k}": json.dumps(v) for k, v in metadata.items()},
-    )
+    return _with_facts([("id", id_type), ("tokens", pa.list_(pa.int32()))], metadata)
 
 
 def schema_metadata(schema: pa.Schema) -> dict[str, object]:
@@ -236,8 +242,4 @@ class WriteTables(beam.PTransform):
 
 def count_rows(pattern: str) -> int:
     """Rows in the Parquet files matching ``pattern`` (0 if none), from their footers."""
-    try:
-        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    except Exception:  # nothing written: no match
-        return 0
-    return sum(read_schema(path)[1] for path in paths)
+    return sum(read_schema(path)[1] for path in matching_paths(pattern))
