@@ -56,6 +56,21 @@ def _first_per_row(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.nda
     return mask, dict(zip(unique.tolist(), values[first].tolist(), strict=True))
 
 
+def _flat_lists(
+    table: pa.Table, id_column: str, list_column: str
+) -> tuple[pa.Array, pa.Array, np.ndarray, pa.Array, np.ndarray, np.ndarray]:
+    """(ids, lists, each row's length (0 if null), flattened values, each value's row, null-value mask)."""
+    ids = table.column(id_column).combine_chunks()
+    lists = table.column(list_column).combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(lists)
+    # The row of each flattened value, from the same lengths list_flatten uses: list_parent_indices would
+    # also count the values behind a null list slot, which list_flatten leaves out.
+    parents = np.repeat(np.arange(len(lists)), lengths)
+    null = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else np.zeros(len(flat), bool)
+    return ids, lists, lengths, flat, parents, null
+
+
 def first_reason(checks: dict[str, np.ndarray], n: int) -> np.ndarray:
     """Per row, the name of the first check (in dict order) that it fails, or "" if none."""
     reason = np.full(n, "", dtype=object)
@@ -94,17 +109,9 @@ def split_rows(
     All checks are Arrow/numpy column operations; only rejected rows get a Python-built detail.
     With ``too_long="truncate"`` long rows keep their first ``max_length`` tokens instead.
     """
-    ids = table.column(id_column).combine_chunks()
-    tokens = table.column(tokens_column).combine_chunks()
+    ids, tokens, lengths, flat, parents, null_element = _flat_lists(table, id_column, tokens_column)
     n = len(tokens)
-    lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(tokens)
-    # The row of each flattened value, from the same lengths list_flatten uses: list_parent_indices would
-    # also count the values behind a null list slot, which list_flatten leaves out.
-    parents = np.repeat(np.arange(n), lengths)
     values = pc.fill_null(flat, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-
-    null_element = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else np.zeros(len(flat), bool)
     null_token_rows, _ = _first_per_row(parents[null_element], values[null_element], n)
     out_of_range = ((values < 0) | (values >= vocab_size)) & ~null_element
     bad_id_rows, first_bad_id = _first_per_row(parents[out_of_range], values[out_of_range], n)
@@ -139,29 +146,42 @@ def split_rows(
     return good, bad, truncated
 
 
-class ValidateTokens(beam.DoFn):
-    """Arrow batch in; valid rows out on the main output, rejected rows on ``errors``; counts as it goes."""
+class _Validate(beam.DoFn):
+    """Arrow batch in; valid rows on the main output, rejected rows on ``errors``; counts both, by reason."""
 
-    def __init__(self, vocab_size: int, max_length: int, too_long: str, id_column: str, tokens_column: str) -> None:
-        self.args = (vocab_size, max_length, too_long, id_column, tokens_column)
+    def __init__(self, reasons: dict[str, str]) -> None:
         self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
         self.rows_valid = Metrics.counter(METRICS_NAMESPACE, "rows_valid")
-        self.truncated = Metrics.counter(METRICS_NAMESPACE, "rows_truncated")
-        self.rejected = {name: Metrics.counter(METRICS_NAMESPACE, f"rejected_{name}") for name in REASONS}
+        self.rejected = {name: Metrics.counter(METRICS_NAMESPACE, f"rejected_{name}") for name in reasons}
+
+    def split(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+        raise NotImplementedError
 
     def process(self, table: pa.Table):
-        vocab_size, max_length, too_long, id_column, tokens_column = self.args
-        good, bad, truncated = split_rows(table, vocab_size, max_length, too_long, id_column, tokens_column)
+        good, bad = self.split(table)
         self.rows_read.inc(table.num_rows)
         self.rows_valid.inc(good.num_rows)
-        self.truncated.inc(truncated)
         if bad.num_rows:
-            for name, count in zip(*np.unique(bad.column("reason").to_numpy(zero_copy_only=False), return_counts=True),
-                                   strict=True):
+            reasons = bad.column("reason").to_numpy(zero_copy_only=False)
+            for name, count in zip(*np.unique(reasons, return_counts=True), strict=True):
                 self.rejected[name].inc(int(count))
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, bad)
         if good.num_rows:
             yield good
+
+
+class ValidateTokens(_Validate):
+    """Token rows: ``split_rows`` per batch; also counts the rows it truncated."""
+
+    def __init__(self, vocab_size: int, max_length: int, too_long: str, id_column: str, tokens_column: str) -> None:
+        super().__init__(REASONS)
+        self.args = (vocab_size, max_length, too_long, id_column, tokens_column)
+        self.truncated = Metrics.counter(METRICS_NAMESPACE, "rows_truncated")
+
+    def split(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+        good, bad, truncated = split_rows(table, *self.args)
+        self.truncated.inc(truncated)
+        return good, bad
 
 
 # -- code rows --------------------------------------------------------------------------------------------
@@ -175,18 +195,10 @@ def split_codes(
     Valid codes come out as ``fixed_size_list<float32, code_size>`` whatever list type they were
     read as; the checks are column operations, only rejected rows get a Python-built detail.
     """
-    ids = table.column(id_column).combine_chunks()
-    codes = table.column(code_column).combine_chunks()
+    ids, codes, widths, flat, parents, null_value = _flat_lists(table, id_column, code_column)
     n = len(codes)
-    widths = pc.fill_null(pc.list_value_length(codes), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(codes)
-    # The row of each flattened value, from the lengths list_flatten itself uses (list_parent_indices
-    # would also count values hidden behind a null slot, which list_flatten leaves out).
-    parents = np.repeat(np.arange(n), widths)
     values = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # nulls read as NaN
     starts = np.cumsum(widths) - widths  # where each row's values begin in ``values``
-
-    null_value = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else np.zeros(len(flat), bool)
     with np.errstate(over="ignore"):
         not_finite = ~np.isfinite(values.astype(np.float32)) & ~null_value
     # Per row, the flat position of its first hit (same helper as the token checks, with positions as values).
@@ -231,23 +243,12 @@ def split_codes(
     return good, bad
 
 
-class ValidateCodes(beam.DoFn):
-    """Arrow batch of code rows in; valid rows on the main output, rejected rows on ``errors``."""
+class ValidateCodes(_Validate):
+    """Code rows: ``split_codes`` per batch."""
 
     def __init__(self, code_size: int, max_length: int, id_column: str, code_column: str) -> None:
+        super().__init__(CODE_REASONS)
         self.args = (code_size, max_length, id_column, code_column)
-        self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
-        self.rows_valid = Metrics.counter(METRICS_NAMESPACE, "rows_valid")
-        self.rejected = {name: Metrics.counter(METRICS_NAMESPACE, f"rejected_{name}") for name in CODE_REASONS}
 
-    def process(self, table: pa.Table):
-        good, bad = split_codes(table, *self.args)
-        self.rows_read.inc(table.num_rows)
-        self.rows_valid.inc(good.num_rows)
-        if bad.num_rows:
-            reasons = bad.column("reason").to_numpy(zero_copy_only=False)
-            for name, count in zip(*np.unique(reasons, return_counts=True), strict=True):
-                self.rejected[name].inc(int(count))
-            yield beam.pvalue.TaggedOutput(ERRORS_TAG, bad)
-        if good.num_rows:
-            yield good
+    def split(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+        return split_codes(table, *self.args)
