@@ -21,7 +21,7 @@ from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, PipelineFailed, exit
 from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
 from pipeline.outputs import Partition, partition_path, staged_rows
 from pipeline.run import run_and_publish
-from transforms.inference import DecodeTables, read_model_manifest, slice_tables
+from transforms.inference import DecodeTables, read_model_manifest
 from transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, decoded_schema, inspect_codes
 from transforms.roundtrip import (
     KeepExamples,
@@ -163,11 +163,7 @@ class DecodeJob:
 def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> dict[str, beam.PCollection]:
     """Read codes -> validate -> decode -> write tokens; rejected rows -> errors. Returns the main PCollections."""
     m = job.manifest
-    tables = (
-        pipeline
-        | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.code_column)
-        | "Slice" >> beam.FlatMap(slice_tables, job.max_batch_rows)
-    )
+    tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.code_column, job.max_batch_rows)
     checked = tables | "Validate" >> beam.ParDo(
         ValidateCodes(m["code_size"], m["max_length"], job.id_column, job.code_column)
     ).with_outputs(ERRORS_TAG, main="valid")

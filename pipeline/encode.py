@@ -11,12 +11,12 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact
+from pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact, model_facts
 from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, exit_process, run_cli, setup_logging
 from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
 from pipeline.outputs import Partition, partition_path
 from pipeline.run import run_and_publish
-from transforms.inference import EncodeTables, read_model_manifest, slice_tables
+from transforms.inference import EncodeTables, read_model_manifest
 from transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
 from transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
 
@@ -44,11 +44,7 @@ class EncodeJob:
 def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PCollection]:
     """Read -> validate -> encode -> write codes; rejected rows -> errors. Returns the main PCollections."""
     m = job.manifest
-    tables = (
-        pipeline
-        | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column)
-        | "Slice" >> beam.FlatMap(slice_tables, job.max_batch_rows)
-    )
+    tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column, job.max_batch_rows)
     checked = tables | "Validate" >> beam.ParDo(
         ValidateTokens(m["vocab_size"], m["max_length"], job.too_long, job.id_column, job.tokens_column)
     ).with_outputs(ERRORS_TAG, main="valid")
@@ -59,10 +55,8 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PC
                                    job.num_shards, compare=True, mismatches=job.mismatches)
     else:
         codes = checked.valid | "Encode" >> EncodeTables(job.model_dir, job.batch_size)
-    facts = {"fingerprint": m["fingerprint"], "code_size": m["code_size"], "vocab_size": m["vocab_size"],
-             "max_length": m["max_length"]}
     _ = codes | "Write codes" >> WriteTables(
-        FileSystems.join(job.staging, "codes", "part"), code_schema(job.inputs.id_type, m["code_size"], facts),
+        FileSystems.join(job.staging, "codes", "part"), code_schema(job.inputs.id_type, m["code_size"], model_facts(m)),
         job.num_shards,
     )
     _ = checked[ERRORS_TAG] | "Write errors" >> WriteTables(

@@ -30,8 +30,8 @@ from helpers_beam import (
 )
 
 from pipeline.options import direct_runner
-from transforms.inference import EncodeTables, slice_tables
-from transforms.parquet_io import ReadBatches
+from transforms.inference import EncodeTables
+from transforms.parquet_io import ReadBatches, slice_tables
 from transforms.validate import ERRORS_TAG, METRICS_NAMESPACE, REASONS, ValidateTokens, error_schema, split_rows
 
 ROWS = mixed_rows(n_valid=30, seed=5)

@@ -109,10 +109,17 @@ class Progress:
 class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
     """What both codec handlers share: one Arrow table per call, the model loaded once per worker."""
 
-    def __init__(self, model_dir: str, batch_size: int) -> None:
+    def __init__(self, model_dir: str, batch_size: int, done: str) -> None:
         # Each element is already a batch of rows (a row group or a slice): RunInference must not add another.
         super().__init__(min_batch_size=1, max_batch_size=1)
         self.model_dir, self.batch_size = model_dir, batch_size
+        self.rows = Metrics.counter(METRICS_NAMESPACE, f"rows_{done}")
+        self.progress = Progress(done)
+
+    def count(self, rows: int) -> None:
+        """Rows finished: the ``rows_<done>`` counter and this worker's progress line."""
+        self.rows.inc(rows)
+        self.progress.add(rows)
 
     def load_model(self) -> Any:
         from model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
@@ -132,27 +139,28 @@ class CodecEncoderHandler(CodecHandler):
     """
 
     def __init__(self, model_dir: str, batch_size: int) -> None:
-        super().__init__(model_dir, batch_size)
-        self.rows = Metrics.counter(METRICS_NAMESPACE, "rows_encoded")
-        self.progress = Progress("encoded")
+        super().__init__(model_dir, batch_size, "encoded")
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
     ) -> Iterable[pa.Table]:
         for table in batch:
             codes = model.encode_flat(*flat_tokens(table.column("tokens")))
-            self.rows.inc(table.num_rows)
-            self.progress.add(table.num_rows)
+            self.count(table.num_rows)
             yield codes_table(table.column("id").combine_chunks(), codes)
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_encoder"
 
 
-def slice_tables(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:
-    """Cut a large row group into slices of at most ``max_rows`` rows (bounded memory per element)."""
-    for start in range(0, table.num_rows, max_rows):
-        yield table.slice(start, max_rows)
+class CodecEncoderKeepingTokens(CodecEncoderHandler):
+    """The encoder's handler, with the input ``tokens`` kept next to each code (for the round trip)."""
+
+    def run_inference(
+        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[pa.Table]:
+        for table, codes in zip(batch, super().run_inference(batch, model, inference_args), strict=True):
+            yield codes.append_column("tokens", table.column("tokens"))
 
 
 class EncodeTables(beam.PTransform):
@@ -202,9 +210,8 @@ class CodecDecoderHandler(CodecHandler):
     """
 
     def __init__(self, model_dir: str, batch_size: int, compare: bool = False) -> None:
-        super().__init__(model_dir, batch_size)
+        super().__init__(model_dir, batch_size, "decoded")
         self.compare = compare
-        self.rows = Metrics.counter(METRICS_NAMESPACE, "rows_decoded")
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
@@ -221,21 +228,11 @@ class CodecDecoderHandler(CodecHandler):
                 columns["correct"] = pa.array(
                     correct_per_row(original_values == values, offsets).astype(np.int32), type=pa.int32()
                 )
-            self.rows.inc(table.num_rows)
+            self.count(table.num_rows)
             yield pa.table(columns)
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_decoder"
-
-
-class CodecEncoderKeepingTokens(CodecEncoderHandler):
-    """The encoder's handler, with the input ``tokens`` kept next to each code (for the round trip)."""
-
-    def run_inference(
-        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[pa.Table]:
-        for table, codes in zip(batch, super().run_inference(batch, model, inference_args), strict=True):
-            yield codes.append_column("tokens", table.column("tokens"))
 
 
 class DecodeTables(beam.PTransform):

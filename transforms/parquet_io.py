@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -207,12 +208,18 @@ def schema_metadata(schema: pa.Schema) -> dict[str, object]:
     return out
 
 
-class ReadBatches(beam.PTransform):
-    """Read the checked files' row groups as Arrow tables, projected to the id and data columns."""
+def slice_tables(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:
+    """Cut a large row group into slices of at most ``max_rows`` rows (bounded memory per element)."""
+    for start in range(0, table.num_rows, max_rows):
+        yield table.slice(start, max_rows)
 
-    def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str) -> None:
+
+class ReadBatches(beam.PTransform):
+    """Read the checked files' row groups as Arrow tables of at most ``max_rows`` rows, projected to two columns."""
+
+    def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str, max_rows: int = 65536) -> None:
         super().__init__()
-        self.paths, self.columns = paths, [id_column, data_column]
+        self.paths, self.columns, self.max_rows = paths, [id_column, data_column], max_rows
 
     def expand(self, pbegin):
         # The checked list, not the glob again: a file that appears mid-run must not break the row count.
@@ -220,6 +227,7 @@ class ReadBatches(beam.PTransform):
             pbegin
             | "Files" >> beam.Create(self.paths)
             | "Row groups" >> beam.io.ReadAllFromParquetBatched(columns=self.columns)
+            | "Slice" >> beam.FlatMap(slice_tables, self.max_rows)
         )
 
 
