@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -80,10 +82,23 @@ def first_reason(checks: dict[str, np.ndarray], n: int) -> np.ndarray:
 
 
 def dead_letters(
-    ids: pa.Array, reason: np.ndarray, bad_rows: np.ndarray, details: list[str], original: pa.Array,
+    ids: pa.Array,
+    reason: np.ndarray,
+    original: pa.Array,
     schema: pa.Schema,
+    sentences: dict[str, str],
+    specific: dict[str, Callable[[int], str]],
 ) -> pa.Table:
-    """Rejected rows as a table of ``schema``: id, reason, detail and the original value (cast to the schema)."""
+    """Rows with a reason as a table of ``schema``: id, reason, detail and the original value (cast to the schema).
+
+    The detail is ``specific[reason](row)`` where a reason has one (it names the offending value),
+    else the reason's sentence; only rejected rows reach Python.
+    """
+    bad_rows = np.flatnonzero(reason != "")
+    details = [
+        specific[name](row) if name in specific else sentences[name]
+        for row, name in zip(bad_rows.tolist(), reason[bad_rows].tolist(), strict=True)
+    ]
     indices = pa.array(bad_rows, type=pa.int64())
     return pa.Table.from_arrays(
         [
@@ -131,17 +146,10 @@ def split_rows(
         good_tokens = pc.list_slice(good_tokens, 0, max_length)
     good = pa.table({"id": ids.filter(pa.array(ok)), "tokens": good_tokens})
 
-    bad_rows = np.flatnonzero(~ok)
-    details = []
-    for row in bad_rows.tolist():
-        name = reason[row]
-        if name == "token_out_of_range":
-            details.append(f"token id {first_bad_id[row]} is outside [0, {vocab_size})")
-        elif name == "too_long":
-            details.append(f"{lengths[row]} tokens, the model's max_length is {max_length}")
-        else:
-            details.append(REASONS[name])
-    bad = dead_letters(ids, reason, bad_rows, details, tokens, error_schema(ids.type))
+    bad = dead_letters(ids, reason, tokens, error_schema(ids.type), REASONS, {
+        "token_out_of_range": lambda row: f"token id {first_bad_id[row]} is outside [0, {vocab_size})",
+        "too_long": lambda row: f"{lengths[row]} tokens, the model's max_length is {max_length}",
+    })
     truncated = int((ok & (lengths > max_length)).sum()) if too_long == "truncate" else 0
     return good, bad, truncated
 
@@ -226,20 +234,15 @@ def split_codes(
         "code": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), code_size),
     })
 
-    bad_rows = np.flatnonzero(~ok)
-    details = []
-    for row in bad_rows.tolist():
-        name = reason[row]
-        if name == "wrong_width":
-            details.append(f"{widths[row]} values, the model's code_size is {code_size}")
-        elif name == "not_finite":
-            at = int(first_not_finite[row])
-            details.append(f"value {float(values[at])!r} at position {at - starts[row]} is not a finite float32")
-        elif name == "bad_length":
-            details.append(f"length field {float(length_field[row])!r} is not an integer in [1, {max_length}]")
-        else:
-            details.append(CODE_REASONS[name])
-    bad = dead_letters(ids, reason, bad_rows, details, codes, code_error_schema(ids.type))
+    def not_finite_detail(row: int) -> str:
+        at = int(first_not_finite[row])
+        return f"value {float(values[at])!r} at position {at - starts[row]} is not a finite float32"
+
+    bad = dead_letters(ids, reason, codes, code_error_schema(ids.type), CODE_REASONS, {
+        "wrong_width": lambda row: f"{widths[row]} values, the model's code_size is {code_size}",
+        "not_finite": not_finite_detail,
+        "bad_length": lambda row: f"length field {float(length_field[row])!r} is not an integer in [1, {max_length}]",
+    })
     return good, bad
 
 
