@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, PipelineFailed, exit_process, run_cli, setup_logging
 from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
 from pipeline.outputs import Partition, partition_path, staged_rows
-from pipeline.run import run_and_publish
+from pipeline.run import Job, run_and_publish
 from transforms.inference import DecodeTables, read_model_manifest
 from transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, decoded_schema, inspect_codes
 from transforms.roundtrip import (
@@ -146,18 +146,11 @@ def log_roundtrip(summary: dict[str, Any]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodeJob:
-    """Everything the graph needs, fixed before it is built (checked inputs, model facts, paths)."""
+class DecodeJob(Job):
+    """The decode job's graph: the shared job fields plus the code column."""
 
     inputs: CodeFiles
-    model_dir: str
-    manifest: dict[str, Any]
-    staging: str
-    id_column: str = "id"
     code_column: str = "code"
-    batch_size: int = 512
-    num_shards: int = 0
-    max_batch_rows: int = 65536
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> dict[str, beam.PCollection]:
@@ -200,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
              inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"])
     partition = Partition(partition_path(args.output, args.run_date))
     partition.prepare()
-    job = DecodeJob(
-        inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=partition.staging,
-        id_column=args.id_column, code_column=args.code_column, batch_size=args.batch_size,
-        num_shards=args.num_shards, max_batch_rows=args.max_batch_rows,
-    )
+    job = DecodeJob.from_args(args, inputs, manifest, partition.staging, code_column=args.code_column)
     pipeline = make_pipeline(beam_args)
     build_pipeline(pipeline, job)
     facts = {"model_fingerprint": manifest["fingerprint"], "code_size": manifest["code_size"],

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import time
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -15,7 +14,7 @@ from pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, mod
 from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, exit_process, run_cli, setup_logging
 from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
 from pipeline.outputs import Partition, partition_path
-from pipeline.run import run_and_publish
+from pipeline.run import Job, run_and_publish
 from transforms.inference import EncodeTables, read_model_manifest
 from transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
 from transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
@@ -24,19 +23,12 @@ log = logging.getLogger("seqcodec")
 
 
 @dataclasses.dataclass(frozen=True)
-class EncodeJob:
-    """Everything the graph needs, fixed before it is built (checked inputs, model facts, paths)."""
+class EncodeJob(Job):
+    """The encode job's graph: the shared job fields plus the tokens column and what to do after encoding."""
 
     inputs: InputFiles
-    model_dir: str
-    manifest: dict[str, Any]
-    staging: str
-    id_column: str = "id"
     tokens_column: str = "tokens"
-    batch_size: int = 512
     too_long: str = "reject"
-    num_shards: int = 0
-    max_batch_rows: int = 65536
     decode: bool = False  # also decode every code, measure the round trip and write decoded/
     mismatches: int = 0  # with decode: up to this many wrongly decoded examples to roundtrip/
 
@@ -101,10 +93,8 @@ def main(argv: list[str] | None = None) -> int:
              inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"])
     partition = Partition(partition_path(args.output, args.run_date))
     partition.prepare()
-    job = EncodeJob(
-        inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=partition.staging,
-        id_column=args.id_column, tokens_column=args.tokens_column, batch_size=args.batch_size,
-        too_long=args.too_long, num_shards=args.num_shards, max_batch_rows=args.max_batch_rows,
+    job = EncodeJob.from_args(
+        args, inputs, manifest, partition.staging, tokens_column=args.tokens_column, too_long=args.too_long,
         decode=args.decode, mismatches=args.mismatches,
     )
     pipeline = make_pipeline(beam_args)

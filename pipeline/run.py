@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +19,28 @@ from pipeline.outputs import SUCCESS, SUMMARY, Partition, reason_counts, staged_
 from transforms.validate import METRICS_NAMESPACE
 
 log = logging.getLogger("seqcodec")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What every job's graph needs, fixed before it is built: checked inputs, model facts, paths, batching."""
+
+    inputs: Any  # InputFiles or CodeFiles: the checked files, their rows and id type
+    model_dir: str
+    manifest: dict[str, Any]
+    staging: str
+    id_column: str = "id"
+    batch_size: int = 512
+    num_shards: int = 0
+    max_batch_rows: int = 65536
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, inputs: Any, manifest: dict[str, Any], staging: str, **own: Any):
+        """The job from the shared command-line options (add_io_arguments) plus the job's ``own`` fields."""
+        return cls(
+            inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=staging, id_column=args.id_column,
+            batch_size=args.batch_size, num_shards=args.num_shards, max_batch_rows=args.max_batch_rows, **own,
+        )
 
 
 def counters(result: Any) -> dict[str, int]:
