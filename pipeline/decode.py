@@ -17,8 +17,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, PipelineFailed, exit_process, run_cli, setup_logging
-from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
+from pipeline.errors import PipelineFailed, exit_process, run_cli, setup_logging
+from pipeline.options import check_io_arguments, job_parser, make_pipeline
 from pipeline.outputs import Partition, partition_path, staged_rows
 from pipeline.run import Job, run_and_publish
 from transforms.inference import DecodeTables, read_model_manifest
@@ -170,14 +170,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> dict[str, beam.PC
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="seqcodec decode",
-        description="Decode length-prefixed codes back into token sequences. Unknown --options go to Beam "
-        "(e.g. --runner, --direct_running_mode, --setup_file).",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=HelpFormatter,
-    )
-    add_io_arguments(p)
+    p = job_parser("seqcodec decode", "Decode length-prefixed codes back into token sequences.")
     p.add_argument("--code-column", default="code")
     return p
 

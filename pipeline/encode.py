@@ -11,8 +11,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact, model_facts
-from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, exit_process, run_cli, setup_logging
-from pipeline.options import add_io_arguments, check_io_arguments, make_pipeline
+from pipeline.errors import exit_process, run_cli, setup_logging
+from pipeline.options import check_io_arguments, job_parser, make_pipeline
 from pipeline.outputs import Partition, partition_path
 from pipeline.run import Job, run_and_publish
 from transforms.inference import EncodeTables, read_model_manifest
@@ -62,14 +62,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PC
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="seqcodec encode",
-        description="Encode token sequences into length-prefixed codes. Unknown --options go to Beam "
-        "(e.g. --runner, --direct_running_mode, --setup_file).",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=HelpFormatter,
-    )
-    add_io_arguments(p)
+    p = job_parser("seqcodec encode", "Encode token sequences into length-prefixed codes.")
     p.add_argument("--tokens-column", default="tokens")
     p.add_argument("--too-long", choices=TOO_LONG_CHOICES, default="reject",
                    help="rows longer than the model's max_length: reject (dead letter) or truncate")

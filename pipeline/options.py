@@ -7,7 +7,21 @@ import argparse
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipeline.errors import EXIT_CODES_HELP, HelpFormatter
+
 DIRECT_RUNNERS = (None, "DirectRunner", "direct")
+
+
+def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A Beam job's parser: the shared options, the exit codes in --help, unknown options left for Beam."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{description} Unknown --options go to Beam (e.g. --runner, --direct_running_mode, --setup_file).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=HelpFormatter,
+    )
+    add_io_arguments(parser)
+    return parser
 
 
 def add_io_arguments(parser: argparse.ArgumentParser) -> None:
