@@ -58,6 +58,13 @@ class PipelineFailed(JobError):
     exit_code = EXIT_PIPELINE_FAILED
 
 
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """ValueError (one line, exit 2) for an option that must be >= 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call ``main`` and map known failures to a one-line message and a non-zero exit code."""
     try:

@@ -7,7 +7,7 @@ import argparse
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.errors import EXIT_CODES_HELP, HelpFormatter
+from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, check_positive
 
 DIRECT_RUNNERS = (None, "DirectRunner", "direct")
 
@@ -58,13 +58,6 @@ def check_io_arguments(args: argparse.Namespace) -> None:
     if args.num_shards < 0:
         raise ValueError(f"--num-shards must be >= 0, got {args.num_shards}")
     check_run_options(args)
-
-
-def check_positive(args: argparse.Namespace, *names: str) -> None:
-    """ValueError for an option that must be >= 1."""
-    for name in names:
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
 def direct_runner(options: PipelineOptions):

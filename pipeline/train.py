@@ -9,7 +9,7 @@ import logging
 from model.config import CodecConfig
 from model.data import read_token_sequences
 from model.train import TrainSettings, train_codec
-from pipeline.errors import exit_process, run_cli, setup_logging
+from pipeline.errors import check_positive, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
 
@@ -42,9 +42,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    check_positive(args, "epochs", "batch_size")
     if not args.learning_rate > 0:
         raise ValueError(f"--learning-rate must be positive, got {args.learning_rate}")
     if args.time_budget is not None and args.time_budget < 0:
