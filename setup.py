@@ -5,6 +5,7 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
+SUBPACKAGES = ("model", "transforms", "pipeline")
 
 
 def requirements() -> list[str]:
@@ -14,12 +15,15 @@ def requirements() -> list[str]:
 
 setup(
     name="seqcodec",
-    version="0.1.0",
+    version="0.1.0",  # also seqcodec.__version__
     description="Batch job that turns variable-length token sequences into fixed-size codes and back",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["model", "transforms", "pipeline"],
+    # The repository keeps model/, transforms/ and pipeline/ at the top; installed, everything lives
+    # under seqcodec. so that a user's own model.py or pipeline.py cannot shadow the library.
+    packages=["seqcodec", *(f"seqcodec.{name}" for name in SUBPACKAGES)],
+    package_dir={"seqcodec": "seqcodec", **{f"seqcodec.{name}": name for name in SUBPACKAGES}},
     install_requires=requirements(),
-    entry_points={"console_scripts": ["seqcodec=pipeline.cli:entry"]},
+    entry_points={"console_scripts": ["seqcodec=seqcodec.pipeline.cli:entry"]},
 )

@@ -22,8 +22,8 @@ from bench.make_rows import ensure_rows
 
 def in_memory(model_dir: Path, data: Path, rows: int, rounds: int) -> dict:
     """Encode and decode the same sequences with the batched codec, interleaved; sequences per second."""
-    from model.storage import load_codec
-    from transforms.inference import flat_tokens
+    from seqcodec.model.storage import load_codec
+    from seqcodec.transforms.inference import flat_tokens
 
     codec = load_codec(model_dir)
     tokens = pq.read_table(data, columns=["tokens"]).column("tokens").slice(0, rows)

@@ -88,7 +88,7 @@ def git_commit() -> str:
 def seqcodec_cmd() -> list[str]:
     """The ``seqcodec`` console script of the running venv (fallback: the module)."""
     script = Path(sys.executable).parent / "seqcodec"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "seqcodec.pipeline.cli"]
 
 
 def run_child(cmd: list[str], log_path: Path) -> dict[str, Any]:
@@ -136,8 +136,8 @@ def _vm_hwm_kib(pid: int) -> int:
 
 def snapshot_model(model_dir: Path, work: Path) -> Path:
     """A private copy of a local model directory, so a model replaced mid-run cannot mix two models."""
-    from model.manifest import MANIFEST, read_manifest
-    from model.storage import DECODER_FILE, ENCODER_FILE
+    from seqcodec.model.manifest import MANIFEST, read_manifest
+    from seqcodec.model.storage import DECODER_FILE, ENCODER_FILE
 
     fingerprint = read_manifest(model_dir)["fingerprint"]
     copy = work / f"model-{fingerprint}"
@@ -163,11 +163,11 @@ def resolve_model(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        from model.codec import SequenceCodec
-        from model.config import CodecConfig
-        from model.network import build_decoder, build_encoder
-        from model.storage import save_codec
-        from model.tfenv import keras
+        from seqcodec.model.codec import SequenceCodec
+        from seqcodec.model.config import CodecConfig
+        from seqcodec.model.network import build_decoder, build_encoder
+        from seqcodec.model.storage import save_codec
+        from seqcodec.model.tfenv import keras
 
         longest = int(pc.max(pc.list_value_length(pq.read_table(SAMPLE, columns=["tokens"])["tokens"])).as_py())
         config = CodecConfig(vocab_size=26, max_length=longest, hidden_size=args.hidden_size, embedding_size=64)
@@ -191,7 +191,7 @@ def patch_write_nodict() -> None:
     from apache_beam.io import filebasedsink
     from apache_beam.io.filesystem import CompressionTypes
 
-    from transforms import parquet_io
+    from seqcodec.transforms import parquet_io
 
     class ParquetTableSink(filebasedsink.FileBasedSink):
         def __init__(self, prefix, schema, num_shards, use_dictionary):
@@ -228,8 +228,8 @@ def job_main(argv: list[str]) -> int:
     args, rest = p.parse_known_args(argv)
     for name in filter(None, args.patch.split(",")):
         PATCHES[name]()
-    from pipeline.encode import main
-    from pipeline.errors import run_cli
+    from seqcodec.pipeline.encode import main
+    from seqcodec.pipeline.errors import run_cli
 
     return run_cli(main, [a for a in rest if a != "--"])
 
@@ -253,9 +253,9 @@ def variant_main(argv: list[str]) -> int:
     import pyarrow.parquet as pq
     from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-    from model.manifest import read_manifest
-    from pipeline.options import make_pipeline
-    from transforms.parquet_io import code_schema
+    from seqcodec.model.manifest import read_manifest
+    from seqcodec.pipeline.options import make_pipeline
+    from seqcodec.transforms.parquet_io import code_schema
 
     manifest = read_manifest(args.model_dir)
     schema = code_schema(pa.int64(), manifest["code_size"], {"fingerprint": manifest["fingerprint"]})
@@ -268,7 +268,7 @@ def variant_main(argv: list[str]) -> int:
         """The seed's shape: one dict per row, the encoder called once per element."""
 
         def setup(self):
-            from model.storage import load_codec
+            from seqcodec.model.storage import load_codec
 
             self.codec = load_codec(model_dir)
 
@@ -282,12 +282,12 @@ def variant_main(argv: list[str]) -> int:
             super().__init__(min_batch_size=args.batch_size, max_batch_size=args.batch_size)
 
         def load_model(self):
-            from model.storage import load_codec
+            from seqcodec.model.storage import load_codec
 
             return load_codec(model_dir)
 
         def run_inference(self, batch, model, inference_args=None):
-            from model.tfenv import tf
+            from seqcodec.model.tfenv import tf
 
             ids = np.zeros((len(batch), max_length), dtype=np.int32)
             for i, tokens in enumerate(batch):
@@ -336,11 +336,11 @@ class Bench:
         return ensure_rows(rows, self.work / "data", self.args.row_group_size)
 
     def setup(self) -> None:
-        from model.data import TokenSequences
-        from model.manifest import read_manifest
-        from model.storage import load_codec
-        from model.tfenv import tf
-        from transforms.inference import flat_tokens
+        from seqcodec.model.data import TokenSequences
+        from seqcodec.model.manifest import read_manifest
+        from seqcodec.model.storage import load_codec
+        from seqcodec.model.tfenv import tf
+        from seqcodec.transforms.inference import flat_tokens
 
         self.tf = tf
         self.model_dir, origin = resolve_model(self.args, self.work)
@@ -403,7 +403,7 @@ class Bench:
 
     def per_sequence(self) -> None:
         """(a) batch sweep, (b) predict per sequence and (c) a compiled call per sequence, round-robin."""
-        from model.codec import pad_shifted
+        from seqcodec.model.codec import pad_shifted
 
         tf, codec = self.tf, self.codec
         rng = np.random.default_rng(1)
@@ -459,9 +459,9 @@ class Bench:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from transforms.inference import codes_table, flat_tokens
-        from transforms.parquet_io import code_schema
-        from transforms.validate import split_rows
+        from seqcodec.transforms.inference import codes_table, flat_tokens
+        from seqcodec.transforms.parquet_io import code_schema
+        from seqcodec.transforms.validate import split_rows
 
         cfg = self.codec.config
         schema = code_schema(pa.int64(), cfg.code_size, {"fingerprint": self.codec.fingerprint})

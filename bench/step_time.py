@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from model.config import CodecConfig
-from model.data import TokenSequences, read_token_sequences
-from model.network import build_autoencoder, build_decoder, build_encoder
-from model.tfenv import keras
-from model.train import bucketed_dataset
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.data import TokenSequences, read_token_sequences
+from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder
+from seqcodec.model.tfenv import keras
+from seqcodec.model.train import bucketed_dataset
 
 
 def step_time(data: TokenSequences, hidden_size: int, batch_size: int, sequences: int) -> float:

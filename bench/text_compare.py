@@ -25,12 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.codec import SequenceCodec  # noqa: E402
-from model.config import CodecConfig  # noqa: E402
-from model.data import TokenSequences, read_token_sequences  # noqa: E402
-from model.network import build_autoencoder, build_decoder, build_encoder  # noqa: E402
-from model.tfenv import keras  # noqa: E402
-from model.train import bucketed_dataset, evaluate, split  # noqa: E402
+from seqcodec.model.codec import SequenceCodec  # noqa: E402
+from seqcodec.model.config import CodecConfig  # noqa: E402
+from seqcodec.model.data import TokenSequences, read_token_sequences  # noqa: E402
+from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder  # noqa: E402
+from seqcodec.model.tfenv import keras  # noqa: E402
+from seqcodec.model.train import bucketed_dataset, evaluate, split  # noqa: E402
 
 # Every field that differs is spelled out: CodecConfig's defaults are bidirectional + position signal.
 VARIANTS = {

@@ -18,12 +18,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.codec import SequenceCodec, pad_shifted  # noqa: E402
-from model.config import CodecConfig  # noqa: E402
-from model.data import read_token_sequences  # noqa: E402
-from model.network import build_autoencoder, build_decoder, build_encoder  # noqa: E402
-from model.tfenv import keras  # noqa: E402
-from model.train import bucketed_dataset, evaluate, split  # noqa: E402
+from seqcodec.model.codec import SequenceCodec, pad_shifted  # noqa: E402
+from seqcodec.model.config import CodecConfig  # noqa: E402
+from seqcodec.model.data import read_token_sequences  # noqa: E402
+from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder  # noqa: E402
+from seqcodec.model.tfenv import keras  # noqa: E402
+from seqcodec.model.train import bucketed_dataset, evaluate, split  # noqa: E402
 
 VARIANTS = {
     "h128 plain (seed architecture)": dict(hidden_size=128, position_signal=False, bidirectional=False),

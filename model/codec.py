@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.config import CodecConfig
-from model.tfenv import keras, tf
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.tfenv import keras, tf
 
 DEFAULT_BATCH_SIZE = 512
 

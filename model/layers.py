@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.tfenv import keras
+from seqcodec.model.tfenv import keras
 
 ops = keras.ops
 

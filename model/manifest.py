@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from model.config import CodecConfig
+from seqcodec.model.config import CodecConfig
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from model.config import CodecConfig
-from model.layers import DecoderSteps, TokenCount
-from model.tfenv import keras
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.layers import DecoderSteps, TokenCount
+from seqcodec.model.tfenv import keras
 
 layers = keras.layers
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-import model.layers  # noqa: F401  (registers the custom layers before any .keras file is read)
-from model.codec import SequenceCodec
-from model.config import CodecConfig
-from model.data import first_line
-from model.manifest import FORMAT_VERSION, MANIFEST, ModelDirError, read_manifest
-from model.tfenv import keras, tf
+import seqcodec.model.layers  # noqa: F401  (registers the custom layers before any .keras file is read)
+from seqcodec.model.codec import SequenceCodec
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.data import first_line
+from seqcodec.model.manifest import FORMAT_VERSION, MANIFEST, ModelDirError, read_manifest
+from seqcodec.model.tfenv import keras, tf
 
 ENCODER_FILE = "encoder.keras"
 DECODER_FILE = "decoder.keras"

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from model.codec import SequenceCodec, pad_shifted
-from model.config import CodecConfig
-from model.data import TokenSequences
-from model.network import build_autoencoder, build_decoder, build_encoder
-from model.storage import save_codec
-from model.tfenv import keras, tf
+from seqcodec.model.codec import SequenceCodec, pad_shifted
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.data import TokenSequences
+from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder
+from seqcodec.model.storage import save_codec
+from seqcodec.model.tfenv import keras, tf
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-from pipeline.errors import exit_process, run_cli
+from seqcodec.pipeline.errors import exit_process, run_cli
 
 COMMANDS = {
-    "train": ("pipeline.train", "fit a codec on Parquet token files"),
-    "encode": ("pipeline.encode", "Beam job: token Parquet -> length-prefixed codes"),
-    "decode": ("pipeline.decode", "Beam job: codes -> token Parquet"),
-    "report": ("pipeline.report", "render a finished run as a PNG and an HTML page"),
+    "train": ("seqcodec.pipeline.train", "fit a codec on Parquet token files"),
+    "encode": ("seqcodec.pipeline.encode", "Beam job: token Parquet -> length-prefixed codes"),
+    "decode": ("seqcodec.pipeline.decode", "Beam job: codes -> token Parquet"),
+    "report": ("seqcodec.pipeline.report", "render a finished run as a PNG and an HTML page"),
 }
 
 

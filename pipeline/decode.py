@@ -1,4 +1,4 @@
-"""`seqcodec decode` / `python -m pipeline.decode`: the Beam job from code Parquet back to token Parquet.
+"""`seqcodec decode` / `python -m seqcodec.pipeline.decode`: the Beam job from code Parquet back to token Parquet.
 
 The decode stage (``add_decode_stage``) is shared with ``seqcodec encode --decode``, which also
 hands it the original tokens so it can measure the round trip.
@@ -17,13 +17,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.errors import PipelineFailed, exit_process, run_cli, setup_logging
-from pipeline.options import check_io_arguments, job_parser, make_pipeline
-from pipeline.outputs import Partition, partition_path, staged_rows
-from pipeline.run import Job, run_and_publish
-from transforms.inference import DecodeTables, read_model_manifest
-from transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, decoded_schema, inspect_codes
-from transforms.roundtrip import (
+from seqcodec.pipeline.errors import PipelineFailed, exit_process, run_cli, setup_logging
+from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline
+from seqcodec.pipeline.outputs import Partition, partition_path, staged_rows
+from seqcodec.pipeline.run import Job, run_and_publish
+from seqcodec.transforms.inference import DecodeTables, read_model_manifest
+from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, decoded_schema, inspect_codes
+from seqcodec.transforms.roundtrip import (
     KeepExamples,
     LengthStats,
     PickMismatches,
@@ -33,7 +33,7 @@ from transforms.roundtrip import (
     write_examples,
     write_stats,
 )
-from transforms.validate import ERRORS_TAG, ValidateCodes, code_error_schema
+from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes, code_error_schema
 
 log = logging.getLogger("seqcodec")
 

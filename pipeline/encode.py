@@ -1,4 +1,4 @@
-"""`seqcodec encode` / `python -m pipeline.encode`: the Beam job from token Parquet to code Parquet."""
+"""`seqcodec encode` / `python -m seqcodec.pipeline.encode`: the Beam job from token Parquet to code Parquet."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact, model_facts
-from pipeline.errors import exit_process, run_cli, setup_logging
-from pipeline.options import check_io_arguments, job_parser, make_pipeline
-from pipeline.outputs import Partition, partition_path
-from pipeline.run import Job, run_and_publish
-from transforms.inference import EncodeTables, read_model_manifest
-from transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
-from transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
+from seqcodec.pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact, model_facts
+from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
+from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline
+from seqcodec.pipeline.outputs import Partition, partition_path
+from seqcodec.pipeline.run import Job, run_and_publish
+from seqcodec.transforms.inference import EncodeTables, read_model_manifest
+from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
+from seqcodec.transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
 
 log = logging.getLogger("seqcodec")
 

@@ -8,8 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from model.data import InputDataError
-from model.manifest import ModelDirError
+from seqcodec.model.data import InputDataError
+from seqcodec.model.manifest import ModelDirError
 
 # Errors that mean "the user's input or arguments are wrong": reported in one line.
 USER_ERRORS: tuple[type[Exception], ...] = (InputDataError, ModelDirError, ValueError, FileNotFoundError)

@@ -7,7 +7,7 @@ import argparse
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.errors import EXIT_CODES_HELP, HelpFormatter, check_positive
+from seqcodec.pipeline.errors import EXIT_CODES_HELP, HelpFormatter, check_positive
 
 DIRECT_RUNNERS = (None, "DirectRunner", "direct")
 
@@ -44,7 +44,7 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_run_options(args: argparse.Namespace) -> None:
     """ValueError (one line, exit 2) for a bad --run-date or --max-error-rate, before anything runs."""
-    from pipeline.outputs import check_run_date
+    from seqcodec.pipeline.outputs import check_run_date
 
     if args.run_date is not None:
         check_run_date(args.run_date)

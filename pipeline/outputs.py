@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.parquet_io import count_rows, matching_paths
+from seqcodec.transforms.parquet_io import count_rows, matching_paths
 
 log = logging.getLogger("seqcodec")
 

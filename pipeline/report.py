@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from model.data import InputDataError, first_line
-from pipeline.errors import exit_process, run_cli, setup_logging
-from transforms.parquet_io import matching_paths
-from transforms.roundtrip import bucket_label, length_buckets
+from seqcodec.model.data import InputDataError, first_line
+from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
+from seqcodec.transforms.parquet_io import matching_paths
+from seqcodec.transforms.roundtrip import bucket_label, length_buckets
 
 log = logging.getLogger("seqcodec")
 

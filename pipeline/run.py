@@ -12,11 +12,11 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from model.data import first_line
-from pipeline.errors import PipelineFailed, TooManyRejects
-from pipeline.options import runner_name
-from pipeline.outputs import SUCCESS, SUMMARY, Partition, reason_counts, staged_rows
-from transforms.validate import METRICS_NAMESPACE
+from seqcodec.model.data import first_line
+from seqcodec.pipeline.errors import PipelineFailed, TooManyRejects
+from seqcodec.pipeline.options import runner_name
+from seqcodec.pipeline.outputs import SUCCESS, SUMMARY, Partition, reason_counts, staged_rows
+from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 log = logging.getLogger("seqcodec")
 

@@ -6,10 +6,10 @@ import argparse
 import json
 import logging
 
-from model.config import CodecConfig
-from model.data import read_token_sequences
-from model.train import TrainSettings, train_codec
-from pipeline.errors import check_positive, exit_process, run_cli, setup_logging
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.data import read_token_sequences
+from seqcodec.model.train import TrainSettings, train_codec
+from seqcodec.pipeline.errors import check_positive, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
 

@@ -20,12 +20,12 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from model.codec import SequenceCodec  # noqa: E402
-from model.config import CodecConfig  # noqa: E402
-from model.network import build_decoder, build_encoder  # noqa: E402
-from model.storage import save_codec  # noqa: E402
-from model.tfenv import keras  # noqa: E402
-from pipeline.cli import main as cli_main  # noqa: E402
+from seqcodec.model.codec import SequenceCodec  # noqa: E402
+from seqcodec.model.config import CodecConfig  # noqa: E402
+from seqcodec.model.network import build_decoder, build_encoder  # noqa: E402
+from seqcodec.model.storage import save_codec  # noqa: E402
+from seqcodec.model.tfenv import keras  # noqa: E402
+from seqcodec.pipeline.cli import main as cli_main  # noqa: E402
 
 TINY = {"vocab_size": 13, "max_length": 12, "hidden_size": 16, "embedding_size": 8}
 INT32_LISTS = pa.list_(pa.int32())

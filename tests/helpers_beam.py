@@ -163,18 +163,18 @@ def child_env(home: Path) -> dict[str, str]:
 
 
 def run_encode_subprocess(args: Sequence, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``python -m pipeline.encode ARGS`` in a separate process (killed after ``timeout`` seconds)."""
+    """``python -m seqcodec.pipeline.encode ARGS`` in a separate process (killed after ``timeout`` seconds)."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.encode", *map(str, args)],
+        [sys.executable, "-m", "seqcodec.pipeline.encode", *map(str, args)],
         cwd=REPO, env=child_env(home), capture_output=True, text=True, timeout=timeout,
     )
 
 
 def start_encode_subprocess(args: Sequence, home: Path, log: Path) -> subprocess.Popen:
-    """Start ``python -m pipeline.encode ARGS`` in its own session (stdout and stderr to ``log``) and return it."""
+    """Start ``python -m seqcodec.pipeline.encode ARGS`` in its own session (output to ``log``) and return it."""
     with open(log, "wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.encode", *map(str, args)], cwd=REPO, env=child_env(home),
+            [sys.executable, "-m", "seqcodec.pipeline.encode", *map(str, args)], cwd=REPO, env=child_env(home),
             stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 

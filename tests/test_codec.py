@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import random_sequences
 
-from model.codec import SequenceCodec, length_batches, pad_shifted, ragged_positions
+from seqcodec.model.codec import SequenceCodec, length_batches, pad_shifted, ragged_positions
 
 VOCAB, MAX_LEN = 13, 12
 

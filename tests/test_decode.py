@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, build_codec, random_sequences, run_seqcodec
 
-from model.config import CodecConfig
-from model.storage import save_codec
-from transforms.roundtrip import length_buckets
-from transforms.validate import CODE_REASONS, split_codes
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.storage import save_codec
+from seqcodec.transforms.roundtrip import length_buckets
+from seqcodec.transforms.validate import CODE_REASONS, split_codes
 
 VOCAB, MAX_LEN, CODE_SIZE = TINY["vocab_size"], TINY["max_length"], TINY["hidden_size"] + 1
 MISMATCHES = 4
@@ -273,7 +273,7 @@ def test_codes_of_another_model_are_refused(tmp_path, encoded, tiny_model_dir):
     out_parent = tmp_path / "out"
     out_parent.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.decode", "--input", str(encoded.dir / "codes" / "*.parquet"),
+        [sys.executable, "-m", "seqcodec.pipeline.decode", "--input", str(encoded.dir / "codes" / "*.parquet"),
          "--output", str(out_parent / "run"), "--model-dir", str(tmp_path / "other-model")],
         capture_output=True, text=True, timeout=300,
     )

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,13 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from conftest import write_tokens_parquet
 
-from pipeline.encode import parser
-from pipeline.outputs import SUCCESS
+from seqcodec.pipeline.encode import parser
+from seqcodec.pipeline.outputs import SUCCESS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DATE = "2026-11-26"
-PACKAGES = ("model", "transforms", "pipeline")
+PACKAGES = ("seqcodec", "model", "transforms", "pipeline")
 
 
 def load_module(path: Path, name: str):
@@ -182,7 +183,12 @@ def test_setup_file_sdist_builds_with_the_packages_and_installs(tmp_path):
                             "-q", "-w", str(tmp_path / "wheels"), str(sdist)],
                            capture_output=True, text=True, timeout=180)
     assert wheel.returncode == 0, wheel.stderr
-    assert len(list((tmp_path / "wheels").glob("seqcodec-*.whl"))) == 1
+    wheels = list((tmp_path / "wheels").glob("seqcodec-*.whl"))
+    assert len(wheels) == 1
+    with zipfile.ZipFile(wheels[0]) as whl:
+        tops = {name.split("/", 1)[0] for name in whl.namelist() if not name.startswith("seqcodec-")}
+        assert "seqcodec/model/codec.py" in whl.namelist() and "seqcodec/pipeline/encode.py" in whl.namelist()
+    assert tops == {"seqcodec"}, tops  # nothing installed as a top-level model/pipeline/transforms
 
 
 def test_flex_template_parameters_are_accepted():
@@ -256,7 +262,7 @@ def test_airflow_dag_arguments_are_accepted_by_the_job():
     kwargs = dag_module.encode_task_kwargs()
     assert kwargs["pipeline_options"]["run-date"] == "{{ ds }}"
     cmd = provider_command(kwargs, {"ds": DATE})
-    assert cmd[1:3] == ["-m", "pipeline.encode"]
+    assert cmd[1:3] == ["-m", "seqcodec.pipeline.encode"]
     args, beam = check_accepted(cmd[3:])
     assert args.run_date == DATE and f"dt={DATE}" in args.input and args.max_error_rate == 0.01
     assert beam["runner"] == "DirectRunner" and beam["labels"] == ["airflow-version=v3-3-2"]

@@ -1,7 +1,7 @@
 """`seqcodec encode` end to end: real Parquet in, real code/error shards, summary.json and _SUCCESS out.
 
 The CLI runs in-process (pipeline.cli.main) on the default DirectRunner, except where a separate
-process is the point (`python -m pipeline.encode`).
+process is the point (`python -m seqcodec.pipeline.encode`).
 """
 
 import json
@@ -32,9 +32,9 @@ from helpers_beam import (
     write_table,
 )
 
-from model.storage import load_codec
-from transforms.parquet_io import schema_metadata
-from transforms.validate import REASONS
+from seqcodec.model.storage import load_codec
+from seqcodec.transforms.parquet_io import schema_metadata
+from seqcodec.transforms.validate import REASONS
 
 ROWS = mixed_rows(n_valid=30, seed=5)
 VALID = [(i, t) for i, t, reason in ROWS if reason is None]

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, write_tokens_parquet
 
-from pipeline.outputs import SUCCESS, SUMMARY, Partition
+from seqcodec.pipeline.outputs import SUCCESS, SUMMARY, Partition
 
 DATE = "2026-11-26"
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +188,7 @@ def test_killed_run_leaves_the_previous_partition_and_publishes_nothing(seqcodec
     big, _, _ = token_file(tmp_path / "big.parquet", 3000, seed=3, row_group_size=100)
     log = tmp_path / "job.log"
     env = {**os.environ, "SEQCODEC_PROGRESS_SECONDS": "0.2", "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "pipeline.cli", "encode", "--input", str(big), "--output", str(out),
+    argv = [sys.executable, "-m", "seqcodec.pipeline.cli", "encode", "--input", str(big), "--output", str(out),
             "--model-dir", str(tiny_model_dir), "--run-date", DATE, "--batch-size", "1"]
     with open(log, "wb") as stderr:
         job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=ROOT)

@@ -38,8 +38,8 @@ from helpers_beam import (
     write_table,
 )
 
-from model.storage import load_codec
-from pipeline.options import make_pipeline
+from seqcodec.model.storage import load_codec
+from seqcodec.pipeline.options import make_pipeline
 
 ROWS = mixed_rows(n_valid=30, seed=8)
 EXTRA = [s.tolist() for s in random_sequences(60, VOCAB, MAX_LEN, seed=12)]

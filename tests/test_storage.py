@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import TINY, build_codec, random_sequences
 
-from model.config import CodecConfig
-from model.manifest import ModelDirError
-from model.storage import fingerprint, load_codec, save_codec
-from model.tfenv import keras
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.manifest import ModelDirError
+from seqcodec.model.storage import fingerprint, load_codec, save_codec
+from seqcodec.model.tfenv import keras
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 
-from model.data import InputDataError, TokenSequences, read_token_sequences
-from model.storage import load_codec
-from model.train import TimeBudget
+from seqcodec.model.data import InputDataError, TokenSequences, read_token_sequences
+from seqcodec.model.storage import load_codec
+from seqcodec.model.train import TimeBudget
 
 VOCAB, LONGEST = 10, 8
 # Small and fast: a tiny network, two epochs of 12 batches.
@@ -262,7 +262,7 @@ def test_bad_input_is_one_line_error_with_exit_code_2(case, seqcodec, tmp_path):
 
 def test_read_skips_null_and_empty_rows(tmp_path, caplog):
     write_tokens_parquet(tmp_path / "f.parquet", range(6), [[1, 2], None, [], [0], [], [3, 4, 5]])
-    with caplog.at_level("WARNING", logger="model.data"):
+    with caplog.at_level("WARNING", logger="seqcodec.model.data"):
         data = read_token_sequences(str(tmp_path / "f.parquet"))
     assert len(data) == 3
     np.testing.assert_array_equal(data.values, [1, 2, 0, 3, 4, 5])

@@ -29,10 +29,17 @@ from helpers_beam import (
     write_table,
 )
 
-from pipeline.options import direct_runner
-from transforms.inference import EncodeTables
-from transforms.parquet_io import ReadBatches, slice_tables
-from transforms.validate import ERRORS_TAG, METRICS_NAMESPACE, REASONS, ValidateTokens, error_schema, split_rows
+from seqcodec.pipeline.options import direct_runner
+from seqcodec.transforms.inference import EncodeTables
+from seqcodec.transforms.parquet_io import ReadBatches, slice_tables
+from seqcodec.transforms.validate import (
+    ERRORS_TAG,
+    METRICS_NAMESPACE,
+    REASONS,
+    ValidateTokens,
+    error_schema,
+    split_rows,
+)
 
 ROWS = mixed_rows(n_valid=30, seed=5)
 

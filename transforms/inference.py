@@ -23,7 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base as _beam_base
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from transforms.validate import METRICS_NAMESPACE
+from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 MODEL_FILES = ("manifest.json", "encoder.keras", "decoder.keras")
 # Seconds between two progress lines of one worker (SEQCODEC_PROGRESS_SECONDS overrides).
@@ -39,8 +39,8 @@ if _beam_base.resource is None:
 
 def read_model_manifest(model_dir: str) -> dict[str, Any]:
     """Read and check ``manifest.json`` through Beam's FileSystems (local, gs://, ...)."""
-    from model.data import first_line
-    from model.manifest import ModelDirError, parse_manifest
+    from seqcodec.model.data import first_line
+    from seqcodec.model.manifest import ModelDirError, parse_manifest
 
     where = f"model directory {model_dir}"
     path = FileSystems.join(model_dir, "manifest.json")
@@ -122,7 +122,7 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
         self.progress.add(rows)
 
     def load_model(self) -> Any:
-        from model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
+        from seqcodec.model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
 
         return load_codec(localize_model_dir(self.model_dir), batch_size=self.batch_size)
 

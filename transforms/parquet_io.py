@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from model.data import InputDataError, first_line, require_columns, token_list_type_error
-from transforms.validate import CODE_VALUE_TYPES
+from seqcodec.model.data import InputDataError, first_line, require_columns, token_list_type_error
+from seqcodec.transforms.validate import CODE_VALUE_TYPES
 
 METADATA_PREFIX = "seqcodec."
 

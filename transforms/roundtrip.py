@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.validate import METRICS_NAMESPACE
+from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 MAX_BUCKETS = 20
 

@@ -1,7 +1,7 @@
 """Airflow DAG: the nightly `seqcodec encode` for the run's logical date, through the Apache Beam provider.
 
 Copy this file into the DAGs folder of an Airflow with apache-airflow-providers-apache-beam. The
-task runs ``SEQCODEC_PYTHON -m pipeline.encode --runner=... --input=... --run-date={{ ds }} ...``
+task runs ``SEQCODEC_PYTHON -m seqcodec.pipeline.encode --runner=... --input=... --run-date={{ ds }} ...``
 in a subprocess on the Airflow worker and fails when that exits non-zero (2 bad arguments or input,
 3 too many rejects, 4 pipeline failed; the reason is the last ``seqcodec: error:`` line of the task
 log). Reruns and retries of a date are safe: they replace ``OUTPUT/dt={{ ds }}`` whole.
@@ -50,7 +50,7 @@ def encode_task_kwargs(run_date: str = "{{ ds }}") -> dict[str, Any]:
         "runner": RUNNER,
         "py_interpreter": SEQCODEC_PYTHON,
         "py_options": ["-m"],
-        "py_file": "pipeline.encode",
+        "py_file": "seqcodec.pipeline.encode",
         "pipeline_options": options,
     }
 

@@ -16,7 +16,7 @@ import sys
 
 def seqcodec_argv(argv: list[str]) -> list[str]:
     """``argv`` with ``--snake_case`` spellings of seqcodec's own options turned into their ``--dashed`` names."""
-    from pipeline.encode import parser
+    from seqcodec.pipeline.encode import parser
 
     ours = {opt for action in parser()._actions for opt in action.option_strings if opt.startswith("--")}
     out = []
@@ -30,7 +30,7 @@ def seqcodec_argv(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    from pipeline.encode import main
-    from pipeline.errors import run_cli
+    from seqcodec.pipeline.encode import main
+    from seqcodec.pipeline.errors import run_cli
 
     sys.exit(run_cli(main, seqcodec_argv(sys.argv[1:])))
