@@ -10,11 +10,11 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.pipeline.decode import add_decode_stage, decode_summary, log_roundtrip, model_dir_fact, model_facts
+from seqcodec.pipeline.decode_stage import add_decode_stage
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
-from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline
+from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline, single_worker
 from seqcodec.pipeline.outputs import Partition, partition_path
-from seqcodec.pipeline.run import Job, run_and_publish
+from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
 from seqcodec.transforms.inference import EncodeTables, read_model_manifest
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
 from seqcodec.transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
@@ -33,32 +33,35 @@ class EncodeJob(Job):
     mismatches: int = 0  # with decode: up to this many wrongly decoded examples to roundtrip/
 
 
-def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> dict[str, beam.PCollection]:
-    """Read -> validate -> encode -> write codes; rejected rows -> errors. Returns the main PCollections."""
+def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
+    """Read -> validate -> encode -> write codes; rejected rows -> errors. Returns what finalize waits for."""
     m = job.manifest
     tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column, job.max_batch_rows)
     checked = tables | "Validate" >> beam.ParDo(
         ValidateTokens(m["vocab_size"], m["max_length"], job.too_long, job.id_column, job.tokens_column)
     ).with_outputs(ERRORS_TAG, main="valid")
+    encode = EncodeTables(job.model_dir, job.batch_size, keep_tokens=job.decode, total_rows=job.progress_total)
     if job.decode:  # the codes keep their original tokens until written, so decoding can compare
-        encoded = checked.valid | "Encode" >> EncodeTables(job.model_dir, job.batch_size, keep_tokens=True)
+        encoded = checked.valid | "Encode" >> encode
         codes = encoded | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
-        decoded = add_decode_stage(encoded, job.staging, job.inputs.id_type, m, job.model_dir, job.batch_size,
-                                   job.num_shards, compare=True, mismatches=job.mismatches)
+        stage = add_decode_stage(encoded, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
+                                 job.batch_size, job.num_shards, compare=True, mismatches=job.mismatches,
+                                 total_rows=job.progress_total)
     else:
-        codes = checked.valid | "Encode" >> EncodeTables(job.model_dir, job.batch_size)
-    _ = codes | "Write codes" >> WriteTables(
-        FileSystems.join(job.staging, "codes", "part"), code_schema(job.inputs.id_type, m["code_size"], model_facts(m)),
-        job.num_shards,
+        codes = checked.valid | "Encode" >> encode
+    codes_written = codes | "Write codes" >> WriteTables(
+        FileSystems.join(job.staging, "codes", "part"),
+        code_schema(job.inputs.id_type, m["code_size"], job.model_facts()), job.num_shards,
     )
-    _ = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
+    errors_written = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1
     )
-    outputs = {"codes": codes, "errors": checked[ERRORS_TAG], "valid": checked.valid}
-    if job.decode:
-        outputs["decoded"] = decoded
-    return outputs
-
+    counts = {"read": row_count(tables, "read"), "valid": row_count(checked.valid, "valid"),
+              "encoded": row_count(codes, "encoded")}
+    if not job.decode:
+        return Graph([codes_written, errors_written], counts)
+    counts["decoded"] = row_count(stage.decoded, "decoded")
+    return Graph([codes_written, errors_written, stage.written], counts, stage.stats, stage.mismatches)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,32 +76,44 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, pipeline: beam.Pipeline | None = None) -> int:
+    """The job: check, build (on ``pipeline`` if given, e.g. a TestPipeline), launch; the exit code."""
+    return build(argv, pipeline).launch()
+
+
+def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Built:
+    """Check the arguments and inputs, then build the whole job, its finalize stage included, on ``pipeline``.
+
+    Nothing is created before the job starts: a failed check (exit 2) leaves no trace.
+    """
     args, beam_args = parser().parse_known_args(argv)
     setup_logging(args.verbose)
     check_io_arguments(args)
     if args.mismatches < 0 or (args.mismatches and not args.decode):
         raise ValueError("--mismatches must be >= 0 and needs --decode")
-    started = time.monotonic()
+    started = time.time()
     inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
     manifest = read_model_manifest(args.model_dir)
-    log.info("encoding %d rows from %d file(s) with model %s (code size %d)",
-             inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"])
     partition = Partition(partition_path(args.output, args.run_date))
-    partition.prepare()
+    partition.check()
+    pipeline = pipeline or make_pipeline(beam_args)
+    log.info("encoding %d rows from %d file(s) with model %s (code size %d) into %s",
+             inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"], partition.path)
     job = EncodeJob.from_args(
         args, inputs, manifest, partition.staging, tokens_column=args.tokens_column, too_long=args.too_long,
         decode=args.decode, mismatches=args.mismatches,
+        progress_total=inputs.rows if single_worker(pipeline.options) else None,
     )
-    pipeline = make_pipeline(beam_args)
-    build_pipeline(pipeline, job)
+    graph = build_pipeline(pipeline, job)
     facts = {"model_fingerprint": manifest["fingerprint"], "code_size": manifest["code_size"],
              "input_files": len(inputs.paths), "model_dir": model_dir_fact(args.model_dir)}
-    extra = decode_summary(compare=True, mismatches=args.mismatches, codes_folder="codes") if args.decode else None
-    summary = run_and_publish(pipeline, partition, inputs.rows, "codes", "encoded", started, facts,
-                              extra_summary=extra, max_error_rate=args.max_error_rate)
-    log_roundtrip(summary)
-    return 0
+    roundtrip = {"roundtrip": "compare", "expected_folder": "codes"} if args.decode else {}
+    plan = make_plan(args, pipeline, partition, inputs.rows, "codes", "encoded", facts, started, **roundtrip)
+    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(argv)
 
 
 if __name__ == "__main__":

@@ -16,19 +16,21 @@ USER_ERRORS: tuple[type[Exception], ...] = (InputDataError, ModelDirError, Value
 
 
 # Exit codes of the jobs, for schedulers (also in `seqcodec encode --help`).
-EXIT_PUBLISHED = 0
 EXIT_USAGE = 2
 EXIT_TOO_MANY_REJECTS = 3
 EXIT_PIPELINE_FAILED = 4
 EXIT_CODES_HELP = """exit codes:
   0    the run succeeded and its partition was published (_SUCCESS written last)
   2    bad arguments or input (bad --run-date, missing files, unreadable model, ...): nothing was run
-  3    more rows were rejected than --max-error-rate allows: nothing was published,
-       the rejected rows are kept in the staging directory named in the error line
+  3    more rows were rejected than --max-error-rate allows (default 0.05): nothing was
+       published, the rejected rows are kept in the staging directory named in the error line
   4    the pipeline failed, its rows did not add up, or publishing failed: nothing new was published
   130  interrupted (Ctrl-C); a shell reports 128+N for a run killed by signal N (137: SIGKILL)
   Any failure leaves the previously published partition as it was and prints one line
-  `seqcodec: error: ...` saying why."""
+  `seqcodec: error: ...` saying why.
+  With --no-wait the codes above cover only the checks and the submission (0: submitted); the job
+  publishes by itself, and its outcome is OUTPUT's summary.json and _SUCCESS, or, if it did not
+  publish, the reason in the staging directory's summary.json (printed at submission)."""
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from seqcodec.model.data import first_line
 from seqcodec.pipeline.errors import EXIT_CODES_HELP, HelpFormatter, check_positive
 
 DIRECT_RUNNERS = (None, "DirectRunner", "direct")
+DEFAULT_MAX_ERROR_RATE = 0.05
 
 
 def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -37,8 +39,12 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest Arrow batch handed to the model at once; bigger row groups are sliced")
     parser.add_argument("--run-date", metavar="YYYY-MM-DD",
                         help="nightly runs: publish into OUTPUT/dt=YYYY-MM-DD, replacing that partition whole")
-    parser.add_argument("--max-error-rate", type=float, metavar="F",
-                        help="fail (exit 3, nothing published) if more than this fraction of the rows is rejected")
+    parser.add_argument("--max-error-rate", type=float, metavar="F", default=DEFAULT_MAX_ERROR_RATE,
+                        help="publish nothing (exit 3) if more than this fraction of the rows is rejected "
+                             f"(default {DEFAULT_MAX_ERROR_RATE:g}; 1 turns the gate off)")
+    parser.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="submit the job, print its id where the runner has one, and exit 0; the job "
+                             "publishes by itself (with the DirectRunner the job runs in this process anyway)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -48,7 +54,7 @@ def check_run_options(args: argparse.Namespace) -> None:
 
     if args.run_date is not None:
         check_run_date(args.run_date)
-    if args.max_error_rate is not None and not 0.0 <= args.max_error_rate <= 1.0:
+    if not 0.0 <= args.max_error_rate <= 1.0:
         raise ValueError(f"--max-error-rate must be a fraction between 0 and 1, got {args.max_error_rate}")
 
 
@@ -76,6 +82,13 @@ def direct_runner(options: PipelineOptions):
     return fn_runner.FnApiRunner(provision_info=info)
 
 
+def single_worker(options: PipelineOptions) -> bool:
+    """True where one worker sees every row (the in-process DirectRunner), so its progress can show the total."""
+    direct = options.view_as(DirectOptions)
+    return (options.view_as(StandardOptions).runner in DIRECT_RUNNERS
+            and direct.direct_running_mode in (None, "in_memory") and (direct.direct_num_workers or 1) == 1)
+
+
 def runner_name(options: PipelineOptions) -> str:
     return options.view_as(StandardOptions).runner or "DirectRunner"
 
@@ -83,6 +96,10 @@ def runner_name(options: PipelineOptions) -> str:
 def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
     """A Pipeline for the remaining (Beam) arguments; the DirectRunner skips its Prism attempt."""
     options = PipelineOptions(beam_args)
-    if options.view_as(StandardOptions).runner in DIRECT_RUNNERS:
+    runner = options.view_as(StandardOptions).runner
+    if runner in DIRECT_RUNNERS:
         return beam.Pipeline(runner=direct_runner(options), options=options)
-    return beam.Pipeline(options=options)
+    try:
+        return beam.Pipeline(options=options)
+    except (ImportError, ValueError) as exc:  # e.g. DataflowRunner without apache-beam[gcp]
+        raise ValueError(f"--runner {runner}: {first_line(exc)}") from None

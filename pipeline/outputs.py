@@ -11,12 +11,20 @@ Publishing (only after the whole run succeeded and its rows add up):
   then staging is swapped in whole. On Linux the swap is one atomic ``renameat2(RENAME_EXCHANGE)``
   (readers see the old partition or the new one, never neither); where that is not available it
   is two renames (old -> ``.NAME.old-RUNID``, staging -> NAME). A crash between those two leaves
-  NAME missing and the previous partition, intact, in ``.NAME.old-RUNID``: the next run for that
-  partition puts it back before it starts (``prepare``).
+  NAME missing and the previous partition, intact, in ``.NAME.old-RUNID``: the next publish of that
+  partition (a retry of the same run, or a later run) puts it back first.
 * Object stores (gs://, s3://, ...) have no atomic rename, not even for one object's "directory":
-  the publish removes ``_SUCCESS`` first, moves the staged files in, deletes files of the previous
-  run that the new one did not write (so no stale shards), and writes ``_SUCCESS`` last. There,
-  ``_SUCCESS`` is the only commit marker: readers must not read a partition without it.
+  the publish removes ``_SUCCESS`` first, moves the staged files in (``summary.json`` last), deletes
+  files of the previous run that the new one did not write (so no stale shards), and writes
+  ``_SUCCESS`` last. There, ``_SUCCESS`` is the only commit marker: readers must not read a
+  partition without it.
+
+``_SUCCESS`` holds the run id of the run that published. The publish runs inside the job (its
+last stage) and a runner may retry that stage: a publish whose ``_SUCCESS`` already names its own
+run does nothing, and one cut short is completed (see ``Partition.publish``).
+
+Nothing is created before the job starts: ``Partition.check`` only looks; the job's writers
+create staging.
 
 Staging and ``.old-`` directories of runs that were killed are never published; the next
 successful publish of the same partition deletes those older than itself.
@@ -178,10 +186,18 @@ class Partition:
                 out.append((hit.group(2), hit.group(1), path))
         return sorted(out)
 
-    def prepare(self) -> None:
-        """Recover from a publish that was cut between its two renames, refuse a foreign directory, make staging."""
+    def check(self) -> None:
+        """Refuse, before the job starts and without touching anything, an output that publishing would destroy.
+
+        An existing file (or a file where a parent directory must go), or a non-empty local directory
+        that is not a seqcodec partition: publishing replaces the partition whole.
+        """
         if self.local:
-            self._restore_interrupted_swap()
+            ancestor = self.path
+            while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+                ancestor = os.path.dirname(ancestor)
+            if os.path.exists(ancestor) and not os.path.isdir(ancestor):
+                raise ValueError(f"--output {self.path}: {ancestor} is a file, not a directory; choose another output")
             if os.path.isdir(self.path) and os.listdir(self.path) and not any(
                 os.path.exists(os.path.join(self.path, marker)) for marker in (SUCCESS, SUMMARY)
             ):
@@ -189,7 +205,8 @@ class Partition:
                     f"--output {self.path} is a non-empty directory that is not a seqcodec partition "
                     f"(no {SUCCESS}); publishing would replace it whole: remove it or choose another"
                 )
-        FileSystems.mkdirs(self.staging)
+        elif self.path in matching_paths(self.path):  # an object of exactly this name, not a prefix
+            raise ValueError(f"--output {self.path} is a file (an object), not a directory; choose another output")
 
     def _restore_interrupted_swap(self) -> None:
         if os.path.exists(self.path):
@@ -200,24 +217,47 @@ class Partition:
             log.warning("restored %s from %s (a previous publish was interrupted)", self.path, olds[-1])
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
+        """Write ``name`` (a JSON document) into staging."""
         with FileSystems.create(self.staged(name)) as handle:
             handle.write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
-    def publish(self) -> None:
-        """Replace the published partition with staging, _SUCCESS last; then drop older leftovers."""
+    def committed_by(self) -> str | None:
+        """The run id in the published partition's ``_SUCCESS`` ("" if written by an older version), else None."""
+        try:
+            with FileSystems.open(FileSystems.join(self.path, SUCCESS), compression_type="uncompressed") as handle:
+                return handle.read().decode().strip()
+        except Exception:  # missing (each filesystem raises its own type)
+            return None
+
+    def publish(self, files: list[str] | None = None) -> bool:
+        """Replace the published partition with staging, _SUCCESS (holding the run id) last; drop older leftovers.
+
+        ``files``: the partition's files relative to it, as recorded in the staged summary (default: what
+        staging holds now). Idempotent per run id, so a runner may retry it: if ``_SUCCESS`` already names
+        this run, an earlier attempt committed and nothing is done again (False); an attempt cut short is
+        completed from where it stopped (the swap is one rename; on object stores files already moved
+        are skipped, and ``files``, not staging, says which files belong to the partition).
+        """
+        if self.committed_by() == self.run_id:
+            log.info("%s is already published by this run (%s): nothing to do", self.path, self.run_id)
+            if FileSystems.exists(self.staging):  # an earlier attempt committed, then was cut short
+                self._delete_tree(self.staging)
+            return False
         if self.swap_dirs:
+            self._restore_interrupted_swap()
             self._publish_by_swap()
         else:
-            self._publish_by_moving_files()
+            self._publish_by_moving_files(files)
         started = self.run_id.split("Z")[0]
         for stamp, _, path in self.leftovers():
             if stamp < started:
                 log.info("removing %s, left by an earlier run that did not finish", path)
                 self._delete_tree(path)
+        return True
 
     def _publish_by_swap(self) -> None:
-        with open(os.path.join(self.staging, SUCCESS), "wb"):
-            pass
+        with open(os.path.join(self.staging, SUCCESS), "wb") as handle:
+            handle.write(self.run_id.encode())
         _fsync_tree(self.staging)
         if os.path.exists(self.path):
             if self.exchange and exchange_paths(self.staging, self.path):
@@ -225,30 +265,34 @@ class Partition:
             else:
                 old = FileSystems.join(self.parent, f".{self.name}.old-{self.run_id}")
                 os.rename(self.path, old)
-                os.rename(self.staging, self.path)  # a crash just before this: prepare() restores `old`
+                os.rename(self.staging, self.path)  # a crash just before this: the next publish restores `old`
                 shutil.rmtree(old)
         else:
             os.makedirs(self.parent, exist_ok=True)
             os.rename(self.staging, self.path)
         _fsync_dir(self.parent)
 
-    def _publish_by_moving_files(self) -> None:
+    def _publish_by_moving_files(self, files: list[str] | None) -> None:
         success = FileSystems.join(self.path, SUCCESS)
         if FileSystems.exists(success):
             FileSystems.delete([success])  # un-commit: from here on readers must not trust this partition
-        staged = [p for p in matching_paths(FileSystems.join(self.staging, "**")) if not p.endswith("/")]
-        targets = [FileSystems.join(self.path, p[len(self.staging) :].lstrip("/")) for p in staged]
+        if files is None:
+            files = staged_files(self)
+        # The summary moves last: a published summary naming this run means every data file is in place.
+        files = sorted(files, key=lambda name: (name == SUMMARY, name))
+        moves = [(self.staged(name), FileSystems.join(self.path, name)) for name in files]
+        moves = [(src, dst) for src, dst in moves if FileSystems.exists(src)]  # moved by a cut-short attempt
         if self.local:
-            for folder in sorted({FileSystems.split(t)[0] for t in targets}):
+            for folder in sorted({FileSystems.split(dst)[0] for _, dst in moves}):
                 os.makedirs(folder, exist_ok=True)
-        previous = set(matching_paths(FileSystems.join(self.path, "**")))
-        if staged:
-            FileSystems.rename(staged, targets)
-        stale = sorted(previous - set(targets) - {success})
+        for src, dst in moves:  # one by one: a rename onto an existing object is a copy over it
+            FileSystems.rename([src], [dst])
+        targets = {FileSystems.join(self.path, name) for name in files}
+        stale = sorted(set(matching_paths(FileSystems.join(self.path, "**"))) - targets - {success})
         if stale:
             FileSystems.delete(stale)
         with FileSystems.create(success) as handle:
-            handle.write(b"")
+            handle.write(self.run_id.encode())
         self._delete_tree(self.staging)
 
     def _delete_tree(self, path: str) -> None:
@@ -259,9 +303,11 @@ class Partition:
             if files:
                 FileSystems.delete(files)
 
-    def discard(self) -> None:
-        if FileSystems.exists(self.staging):
-            self._delete_tree(self.staging)
+
+def staged_files(partition: Partition) -> list[str]:
+    """The files in ``partition``'s staging directory, relative to it, sorted."""
+    found = matching_paths(FileSystems.join(partition.staging, "**"))
+    return sorted(p[len(partition.staging) :].lstrip("/") for p in found if not p.endswith("/"))
 
 
 def staged_rows(partition: Partition, folder: str) -> int:

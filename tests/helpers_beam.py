@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -137,6 +138,11 @@ def error_rows(out: Path) -> list[tuple]:
 
 def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
+
+
+def beam_counters(log: str) -> dict[str, int]:
+    """The Beam counters that a waiting launcher logs after the job (``beam counters: {...}``)."""
+    return json.loads(re.search(r"beam counters: (\{.*\})", log).group(1))
 
 
 def tree_digest(root: Path) -> dict[str, str]:

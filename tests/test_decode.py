@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, build_codec, random_sequences, run_seqcodec
+from helpers_beam import beam_counters
 
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.storage import save_codec
@@ -128,7 +129,7 @@ def decoded(tmp_path_factory, tiny_model_dir, tiny_codec, encoded):
                pa.list_(pa.float64()), column="code", row_group_size=7)
     code, out, err = run_seqcodec([
         "decode", "--input", root / "in" / "*.parquet", "--output", root / "run", "--model-dir", tiny_model_dir,
-        "--batch-size", 6, "--max-batch-rows", 25,
+        "--batch-size", 6, "--max-batch-rows", 25, "--max-error-rate", 1,  # 13 bad codes of 136, on purpose
     ])
     assert code == 0, err
     summary = json.loads((root / "run" / "summary.json").read_text())
@@ -172,7 +173,7 @@ def test_round_trip_numbers_equal_a_direct_comparison(encoded, originals):
         assert b["sequences"] == rows.sum()
         assert b["token_accuracy"] == pytest.approx(correct[rows].sum() / lengths[rows].sum())
         assert b["exact_match"] == pytest.approx(exact[rows].mean())
-    counters = encoded.summary["counters"]
+    counters = beam_counters(encoded.err)
     assert (counters["roundtrip_rows"], counters["roundtrip_exact"], counters["roundtrip_tokens_correct"]) == (
         lengths.size, exact.sum(), correct.sum())
     assert counters["roundtrip_exact_len0001_0001"] == exact[lengths == 1].sum()

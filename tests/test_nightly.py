@@ -83,7 +83,7 @@ def one_line(err: str) -> str:
 def test_run_date_layout_one_partition_per_date(seqcodec, tiny_model_dir, data, tmp_path):
     path, valid, bad = data["dirty"]
     out = tmp_path / "codes"
-    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", DATE)
+    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", DATE, "--max-error-rate", "0.1")
     assert code == 0, err
     assert "published" in err and f"dt={DATE}" in err
     part = out / f"dt={DATE}"
@@ -94,7 +94,7 @@ def test_run_date_layout_one_partition_per_date(seqcodec, tiny_model_dir, data, 
     assert summary["partition"] == str(part) and summary["rows_rejected"] == len(bad)
 
     before = snapshot(part)
-    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", "2026-11-27")
+    code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", "2026-11-27", "--max-error-rate", "1")
     assert code == 0, err
     assert sorted(os.listdir(out)) == [f"dt={DATE}", "dt=2026-11-27"]
     assert snapshot(part) == before  # another date leaves this one alone
@@ -203,7 +203,9 @@ def test_killed_run_leaves_the_previous_partition_and_publishes_nothing(seqcodec
         job.kill()
         job.wait(30)
     assert job.returncode == -signal.SIGKILL
-    assert re.search(r"progress: \d+ rows encoded by this worker in \d+s \(\d+ rows/s\)", log.read_text())
+    # the in-process DirectRunner's one worker knows the total: rows of it, percentage, time left
+    assert re.search(r"progress: \d+ of 3000 rows encoded \(\d+\.\d%\) in \d+s \(\d+ rows/s\), about \d+s left",
+                     log.read_text())
 
     assert snapshot(part) == before  # same files, same bytes
     leftovers = hidden(out)
@@ -221,7 +223,7 @@ def test_killed_run_leaves_the_previous_partition_and_publishes_nothing(seqcodec
 
 
 def stage(partition: Partition, files: dict[str, str]) -> None:
-    partition.prepare()
+    partition.check()
     for name, text in files.items():
         target = Path(partition.staged(name))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -235,13 +237,34 @@ def test_publish_replaces_whole_partition(tmp_path, mode):
     first = Partition(str(path), **kwargs)
     stage(first, {"codes/part-0-of-3": "a", "codes/part-1-of-3": "b", "codes/part-2-of-3": "c", "errors/e": "x"})
     first.publish()
-    assert snapshot(path) == {SUCCESS: b"", "codes/part-0-of-3": b"a", "codes/part-1-of-3": b"b",
+    assert snapshot(path) == {SUCCESS: first.run_id.encode(), "codes/part-0-of-3": b"a", "codes/part-1-of-3": b"b",
                               "codes/part-2-of-3": b"c", "errors/e": b"x"}
     second = Partition(str(path), **kwargs)
     stage(second, {"codes/part-0-of-1": "new", SUMMARY: "{}"})
-    second.publish()
-    assert snapshot(path) == {SUCCESS: b"", "codes/part-0-of-1": b"new", SUMMARY: b"{}"}
+    assert second.publish() is True
+    assert snapshot(path) == {SUCCESS: second.run_id.encode(), "codes/part-0-of-1": b"new", SUMMARY: b"{}"}
     assert hidden(path.parent) == []
+    # A retried publish of the same run (the runner re-ran the finalize bundle) changes nothing.
+    assert second.publish() is False
+    assert snapshot(path) == {SUCCESS: second.run_id.encode(), "codes/part-0-of-1": b"new", SUMMARY: b"{}"}
+
+
+def test_object_store_publish_cut_short_is_completed_by_a_retry(tmp_path):
+    path = tmp_path / "codes" / f"dt={DATE}"
+    first = Partition(str(path), swap_dirs=False)
+    stage(first, {"codes/old-0-of-1": "old", SUMMARY: "{}"})
+    first.publish()
+    run = Partition(str(path), swap_dirs=False)
+    stage(run, {"codes/part-0-of-2": "a", "codes/part-1-of-2": "b", SUMMARY: '{"new": 1}'})
+    files = ["codes/part-0-of-2", "codes/part-1-of-2", SUMMARY]
+    # The first attempt un-committed the partition and moved one shard, then its worker was lost.
+    (path / SUCCESS).unlink()
+    os.rename(run.staged("codes/part-0-of-2"), path / "codes" / "part-0-of-2")
+    assert run.publish(files) is True  # the retry: what staging still holds, then the stale shard, _SUCCESS last
+    want = {SUCCESS: run.run_id.encode(), "codes/part-0-of-2": b"a", "codes/part-1-of-2": b"b", SUMMARY: b'{"new": 1}'}
+    assert snapshot(path) == want
+    assert hidden(path.parent) == []
+    assert run.publish(files) is False and snapshot(path) == want
 
 
 def test_publish_cut_between_its_two_renames_is_rolled_back(tmp_path):
@@ -257,14 +280,16 @@ def test_publish_cut_between_its_two_renames_is_rolled_back(tmp_path):
     stage(cut, {"codes/part": "never published", SUCCESS: ""})
     os.rename(path, path.parent / f".{path.name}.old-{cut.run_id}")
 
-    nxt = Partition(str(path))
-    nxt.prepare()  # puts the previous partition back before anything else
+    nxt = Partition(str(path), exchange=False)
+    nxt.check()  # only looks: nothing is renamed before the job runs
+    assert not path.exists()
+    Path(nxt.staged("codes")).mkdir(parents=True)
+    Path(nxt.staged("codes", "part")).write_text("next")
+    nxt._restore_interrupted_swap()  # what publish does first: the previous partition back, intact
     assert snapshot(path) == before
     assert Path(cut.staging).exists()  # the cut run's staging is not published...
-    Path(nxt.staged("codes")).mkdir()
-    Path(nxt.staged("codes", "part")).write_text("next")
     nxt.publish()
-    assert snapshot(path) == {SUCCESS: b"", "codes/part": b"next"}
+    assert snapshot(path) == {SUCCESS: nxt.run_id.encode(), "codes/part": b"next"}
     assert hidden(path.parent) == []  # ...and goes with the next successful publish
 
 

@@ -89,10 +89,14 @@ def codes_table(ids: pa.Array, codes: np.ndarray) -> pa.Table:
 
 
 class Progress:
-    """Throttled progress of one worker: a log line with rows done and rate, at most every PROGRESS_SECONDS."""
+    """Throttled progress of one worker: a log line at most every PROGRESS_SECONDS.
 
-    def __init__(self, done: str) -> None:
-        self.done, self.rows, self.started, self.last = done, 0, None, 0.0
+    With ``total`` (the job's rows, given where this worker sees all of them) the line also shows
+    the percentage done and an estimate of the time left at the rate so far.
+    """
+
+    def __init__(self, done: str, total: int | None = None) -> None:
+        self.done, self.total, self.rows, self.started, self.last = done, total, 0, None, 0.0
 
     def add(self, rows: int) -> None:
         now = time.monotonic()
@@ -102,19 +106,25 @@ class Progress:
         if now - self.last >= PROGRESS_SECONDS:
             self.last = now
             elapsed = now - self.started
-            log.info("progress: %d rows %s by this worker in %.0fs (%.0f rows/s)",
-                     self.rows, self.done, elapsed, self.rows / elapsed if elapsed > 0 else 0.0)
+            rate = self.rows / elapsed if elapsed > 0 else 0.0
+            if self.total:
+                left = f"about {(self.total - self.rows) / rate:.0f}s left" if rate else "time left unknown"
+                log.info("progress: %d of %d rows %s (%.1f%%) in %.0fs (%.0f rows/s), %s", self.rows, self.total,
+                         self.done, 100 * self.rows / self.total, elapsed, rate, left)
+            else:
+                log.info("progress: %d rows %s by this worker in %.0fs (%.0f rows/s)", self.rows, self.done, elapsed,
+                         rate)
 
 
 class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
     """What both codec handlers share: one Arrow table per call, the model loaded once per worker."""
 
-    def __init__(self, model_dir: str, batch_size: int, done: str) -> None:
+    def __init__(self, model_dir: str, batch_size: int, done: str, total_rows: int | None = None) -> None:
         # Each element is already a batch of rows (a row group or a slice): RunInference must not add another.
         super().__init__(min_batch_size=1, max_batch_size=1)
         self.model_dir, self.batch_size = model_dir, batch_size
         self.rows = Metrics.counter(METRICS_NAMESPACE, f"rows_{done}")
-        self.progress = Progress(done)
+        self.progress = Progress(done, total_rows)
 
     def count(self, rows: int) -> None:
         """Rows finished: the ``rows_<done>`` counter and this worker's progress line."""
@@ -138,8 +148,8 @@ class CodecEncoderHandler(CodecHandler):
     and runs its compiled encoder. The model directory may be on any Beam filesystem.
     """
 
-    def __init__(self, model_dir: str, batch_size: int) -> None:
-        super().__init__(model_dir, batch_size, "encoded")
+    def __init__(self, model_dir: str, batch_size: int, total_rows: int | None = None) -> None:
+        super().__init__(model_dir, batch_size, "encoded", total_rows)
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
@@ -169,10 +179,11 @@ class EncodeTables(beam.PTransform):
     With ``keep_tokens`` each code table also keeps the input ``tokens`` (for the round trip).
     """
 
-    def __init__(self, model_dir: str, batch_size: int = 512, keep_tokens: bool = False) -> None:
+    def __init__(self, model_dir: str, batch_size: int = 512, keep_tokens: bool = False,
+                 total_rows: int | None = None) -> None:
         super().__init__()
         handler = CodecEncoderKeepingTokens if keep_tokens else CodecEncoderHandler
-        self.handler = handler(model_dir, batch_size)
+        self.handler = handler(model_dir, batch_size, total_rows)
 
     def expand(self, tables):
         return tables | "RunInference" >> RunInference(self.handler)
@@ -209,8 +220,8 @@ class CodecDecoderHandler(CodecHandler):
     ``correct``, the number of positions each decoded row got right.
     """
 
-    def __init__(self, model_dir: str, batch_size: int, compare: bool = False) -> None:
-        super().__init__(model_dir, batch_size, "decoded")
+    def __init__(self, model_dir: str, batch_size: int, compare: bool = False, total_rows: int | None = None) -> None:
+        super().__init__(model_dir, batch_size, "decoded", total_rows)
         self.compare = compare
 
     def run_inference(
@@ -238,9 +249,10 @@ class CodecDecoderHandler(CodecHandler):
 class DecodeTables(beam.PTransform):
     """Valid code tables -> decoded tables, through RunInference and the codec's batched decoder."""
 
-    def __init__(self, model_dir: str, batch_size: int = 512, compare: bool = False) -> None:
+    def __init__(self, model_dir: str, batch_size: int = 512, compare: bool = False,
+                 total_rows: int | None = None) -> None:
         super().__init__()
-        self.handler = CodecDecoderHandler(model_dir, batch_size, compare)
+        self.handler = CodecDecoderHandler(model_dir, batch_size, compare, total_rows)
 
     def expand(self, tables):
         return tables | "RunInference" >> RunInference(self.handler)

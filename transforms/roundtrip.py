@@ -134,17 +134,6 @@ def write_text(path: str, text: str) -> None:
         handle.write(text.encode())
 
 
-def write_stats(stats: np.ndarray, path: str) -> None:
-    write_text(path, json.dumps({"rows": stats[0].tolist(), "correct": stats[1].tolist(),
-                                 "exact": stats[2].tolist()}) + "\n")
-
-
-def read_stats(path: str) -> np.ndarray:
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        data = json.loads(handle.read())
-    return np.array([data["rows"], data["correct"], data["exact"]], dtype=np.int64)
-
-
 # -- mismatch examples ------------------------------------------------------------------------------------
 
 
