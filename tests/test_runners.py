@@ -10,14 +10,17 @@ Every process we start gets a fresh HOME: Beam caches anything it downloads (the
 ~/.apache_beam, so an empty HOME afterwards shows that no download was attempted.
 """
 
+import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
-from conftest import random_sequences, run_seqcodec
+from conftest import random_sequences, root_logging_restored, run_seqcodec
 from helpers_beam import (
     ATOL,
     BAD_ROWS,
@@ -39,13 +42,16 @@ from helpers_beam import (
 )
 
 from seqcodec.model.storage import load_codec
+from seqcodec.pipeline import encode
 from seqcodec.pipeline.options import make_pipeline
+from seqcodec.pipeline.outputs import SUCCESS, SUMMARY
 
 ROWS = mixed_rows(n_valid=30, seed=8)
 EXTRA = [s.tolist() for s in random_sequences(60, VOCAB, MAX_LEN, seed=12)]
 N_VALID = sum(r[2] is None for r in ROWS) + len(EXTRA)
 COUNTERS = ("rows_read", "rows_valid", "rows_encoded")  # counted by the pipeline itself, so on every runner
 JOB_TIMEOUT = 300  # seconds, per subprocess job
+DATE = "2026-11-26"
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +125,93 @@ def test_portable_runner(runs, portable_services):
     assert all(p.poll() is None for p in portable_services["processes"].values()), "a service died during the job"
     for home in (run["home"], portable_services["home"]):
         assert not (home / ".apache_beam").exists(), "something was downloaded for the portable path"
+
+
+# -- --no-wait on the portable runner: the job publishes by itself, after the launcher is gone -------------
+
+
+def portable_args(services) -> list:
+    return ["--runner", "PortableRunner", "--job_endpoint", services["job_endpoint"],
+            "--environment_type", "EXTERNAL", "--environment_config", services["pool"], "--no-wait"]
+
+
+def wait_for(predicate, what: str, logs=()) -> None:
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen in {JOB_TIMEOUT}s" + "".join(f"\n--- {p}\n{p.read_text()[-3000:]}"
+                                                                              for p in logs))
+        time.sleep(0.5)
+
+
+def staged_summary(partition: Path) -> dict | None:
+    """The summary.json in the staging directory of ``partition`` (its hidden sibling), once it is there."""
+    for path in partition.parent.glob(f".{partition.name}.staging-*/summary.json"):
+        try:
+            return json.loads(path.read_text())
+        except ValueError:  # caught while the job writes it
+            return None
+    return None
+
+
+def launch_no_wait(args: list, services, tmp_path: Path, request) -> tuple[float, str]:
+    """Run the launcher with --no-wait to its end; (when it exited, its output)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "launcher.log"
+    process = start_encode_subprocess([*args, *portable_args(services)], home, log)
+    request.addfinalizer(lambda: stop_process_group(process))
+    assert process.wait(timeout=JOB_TIMEOUT) == 0, log.read_text()[-3000:]
+    return time.time(), log.read_text()
+
+
+def test_portable_no_wait_publishes_once_after_the_launcher_exits(dataset, tiny_model_dir, portable_services, runs,
+                                                                  tmp_path, request):
+    out = tmp_path / "out"
+    exited, log = launch_no_wait([*job_args(dataset, out, tiny_model_dir), "--run-date", DATE], portable_services,
+                                 tmp_path, request)
+    assert "submitted job " in log, log
+    part = out / f"dt={DATE}"
+    wait_for(lambda: (part / SUCCESS).exists(), "the partition's _SUCCESS", portable_services["logs"].values())
+    assert (part / SUCCESS).stat().st_mtime >= exited - 0.01  # published by the job, after the launcher had gone
+    s = summary(part)
+    assert s["status"] == "published" and (part / SUCCESS).read_text() == s["run_id"]
+    assert s["runner"] == "PortableRunner"
+    assert_same_output(part, runs["in-memory"])  # every row once: no duplicate, nothing missing
+    assert sorted(os.listdir(out)) == [f"dt={DATE}"]  # published once: no staging or .old- left
+
+
+def test_portable_no_wait_failed_gate_publishes_nothing_and_says_why(dataset, tiny_model_dir, portable_services,
+                                                                     tmp_path, request):
+    out = tmp_path / "out"
+    launch_no_wait([*job_args(dataset, out, tiny_model_dir), "--run-date", DATE, "--max-error-rate", "0"],
+                   portable_services, tmp_path, request)
+    part = out / f"dt={DATE}"
+    wait_for(lambda: staged_summary(part), "the staging summary.json", portable_services["logs"].values())
+    s = staged_summary(part)
+    assert (s["status"], s["exit_code"]) == ("not published", 3)
+    assert s["reason"] == (f"{len(BAD_ROWS)} of {len(ROWS) + len(EXTRA)} rows rejected "
+                           f"({len(BAD_ROWS) / (len(ROWS) + len(EXTRA)):.2%}), more than --max-error-rate 0 allows")
+    assert not part.exists() and not list(out.rglob(SUCCESS))
+
+
+def test_portable_no_wait_failed_row_accounting_publishes_nothing_and_says_why(tiny_model_dir, portable_services,
+                                                                               tmp_path):
+    """The input grows after the launcher counted its rows (footers): the job's rows no longer add up."""
+    source = tmp_path / "in.parquet"
+    write_table(source, range(20), [s.tolist() for s in random_sequences(20, VOCAB, MAX_LEN, seed=3)])
+    out = tmp_path / "out"
+    argv = [str(a) for a in ["--input", source, "--output", out, "--model-dir", tiny_model_dir,
+                             *portable_args(portable_services)]]
+    with root_logging_restored():
+        built = encode.build(argv)
+        write_table(source, range(25), [s.tolist() for s in random_sequences(25, VOCAB, MAX_LEN, seed=3)])
+        assert built.launch() == 0
+    wait_for(lambda: staged_summary(out), "the staging summary.json", portable_services["logs"].values())
+    s = staged_summary(out)
+    assert (s["status"], s["exit_code"]) == ("not published", 4)
+    assert s["reason"].startswith("row accounting failed: read 20 (the job read 25), encoded 25 + rejected 0")
+    assert not list(out.rglob(SUCCESS)) and not (out / SUMMARY).exists()
 
 
 # -- the services and the runs ------------------------------------------------------------------------
