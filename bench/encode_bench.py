@@ -139,7 +139,7 @@ def snapshot_model(model_dir: Path, work: Path) -> Path:
     from seqcodec.model.manifest import MANIFEST, read_manifest
     from seqcodec.model.storage import DECODER_FILE, ENCODER_FILE
 
-    fingerprint = read_manifest(model_dir)["fingerprint"]
+    fingerprint = read_manifest(model_dir).fingerprint
     copy = work / f"model-{fingerprint}"
     if not (copy / "manifest.json").is_file():
         staging = work / f".model-{fingerprint}.partial"
@@ -258,8 +258,8 @@ def variant_main(argv: list[str]) -> int:
     from seqcodec.transforms.parquet_io import code_schema
 
     manifest = read_manifest(args.model_dir)
-    schema = code_schema(pa.int64(), manifest["code_size"], {"fingerprint": manifest["fingerprint"]})
-    model_dir, max_length = args.model_dir, manifest["max_length"]
+    schema = code_schema(pa.int64(), manifest.code_size, {"fingerprint": manifest.fingerprint})
+    model_dir, max_length = args.model_dir, manifest.max_length
 
     def as_row(key, code):
         return {"id": key, "length": int(code[0]), "code": code.tolist()}
@@ -354,7 +354,7 @@ class Bench:
         del table
         # The in-memory set is the rows the model accepts; the job rejects the others (dead letters).
         all_lengths = np.diff(self.all_offsets)
-        keep = np.flatnonzero(all_lengths <= manifest["max_length"])
+        keep = np.flatnonzero(all_lengths <= manifest.max_length)
         kept = TokenSequences(self.all_values, self.all_offsets).take(keep)
         self.values, self.offsets = kept.values, kept.offsets
         self.n = self.offsets.size - 1
@@ -365,8 +365,8 @@ class Bench:
             "input": str(self.input), "mean_length": round(float(lengths.mean()), 2),
             "max_length": int(lengths.max()), "row_group_size": self.args.row_group_size,
             "model_dir": str(self.model_dir), "model": origin,
-            "hidden_size": manifest["hidden_size"], "embedding_size": manifest["embedding_size"],
-            "model_max_length": manifest["max_length"], "bidirectional": manifest["bidirectional"],
+            "hidden_size": manifest.config.hidden_size, "embedding_size": manifest.config.embedding_size,
+            "model_max_length": manifest.max_length, "bidirectional": manifest.config.bidirectional,
             "cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
             "loadavg_start": round(loadavg(), 2), "argv": sys.argv[1:], "commit": git_commit(),
         }

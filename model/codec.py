@@ -71,6 +71,7 @@ class SequenceCodec:
         self.config = config
         self.fingerprint = fingerprint
         self.batch_size = batch_size
+        self.manifest = None  # the model directory's Manifest, when loaded from one
         # One trace each for any batch shape: keras' predict() costs milliseconds per call.
         self._encode_fn = tf.function(
             lambda ids: encoder(ids, training=False),

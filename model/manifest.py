@@ -1,61 +1,130 @@
-"""The model directory's manifest.json: format, checks and one-line errors, without importing TensorFlow."""
+"""The model contract: manifest.json as one typed object, read in one place through Beam's FileSystems.
+
+Importing this module does not import TensorFlow, so the launcher of a job can check a model
+directory (local, gs://, s3://, ...) without loading it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from seqcodec.model.config import CodecConfig
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# What the output files' schema metadata records about the model that wrote them.
+FACT_NAMES = ("fingerprint", "code_size", "vocab_size", "max_length")
 
 
 class ModelDirError(ValueError):
     """A model directory that is missing, corrupt or incompatible; the message is one line."""
 
 
-def check_manifest(manifest: object, where: str) -> dict[str, Any]:
-    """Check a parsed manifest; ModelDirError (one line, starting with ``where``) if incompatible."""
-    if not isinstance(manifest, dict):
-        raise ModelDirError(f"{where}: {MANIFEST} is not a JSON object")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelDirError(f"{where}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
-    try:
-        config = CodecConfig.from_dict(manifest)
-    except (TypeError, ValueError) as exc:
-        raise ModelDirError(f"{where}: {MANIFEST} has a bad configuration ({exc})") from None
-    if manifest.get("code_size") != config.code_size:
-        raise ModelDirError(
-            f"{where}: code_size {manifest.get('code_size')!r} != hidden_size + 1 ({config.code_size})"
-        )
-    if not isinstance(manifest.get("fingerprint"), str):
-        raise ModelDirError(f"{where}: {MANIFEST} has no fingerprint")
-    return manifest
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a model directory promises: the codec's shape, its weights' fingerprint and how it was trained.
+
+    ``extra`` keeps the manifest's other top-level entries (e.g. library versions) so that a
+    manifest read and written again loses nothing.
+    """
+
+    config: CodecConfig
+    fingerprint: str
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def code_size(self) -> int:
+        return self.config.code_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
+    def facts(self) -> dict[str, Any]:
+        """The entries that output schemas record about the model (``seqcodec.<name>`` metadata)."""
+        return {"fingerprint": self.fingerprint, "code_size": self.code_size, "vocab_size": self.vocab_size,
+                "max_length": self.max_length}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written as manifest.json (configuration keys at the top level, as in format 1)."""
+        return {
+            "format_version": self.format_version,
+            **self.config.to_dict(),
+            "code_size": self.code_size,
+            "fingerprint": self.fingerprint,
+            "metrics": self.metrics,
+            **self.extra,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "manifest") -> Manifest:
+        """Check a parsed manifest; ModelDirError (one line, starting with ``where``) if incompatible."""
+        if not isinstance(data, dict):
+            raise ModelDirError(f"{where}: {MANIFEST} is not a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelDirError(f"{where}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+        try:
+            config = CodecConfig.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ModelDirError(f"{where}: {MANIFEST} has a bad configuration ({exc})") from None
+        if data.get("code_size") != config.code_size:
+            raise ModelDirError(
+                f"{where}: code_size {data.get('code_size')!r} != hidden_size + 1 ({config.code_size})"
+            )
+        if not isinstance(data.get("fingerprint"), str):
+            raise ModelDirError(f"{where}: {MANIFEST} has no fingerprint")
+        metrics = data.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise ModelDirError(f"{where}: {MANIFEST} has metrics that are not a JSON object")
+        known = {f.name for f in dataclasses.fields(CodecConfig)} | {"format_version", "code_size", "fingerprint",
+                                                                     "metrics"}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(config, data["fingerprint"], metrics, version, extra)
 
 
-def parse_manifest(text: str | bytes, where: str) -> dict[str, Any]:
+def parse_manifest(text: str | bytes, where: str) -> Manifest:
     """Parse and check manifest.json text; ModelDirError if it is not valid JSON or incompatible."""
     try:
-        manifest = json.loads(text)
+        data = json.loads(text)
     except ValueError as exc:
         raise ModelDirError(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
-    return check_manifest(manifest, where)
+    return Manifest.from_dict(data, where)
 
 
-def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a local manifest.json; ModelDirError (one line) if missing, corrupt or incompatible."""
-    path = Path(model_dir)
-    where = f"model directory {path}"
-    if not path.is_dir():
+def read_manifest(model_dir: str | os.PathLike) -> Manifest:
+    """Read and check ``manifest.json`` of a model directory on any Beam filesystem (local, gs://, s3://).
+
+    ModelDirError (one line naming the directory) if it is missing, corrupt or incompatible.
+    """
+    from apache_beam.io.filesystems import FileSystems  # only here: the rest of model/ does not need Beam
+
+    from seqcodec.model.data import first_line
+
+    model_dir = os.fspath(model_dir)
+    where = f"model directory {model_dir}"
+    if "://" not in model_dir and not os.path.isdir(model_dir):
         raise ModelDirError(f"{where}: does not exist or is not a directory")
+    path = FileSystems.join(model_dir, MANIFEST)
     try:
-        text = (path / MANIFEST).read_bytes()
-    except FileNotFoundError:
-        raise ModelDirError(f"{where}: no {MANIFEST} (not a seqcodec model)") from None
-    except OSError as exc:
-        raise ModelDirError(f"{where}: {MANIFEST} is unreadable ({exc})") from None
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            text = handle.read()
+    except Exception as exc:  # FileSystems raises its own types per scheme
+        if "://" not in model_dir and not os.path.exists(path):
+            raise ModelDirError(f"{where}: no {MANIFEST} (not a seqcodec model)") from None
+        if not FileSystems.exists(model_dir):
+            raise ModelDirError(f"{where}: does not exist") from None
+        raise ModelDirError(f"{where}: no readable {MANIFEST} ({first_line(exc)})") from None
     return parse_manifest(text, where)

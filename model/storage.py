@@ -16,11 +16,12 @@ import seqcodec.model.layers  # noqa: F401  (registers the custom layers before 
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import first_line
-from seqcodec.model.manifest import FORMAT_VERSION, MANIFEST, ModelDirError, read_manifest
+from seqcodec.model.manifest import MANIFEST, Manifest, ModelDirError, read_manifest
 from seqcodec.model.tfenv import keras, tf
 
 ENCODER_FILE = "encoder.keras"
 DECODER_FILE = "decoder.keras"
+MODEL_FILES = (MANIFEST, ENCODER_FILE, DECODER_FILE)
 
 
 def fingerprint(config: CodecConfig, encoder: keras.Model, decoder: keras.Model) -> str:
@@ -34,31 +35,44 @@ def fingerprint(config: CodecConfig, encoder: keras.Model, decoder: keras.Model)
     return digest.hexdigest()[:16]
 
 
+def check_model_dir(model_dir: str | os.PathLike) -> Path:
+    """The directory ``save_codec`` may write: new, empty or a seqcodec model; ModelDirError (one line) if not.
+
+    Training calls it before the first epoch so that a bad --model-dir fails in seconds, not after an hour.
+    """
+    target = Path(model_dir)
+    if "://" in os.fspath(model_dir):
+        raise ModelDirError(f"model directory {model_dir}: training writes local directories only; copy it afterwards")
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST).exists())):
+        raise ModelDirError(f"model directory {target}: exists and is not a seqcodec model; refusing to replace it")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ModelDirError(f"model directory {target}: {parent} is not a writable directory")
+    return target
+
+
 def save_codec(
     codec: SequenceCodec,
     model_dir: str | os.PathLike,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Write the model directory atomically (temp dir, then rename) and return its manifest."""
-    target = Path(model_dir)
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST).exists())):
-        raise ModelDirError(f"model directory {target}: exists and is not a seqcodec model; refusing to replace it")
+    target = check_model_dir(model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)
     codec.encoder.save(staging / ENCODER_FILE)
     codec.decoder.save(staging / DECODER_FILE)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        **codec.config.to_dict(),
-        "code_size": codec.config.code_size,
-        "fingerprint": fingerprint(codec.config, codec.encoder, codec.decoder),
-        "metrics": metrics or {},
-        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
-        **(extra or {}),
-    }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = Manifest(
+        codec.config,
+        fingerprint(codec.config, codec.encoder, codec.decoder),
+        metrics or {},
+        extra={"versions": {"keras": keras.__version__, "tensorflow": tf.__version__}, **(extra or {})},
+    )
+    (staging / MANIFEST).write_text(manifest.to_json())
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
         target.rename(old / target.name)
@@ -66,32 +80,52 @@ def save_codec(
         shutil.rmtree(old)
     else:
         staging.rename(target)
-    codec.fingerprint = manifest["fingerprint"]
+    codec.fingerprint = manifest.fingerprint
     return manifest
 
 
+def localize_model_dir(model_dir: str) -> str:
+    """A local directory holding the model: the path itself if local, else a fresh copy in a temp dir."""
+    if "://" not in model_dir:
+        return model_dir
+    from apache_beam.io.filesystems import FileSystems
+
+    local = tempfile.mkdtemp(prefix="seqcodec-model-")
+    for name in MODEL_FILES:
+        try:
+            with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as src:
+                with open(os.path.join(local, name), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except Exception as exc:  # FileSystems raises its own types per scheme
+            raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
+    return local
+
+
 def load_codec(model_dir: str | os.PathLike, batch_size: int | None = None) -> SequenceCodec:
-    """Load a model directory written by ``save_codec`` and verify its fingerprint."""
-    path = Path(model_dir)
-    manifest = read_manifest(path)
-    config = CodecConfig.from_dict(manifest)
+    """Load a model directory written by ``save_codec`` (on any Beam filesystem) and verify its fingerprint."""
+    model_dir = os.fspath(model_dir)
+    manifest = read_manifest(model_dir)
+    config = manifest.config
+    path = Path(localize_model_dir(model_dir))
     nets = []
     for name in (ENCODER_FILE, DECODER_FILE):
         file = path / name
         if not file.is_file():
-            raise ModelDirError(f"model directory {path}: {name} is missing")
+            raise ModelDirError(f"model directory {model_dir}: {name} is missing")
         try:
             nets.append(keras.saving.load_model(file, compile=False, safe_mode=True))
         except Exception as exc:  # keras raises many types for a damaged archive
-            raise ModelDirError(f"model directory {path}: {name} cannot be loaded ({first_line(exc)})") from None
+            raise ModelDirError(f"model directory {model_dir}: {name} cannot be loaded ({first_line(exc)})") from None
     encoder, decoder = nets
     if encoder.output_shape[-1] != config.code_size or decoder.output_shape[-1] != config.vocab_size:
-        raise ModelDirError(f"model directory {path}: the saved networks do not match {MANIFEST}")
+        raise ModelDirError(f"model directory {model_dir}: the saved networks do not match {MANIFEST}")
     actual = fingerprint(config, encoder, decoder)
-    if actual != manifest.get("fingerprint"):
+    if actual != manifest.fingerprint:
         raise ModelDirError(
-            f"model directory {path}: weights fingerprint {actual} does not match the manifest's "
-            f"{manifest.get('fingerprint')!r} (files changed or mixed from different models)"
+            f"model directory {model_dir}: weights fingerprint {actual} does not match the manifest's "
+            f"{manifest.fingerprint!r} (files changed or mixed from different models)"
         )
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    return SequenceCodec(encoder, decoder, config, fingerprint=actual, **kwargs)
+    codec = SequenceCodec(encoder, decoder, config, fingerprint=actual, **kwargs)
+    codec.manifest = manifest
+    return codec

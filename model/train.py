@@ -16,6 +16,7 @@ import numpy as np
 from seqcodec.model.codec import SequenceCodec, pad_shifted
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import TokenSequences
+from seqcodec.model.manifest import Manifest
 from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tfenv import keras, tf
@@ -169,7 +170,7 @@ class BestExactMatch(keras.callbacks.Callback):
 
 def train_codec(
     data: TokenSequences, config: CodecConfig, settings: TrainSettings, model_dir: str | Path
-) -> dict[str, Any]:
+) -> Manifest:
     """Train on ``data``, write the best model to ``model_dir`` and return its manifest."""
     model_dir = Path(model_dir)
     keras.utils.set_random_seed(settings.seed)

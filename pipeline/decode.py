@@ -13,12 +13,12 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline, single_worker
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
-from seqcodec.transforms.inference import read_model_manifest
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes
 from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes, code_error_schema
 
@@ -38,7 +38,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
     m = job.manifest
     tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.code_column, job.max_batch_rows)
     checked = tables | "Validate" >> beam.ParDo(
-        ValidateCodes(m["code_size"], m["max_length"], job.id_column, job.code_column)
+        ValidateCodes(m.code_size, m.max_length, job.id_column, job.code_column)
     ).with_outputs(ERRORS_TAG, main="valid")
     stage = add_decode_stage(checked.valid, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
                              job.batch_size, job.num_shards, total_rows=job.progress_total)
@@ -70,17 +70,17 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     setup_logging(args.verbose)
     check_io_arguments(args)
     started = time.time()
-    manifest = read_model_manifest(args.model_dir)
+    manifest = read_manifest(args.model_dir)
     inputs = inspect_codes(args.input, args.id_column, args.code_column, manifest, args.model_dir)
     partition = Partition(partition_path(args.output, args.run_date))
     partition.check()
     pipeline = pipeline or make_pipeline(beam_args)
     log.info("decoding %d codes from %d file(s) with model %s (code size %d) into %s",
-             inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"], partition.path)
+             inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
     job = DecodeJob.from_args(args, inputs, manifest, partition.staging, code_column=args.code_column,
                               progress_total=inputs.rows if single_worker(pipeline.options) else None)
     graph = build_pipeline(pipeline, job)
-    facts = {"model_fingerprint": manifest["fingerprint"], "code_size": manifest["code_size"],
+    facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size,
              "model_dir": model_dir_fact(args.model_dir), "input_files": len(inputs.paths),
              "input_files_without_fingerprint": len(inputs.unmarked)}
     plan = make_plan(args, pipeline, partition, inputs.rows, "decoded", "decoded", facts, started,

@@ -10,12 +10,13 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline, single_worker
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
-from seqcodec.transforms.inference import EncodeTables, read_model_manifest
+from seqcodec.transforms.inference import EncodeTables
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
 from seqcodec.transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
 
@@ -38,7 +39,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     m = job.manifest
     tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column, job.max_batch_rows)
     checked = tables | "Validate" >> beam.ParDo(
-        ValidateTokens(m["vocab_size"], m["max_length"], job.too_long, job.id_column, job.tokens_column)
+        ValidateTokens(m.vocab_size, m.max_length, job.too_long, job.id_column, job.tokens_column)
     ).with_outputs(ERRORS_TAG, main="valid")
     encode = EncodeTables(job.model_dir, job.batch_size, keep_tokens=job.decode, total_rows=job.progress_total)
     if job.decode:  # the codes keep their original tokens until written, so decoding can compare
@@ -51,7 +52,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
         codes = checked.valid | "Encode" >> encode
     codes_written = codes | "Write codes" >> WriteTables(
         FileSystems.join(job.staging, "codes", "part"),
-        code_schema(job.inputs.id_type, m["code_size"], job.model_facts()), job.num_shards,
+        code_schema(job.inputs.id_type, m.code_size, job.model_facts()), job.num_shards,
     )
     errors_written = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1
@@ -93,19 +94,19 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
         raise ValueError("--mismatches must be >= 0 and needs --decode")
     started = time.time()
     inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
-    manifest = read_model_manifest(args.model_dir)
+    manifest = read_manifest(args.model_dir)
     partition = Partition(partition_path(args.output, args.run_date))
     partition.check()
     pipeline = pipeline or make_pipeline(beam_args)
     log.info("encoding %d rows from %d file(s) with model %s (code size %d) into %s",
-             inputs.rows, len(inputs.paths), manifest["fingerprint"], manifest["code_size"], partition.path)
+             inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
     job = EncodeJob.from_args(
         args, inputs, manifest, partition.staging, tokens_column=args.tokens_column, too_long=args.too_long,
         decode=args.decode, mismatches=args.mismatches,
         progress_total=inputs.rows if single_worker(pipeline.options) else None,
     )
     graph = build_pipeline(pipeline, job)
-    facts = {"model_fingerprint": manifest["fingerprint"], "code_size": manifest["code_size"],
+    facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size,
              "input_files": len(inputs.paths), "model_dir": model_dir_fact(args.model_dir)}
     roundtrip = {"roundtrip": "compare", "expected_folder": "codes"} if args.decode else {}
     plan = make_plan(args, pipeline, partition, inputs.rows, "codes", "encoded", facts, started, **roundtrip)

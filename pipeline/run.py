@@ -23,6 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineState
 
 from seqcodec.model.data import first_line
+from seqcodec.model.manifest import Manifest
 from seqcodec.pipeline.decode_stage import decode_report, log_roundtrip
 from seqcodec.pipeline.errors import EXIT_PIPELINE_FAILED, EXIT_TOO_MANY_REJECTS, PipelineFailed, TooManyRejects
 from seqcodec.pipeline.options import runner_name
@@ -38,7 +39,7 @@ class Job:
 
     inputs: Any  # InputFiles or CodeFiles: the checked files, their rows and id type
     model_dir: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     staging: str
     id_column: str = "id"
     batch_size: int = 512
@@ -47,7 +48,7 @@ class Job:
     progress_total: int | None = None  # rows one worker will see in all, where a single worker does everything
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, inputs: Any, manifest: dict[str, Any], staging: str, **own: Any):
+    def from_args(cls, args: argparse.Namespace, inputs: Any, manifest: Manifest, staging: str, **own: Any):
         """The job from the shared command-line options (add_io_arguments) plus the job's ``own`` fields."""
         return cls(
             inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=staging, id_column=args.id_column,
@@ -56,7 +57,7 @@ class Job:
 
     def model_facts(self) -> dict[str, Any]:
         """What output schemas record about the model that wrote them."""
-        return {k: self.manifest[k] for k in ("fingerprint", "code_size", "vocab_size", "max_length")}
+        return self.manifest.facts()
 
 
 def model_dir_fact(model_dir: str) -> str:

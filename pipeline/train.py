@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     manifest = train_codec(data, config, settings, args.model_dir)
-    test = manifest["metrics"]["test"]
-    print(json.dumps({"model_dir": args.model_dir, "fingerprint": manifest["fingerprint"], "test": test}))
+    test = manifest.metrics["test"]
+    print(json.dumps({"model_dir": args.model_dir, "fingerprint": manifest.fingerprint, "test": test}))
     log.info(
         "held-out test: exact match %.4f, token accuracy %.4f on %d sequences; model in %s",
         test["exact_match"], test["token_accuracy"], test["sequences"], args.model_dir,

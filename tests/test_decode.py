@@ -270,7 +270,7 @@ def test_codes_of_another_model_are_refused(tmp_path, encoded, tiny_model_dir):
     other = build_codec(CodecConfig(**TINY), seed=2)
     manifest = save_codec(other, tmp_path / "other-model")
     ours = encoded.summary["model_fingerprint"]
-    assert manifest["fingerprint"] != ours
+    assert manifest.fingerprint != ours
     out_parent = tmp_path / "out"
     out_parent.mkdir()
     proc = subprocess.run(
@@ -281,7 +281,7 @@ def test_codes_of_another_model_are_refused(tmp_path, encoded, tiny_model_dir):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("seqcodec: error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr
-    assert ours in lines[0] and manifest["fingerprint"] in lines[0]
+    assert ours in lines[0] and manifest.fingerprint in lines[0]
     assert list(out_parent.iterdir()) == []  # not even a staging directory
 
 

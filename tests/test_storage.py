@@ -197,3 +197,17 @@ def test_load_failures_are_one_line_model_dir_errors(case, tiny_model_dir, other
     assert str(model_dir) in message
     assert word in message
     assert isinstance(info.value, ValueError)  # so the CLI reports it as a user error (exit code 2)
+
+
+def test_manifest_is_one_typed_object(tiny_model_dir):
+    """read_manifest gives a Manifest; written back it is the same JSON object, unknown entries included."""
+    from seqcodec.model.manifest import Manifest, read_manifest
+
+    manifest = read_manifest(str(tiny_model_dir))
+    assert isinstance(manifest, Manifest)
+    assert manifest.code_size == manifest.config.hidden_size + 1 == TINY["hidden_size"] + 1
+    assert manifest.fingerprint == manifest_of(tiny_model_dir)["fingerprint"]
+    assert manifest.to_dict() == manifest_of(tiny_model_dir)
+    assert "versions" in manifest.extra
+    assert manifest.facts() == {k: manifest_of(tiny_model_dir)[k]
+                                for k in ("fingerprint", "code_size", "vocab_size", "max_length")}

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,14 +16,12 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base as _beam_base
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
-MODEL_FILES = ("manifest.json", "encoder.keras", "decoder.keras")
 # Seconds between two progress lines of one worker (SEQCODEC_PROGRESS_SECONDS overrides).
 PROGRESS_SECONDS = float(os.environ.get("SEQCODEC_PROGRESS_SECONDS", "10"))
 
@@ -35,35 +31,6 @@ log = logging.getLogger("seqcodec")
 # it loses `resource`, drops RunInference's memory metric and warns on every bundle. Restore it.
 if _beam_base.resource is None:
     _beam_base.resource = resource
-
-
-def read_model_manifest(model_dir: str) -> dict[str, Any]:
-    """Read and check ``manifest.json`` through Beam's FileSystems (local, gs://, ...)."""
-    from seqcodec.model.data import first_line
-    from seqcodec.model.manifest import ModelDirError, parse_manifest
-
-    where = f"model directory {model_dir}"
-    path = FileSystems.join(model_dir, "manifest.json")
-    try:
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            text = handle.read()
-    except Exception as exc:  # FileSystems raises its own types per scheme
-        if not FileSystems.exists(model_dir):
-            raise ModelDirError(f"{where}: does not exist") from None
-        raise ModelDirError(f"{where}: no readable manifest.json ({first_line(exc)})") from None
-    return parse_manifest(text, where)
-
-
-def localize_model_dir(model_dir: str) -> str:
-    """A local directory holding the model: the path itself if local, else a fresh copy in a temp dir."""
-    if os.path.isdir(model_dir):
-        return model_dir
-    local = tempfile.mkdtemp(prefix="seqcodec-model-")
-    for name in MODEL_FILES:
-        with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as src:
-            with open(os.path.join(local, name), "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    return local
 
 
 def flat_tokens(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +101,7 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
     def load_model(self) -> Any:
         from seqcodec.model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
 
-        return load_codec(localize_model_dir(self.model_dir), batch_size=self.batch_size)
+        return load_codec(self.model_dir, batch_size=self.batch_size)
 
     def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
         return sum(table.nbytes for table in batch)

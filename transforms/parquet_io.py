@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.data import InputDataError, first_line, require_columns, token_list_type_error
+from seqcodec.model.manifest import Manifest
 from seqcodec.transforms.validate import CODE_VALUE_TYPES
 
 METADATA_PREFIX = "seqcodec."
@@ -126,15 +126,14 @@ def _first_rows_width(file: pq.ParquetFile, column: str) -> int | None:
     return None
 
 
-def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: dict[str, Any],
-                  model_dir: str) -> CodeFiles:
+def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: Manifest, model_dir: str) -> CodeFiles:
     """Check every code file against the model before the job starts; InputDataError (one line) if unusable.
 
     Codes whose metadata names another model are refused, naming both fingerprints. Files with no
     fingerprint (not written by ``seqcodec encode``) are accepted when their code width matches
     the model: the fixed width of the column, or else the usual width of its first rows.
     """
-    fingerprint, code_size = manifest["fingerprint"], manifest["code_size"]
+    fingerprint, code_size = manifest.fingerprint, manifest.code_size
     paths = match_files(pattern)
     total = 0
     id_type: pa.DataType | None = None
