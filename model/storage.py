@@ -129,3 +129,6 @@ def load_codec(model_dir: str | os.PathLike, batch_size: int | None = None) -> S
     codec = SequenceCodec(encoder, decoder, config, fingerprint=actual, **kwargs)
     codec.manifest = manifest
     return codec
+
+
+load = load_codec  # the public name: seqcodec.load(model_dir)

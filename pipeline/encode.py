@@ -16,9 +16,9 @@ from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline, single_worker
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
-from seqcodec.transforms.inference import EncodeTables
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
-from seqcodec.transforms.validate import ERRORS_TAG, TOO_LONG_CHOICES, ValidateTokens, error_schema
+from seqcodec.transforms.sequences import EncodeSequences
+from seqcodec.transforms.validate import TOO_LONG_CHOICES, error_schema
 
 log = logging.getLogger("seqcodec")
 
@@ -35,35 +35,39 @@ class EncodeJob(Job):
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
-    """Read -> validate -> encode -> write codes; rejected rows -> errors. Returns what finalize waits for."""
+    """Read -> EncodeSequences (validate, encode) -> write codes; rejected rows -> errors.
+
+    Returns what finalize waits for.
+    """
     m = job.manifest
     tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column, job.max_batch_rows)
-    checked = tables | "Validate" >> beam.ParDo(
-        ValidateTokens(m.vocab_size, m.max_length, job.too_long, job.id_column, job.tokens_column)
-    ).with_outputs(ERRORS_TAG, main="valid")
-    encode = EncodeTables(job.model_dir, job.batch_size, keep_tokens=job.decode, total_rows=job.progress_total)
-    if job.decode:  # the codes keep their original tokens until written, so decoding can compare
-        encoded = checked.valid | "Encode" >> encode
-        codes = encoded | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
-        stage = add_decode_stage(encoded, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
+    # The library's transform, on Arrow tables; with decode the codes keep their tokens so decoding can compare.
+    encoded = tables | "Encode" >> EncodeSequences(
+        job.model_dir, manifest=m, too_long=job.too_long, batch_size=job.batch_size, id_field=job.id_column,
+        tokens_field=job.tokens_column, keep_tokens=job.decode, total_rows=job.progress_total,
+    )
+    if job.decode:
+        codes = encoded.main | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
+        stage = add_decode_stage(encoded.main, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
                                  job.batch_size, job.num_shards, compare=True, mismatches=job.mismatches,
                                  total_rows=job.progress_total)
     else:
-        codes = checked.valid | "Encode" >> encode
+        codes = encoded.main
     codes_written = codes | "Write codes" >> WriteTables(
         FileSystems.join(job.staging, "codes", "part"),
         code_schema(job.inputs.id_type, m.code_size, job.model_facts()), job.num_shards,
     )
-    errors_written = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
+    errors_written = encoded.errors | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1
     )
-    counts = {"read": row_count(tables, "read"), "valid": row_count(checked.valid, "valid"),
-              "encoded": row_count(codes, "encoded")}
+    read = row_count(tables, "read")
+    valid = read | "Rows valid" >> beam.Map(lambda n, rejected: n - rejected,
+                                            beam.pvalue.AsSingleton(row_count(encoded.errors, "rejected")))
+    counts = {"read": read, "valid": valid, "encoded": row_count(codes, "encoded")}
     if not job.decode:
         return Graph([codes_written, errors_written], counts)
     counts["decoded"] = row_count(stage.decoded, "decoded")
     return Graph([codes_written, errors_written, stage.written], counts, stage.stats, stage.mismatches)
-
 
 def parser() -> argparse.ArgumentParser:
     p = job_parser("seqcodec encode", "Encode token sequences into length-prefixed codes.")

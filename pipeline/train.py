@@ -1,61 +1,81 @@
-"""`seqcodec train`: fit a codec on Parquet token files and write a model directory."""
+"""`seqcodec train` and `seqcodec.train(...)`: fit a codec on token sequences and write a model directory."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
 
 from seqcodec.model.config import CodecConfig
-from seqcodec.model.data import read_token_sequences
-from seqcodec.model.train import TrainSettings, train_codec
-from seqcodec.pipeline.errors import check_positive, exit_process, run_cli, setup_logging
+from seqcodec.model.data import TokenSequences, read_token_sequences
+from seqcodec.model.manifest import Manifest
+from seqcodec.pipeline.errors import HelpFormatter, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seqcodec train", description="Train a sequence codec on Parquet token files.")
-    p.add_argument("--input", required=True, help="glob of Parquet files with a list-of-integers tokens column")
-    p.add_argument("--model-dir", required=True, help="where to write the model directory")
-    p.add_argument("--tokens-column", default="tokens")
-    p.add_argument("--hidden-size", type=int, default=CodecConfig.hidden_size)
-    p.add_argument("--embedding-size", type=int, default=CodecConfig.embedding_size)
-    p.add_argument("--vocab-size", type=int, help="default: largest token id seen + 1")
-    p.add_argument("--max-length", type=int, help="default: longest sequence seen")
-    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
-                   help="bidirectional encoder LSTM, hidden_size/2 each way (default: on)")
-    p.add_argument("--position-signal", action=argparse.BooleanOptionalAction, default=True,
-                   help="learned position and steps-to-go signals added to the decoder input (default: on)")
-    p.add_argument("--epochs", type=int, default=TrainSettings.epochs)
-    p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,
-                   help="seconds; stop cleanly when spent and keep the best model (0: no limit)")
-    p.add_argument("--validation-fraction", type=float, default=TrainSettings.validation_fraction)
-    p.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
-    p.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate,
-                   help="starting rate, annealed (cosine) to 1/50 of it over the run's epochs or time budget")
-    p.add_argument("--seed", type=int, default=TrainSettings.seed)
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
+# The defaults of both the command and seqcodec.train(), from the classes that own them.
+DEFAULTS = {"hidden_size": CodecConfig.hidden_size, "embedding_size": CodecConfig.embedding_size}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    setup_logging(args.verbose)
-    check_positive(args, "epochs", "batch_size")
-    if not args.learning_rate > 0:
-        raise ValueError(f"--learning-rate must be positive, got {args.learning_rate}")
-    if args.time_budget is not None and args.time_budget < 0:
+def _train_settings_defaults() -> dict:
+    from seqcodec.model.train import TrainSettings  # imports TensorFlow: only when training
+
+    return {f: getattr(TrainSettings, f) for f in
+            ("epochs", "time_budget", "validation_fraction", "batch_size", "learning_rate", "seed")}
+
+
+def train(
+    input: str | Sequence[Sequence[int]] | Sequence[np.ndarray],
+    model_dir: str | os.PathLike,
+    *,
+    tokens_column: str = "tokens",
+    hidden_size: int = CodecConfig.hidden_size,
+    embedding_size: int = CodecConfig.embedding_size,
+    vocab_size: int | None = None,
+    max_length: int | None = None,
+    bidirectional: bool = True,
+    position_signal: bool = True,
+    epochs: int = 200,
+    time_budget: float | None = 600.0,
+    validation_fraction: float = 0.1,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+) -> Manifest:
+    """Train a codec and write it to ``model_dir``; returns its Manifest (metrics["test"]: held-out scores).
+
+    ``input`` is a glob (or a directory) of Parquet files with a ``tokens_column``, or the token
+    sequences themselves (lists or int arrays). The options are those of ``seqcodec train``,
+    with the same defaults; ``time_budget`` 0 or None means no limit. ``model_dir`` is checked
+    before anything is read or trained. ValueError (one line) for bad options or data.
+    """
+    from seqcodec.model.storage import check_model_dir
+    from seqcodec.model.train import TrainSettings, train_codec  # TensorFlow is imported here
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not learning_rate > 0:
+        raise ValueError(f"--learning-rate must be positive, got {learning_rate}")
+    if time_budget is not None and time_budget < 0:
         raise ValueError("--time-budget must be >= 0 seconds")
-    data = read_token_sequences(args.input, args.tokens_column)
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
+    check_model_dir(model_dir)
+    where = input if isinstance(input, str) else "the sequences"
+    data = read_token_sequences(input, tokens_column) if isinstance(input, str) else in_memory(input)
     if len(data) < 4:
-        raise ValueError(f"{args.input}: {len(data)} usable sequences; training needs at least 4")
+        raise ValueError(f"{where}: {len(data)} usable sequences; training needs at least 4")
     seen_vocab = int(data.values.max()) + 1
-    vocab_size = args.vocab_size or seen_vocab
+    vocab_size = vocab_size or seen_vocab
     if vocab_size < seen_vocab:
-        raise ValueError(f"{args.input}: token id {seen_vocab - 1} is outside --vocab-size {vocab_size}")
+        raise ValueError(f"{where}: token id {seen_vocab - 1} is outside --vocab-size {vocab_size}")
     longest = int(data.lengths.max())
-    max_length = args.max_length or longest
+    max_length = max_length or longest
     if max_length < longest:
         keep = data.lengths <= max_length
         log.warning("skipping %d sequences longer than --max-length %d", int((~keep).sum()), max_length)
@@ -63,20 +83,74 @@ def main(argv: list[str] | None = None) -> int:
     config = CodecConfig(
         vocab_size=vocab_size,
         max_length=max_length,
-        hidden_size=args.hidden_size,
-        embedding_size=args.embedding_size,
-        bidirectional=args.bidirectional,
-        position_signal=args.position_signal,
+        hidden_size=hidden_size,
+        embedding_size=embedding_size,
+        bidirectional=bidirectional,
+        position_signal=position_signal,
     )
     settings = TrainSettings(
-        epochs=args.epochs,
-        time_budget=args.time_budget or None,
-        validation_fraction=args.validation_fraction,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
+        epochs=epochs,
+        time_budget=time_budget or None,
+        validation_fraction=validation_fraction,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
     )
-    manifest = train_codec(data, config, settings, args.model_dir)
+    return train_codec(data, config, settings, model_dir)
+
+
+def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray]) -> TokenSequences:
+    """Token sequences given in Python as TokenSequences; empty ones are skipped, as from files."""
+    from seqcodec.model.codec import flatten
+
+    kept = [s for s in sequences if len(s)]
+    values, offsets = flatten(kept)
+    if values.size and values.min() < 0:
+        raise ValueError(f"the sequences hold a negative token id {values.min()}")
+    return TokenSequences(values, offsets)
+
+
+def parser() -> argparse.ArgumentParser:
+    from seqcodec.model.train import TrainSettings
+
+    p = argparse.ArgumentParser(prog="seqcodec train", description="Train a sequence codec on Parquet token files.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--input", required=True,
+                   help="glob of Parquet files, or a directory of them, with a list-of-integers tokens column")
+    p.add_argument("--model-dir", required=True, help="where to write the model directory (checked before training)")
+    p.add_argument("--tokens-column", default="tokens", help="name of the tokens column (default: %(default)s)")
+    p.add_argument("--hidden-size", type=int, default=CodecConfig.hidden_size,
+                   help="encoder state size; codes are hidden_size + 1 wide (default: %(default)s)")
+    p.add_argument("--embedding-size", type=int, default=CodecConfig.embedding_size,
+                   help="token embedding size (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, help="default: largest token id seen + 1")
+    p.add_argument("--max-length", type=int, help="default: longest sequence seen")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
+                   help="bidirectional encoder LSTM, hidden_size/2 each way (default: on)")
+    p.add_argument("--position-signal", action=argparse.BooleanOptionalAction, default=True,
+                   help="learned position and steps-to-go signals added to the decoder input (default: on)")
+    p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
+                   help="at most this many passes over the data (default: %(default)s)")
+    p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,
+                   help="seconds; stop cleanly when spent and keep the best model (default: %(default)g; 0: no limit)")
+    p.add_argument("--validation-fraction", type=float, default=TrainSettings.validation_fraction,
+                   help="held out: half picks the checkpoint, half is the reported test set (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=TrainSettings.batch_size,
+                   help="sequences per training step (default: %(default)s)")
+    p.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate,
+                   help="starting rate, annealed (cosine) to 1/50 of it over the run's epochs or time budget "
+                        "(default: %(default)g)")
+    p.add_argument("--seed", type=int, default=TrainSettings.seed,
+                   help="data split, shuffling and initial weights (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    options = {k: v for k, v in vars(args).items() if k not in ("input", "model_dir", "verbose")}
+    manifest = train(args.input, args.model_dir, **options)
     test = manifest.metrics["test"]
     print(json.dumps({"model_dir": args.model_dir, "fingerprint": manifest.fingerprint, "test": test}))
     log.info(

@@ -1,7 +1,64 @@
 """seqcodec: turn variable-length token sequences into fixed-size, length-prefixed codes and back.
 
-The installed package holds the codec (``seqcodec.model``), the Beam pieces (``seqcodec.transforms``)
-and the jobs (``seqcodec.pipeline``); this module is the public face and will re-export what users need.
+The public face; users never need the internal module names::
+
+    import seqcodec
+    codec = seqcodec.load("models/default")           # local, gs:// or s3://
+    codes = codec.encode([[7, 4, 11, 11, 14]])        # float32 (N, hidden_size + 1), codes[:, 0] = length
+    tokens = codec.decode(codes)                      # list of int32 arrays, each exactly code[0] long
+
+    codes, errors = pcoll | seqcodec.EncodeSequences("models/default")   # in a Beam pipeline
+
+Names are imported on first use, so ``import seqcodec`` does not import TensorFlow or Beam.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "load": "seqcodec.model.storage",
+    "train": "seqcodec.pipeline.train",
+    "SequenceCodec": "seqcodec.model.codec",
+    "CodecConfig": "seqcodec.model.config",
+    "Manifest": "seqcodec.model.manifest",
+    "read_manifest": "seqcodec.model.manifest",
+    "ModelDirError": "seqcodec.model.manifest",
+    "InputDataError": "seqcodec.model.data",
+    "EncodeSequences": "seqcodec.transforms.sequences",
+    "DecodeCodes": "seqcodec.transforms.sequences",
+    "SequenceModelHandler": "seqcodec.transforms.sequences",
+    "REASONS": "seqcodec.transforms.validate",
+    "CODE_REASONS": "seqcodec.transforms.validate",
+}
+__all__ = [  # the same names as _EXPORTS (tests/test_library.py checks), written out for linters
+    "__version__", "load", "train", "SequenceCodec", "CodecConfig", "Manifest", "read_manifest", "ModelDirError",
+    "InputDataError", "EncodeSequences", "DecodeCodes", "SequenceModelHandler", "REASONS", "CODE_REASONS",
+]
+
+if TYPE_CHECKING:
+    from seqcodec.model.codec import SequenceCodec
+    from seqcodec.model.config import CodecConfig
+    from seqcodec.model.data import InputDataError
+    from seqcodec.model.manifest import Manifest, ModelDirError, read_manifest
+    from seqcodec.model.storage import load
+    from seqcodec.pipeline.train import train
+    from seqcodec.transforms.sequences import DecodeCodes, EncodeSequences, SequenceModelHandler
+    from seqcodec.transforms.validate import CODE_REASONS, REASONS
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seqcodec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,4 +1,4 @@
-"""The job's transforms on their own: ValidateTokens / split_rows, EncodeTables (RunInference), ReadBatches.
+"""The job's transforms on their own: ValidateTokens / split_rows, EncodeSequences on tables, ReadBatches.
 
 Pipelines are real Beam TestPipelines on the DirectRunner's in-process engine (FnApiRunner, chosen the
 way pipeline/options.py does) with assert_that; inputs are real Arrow tables and real Parquet files,
@@ -30,8 +30,8 @@ from helpers_beam import (
 )
 
 from seqcodec.pipeline.options import direct_runner
-from seqcodec.transforms.inference import EncodeTables
 from seqcodec.transforms.parquet_io import ReadBatches, slice_tables
+from seqcodec.transforms.sequences import EncodeSequences
 from seqcodec.transforms.validate import (
     ERRORS_TAG,
     METRICS_NAMESPACE,
@@ -260,7 +260,7 @@ def test_split_rows_truncate_counts_and_keeps_types():
     assert truncated == 0 and bad.column("id").to_pylist() == [1] and bad.column("reason").to_pylist() == ["too_long"]
 
 
-# -- EncodeTables: RunInference with the real saved model ---------------------------------------------
+# -- EncodeSequences on Arrow tables (the job's path), with the real saved model ---------------------------
 
 
 def test_encode_tables_equals_sequence_codec(tiny_model_dir, tiny_codec):
@@ -289,7 +289,7 @@ def test_encode_tables_equals_sequence_codec(tiny_model_dir, tiny_codec):
         check(diff <= ATOL, f"codes differ from SequenceCodec.encode by {diff}")
 
     p = make_pipeline()
-    codes = p | Create(inputs) | EncodeTables(str(tiny_model_dir), batch_size=4)
+    codes = (p | Create(inputs) | EncodeSequences(str(tiny_model_dir), batch_size=4)).main
     assert_that(codes, check_codes)
     counters = counters_of(p.run())
     assert counters["rows_encoded"] == 40

@@ -140,22 +140,6 @@ class CodecEncoderKeepingTokens(CodecEncoderHandler):
             yield codes.append_column("tokens", table.column("tokens"))
 
 
-class EncodeTables(beam.PTransform):
-    """Valid token tables -> code tables, through RunInference and the codec's batched encoder.
-
-    With ``keep_tokens`` each code table also keeps the input ``tokens`` (for the round trip).
-    """
-
-    def __init__(self, model_dir: str, batch_size: int = 512, keep_tokens: bool = False,
-                 total_rows: int | None = None) -> None:
-        super().__init__()
-        handler = CodecEncoderKeepingTokens if keep_tokens else CodecEncoderHandler
-        self.handler = handler(model_dir, batch_size, total_rows)
-
-    def expand(self, tables):
-        return tables | "RunInference" >> RunInference(self.handler)
-
-
 # -- decoding and the round trip ---------------------------------------------------------------------
 
 

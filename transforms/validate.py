@@ -33,6 +33,9 @@ CODE_REASONS: dict[str, str] = {
     "not_finite": "the code holds NaN or infinity (as float32)",
     "bad_length": "the length field (the code's first value) is not an integer in [1, max_length]",
 }
+# Only for Python elements (EncodeSequences, DecodeCodes): the jobs check a column's type once per file.
+NOT_TOKEN_LIST = "not_token_list"  # the tokens are not a list of integers
+NOT_A_CODE = "not_a_code"  # the code is not a list of numbers
 CODE_VALUE_TYPES = (pa.float32(), pa.float64())
 
 
@@ -165,7 +168,8 @@ class _Validate(beam.DoFn):
     def split(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
         raise NotImplementedError
 
-    def process(self, table: pa.Table):
+    def route(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """``split`` one batch and count its rows: (valid rows, rejected rows)."""
         good, bad = self.split(table)
         self.rows_read.inc(table.num_rows)
         self.rows_valid.inc(good.num_rows)
@@ -173,6 +177,11 @@ class _Validate(beam.DoFn):
             reasons = bad.column("reason").to_numpy(zero_copy_only=False)
             for name, count in zip(*np.unique(reasons, return_counts=True), strict=True):
                 self.rejected[name].inc(int(count))
+        return good, bad
+
+    def process(self, table: pa.Table):
+        good, bad = self.route(table)
+        if bad.num_rows:
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, bad)
         if good.num_rows:
             yield good

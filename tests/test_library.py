@@ -1,0 +1,108 @@
+"""The public API: `import seqcodec`, load/encode/decode, train mirroring the command, remote model dirs."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
+from conftest import TINY, random_sequences
+
+import seqcodec
+from seqcodec.pipeline.train import parser as train_parser
+
+
+def test_import_is_light_and_names_resolve():
+    # Names are imported on first use: `import seqcodec` alone loads neither TensorFlow nor Beam.
+    code = "import sys, seqcodec; print(sorted(m for m in ('tensorflow', 'apache_beam') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert set(seqcodec.__all__) == {"__version__", *seqcodec._EXPORTS}
+    for name in seqcodec.__all__:
+        assert getattr(seqcodec, name) is not None
+    with pytest.raises(AttributeError):
+        _ = seqcodec.no_such_name
+
+
+def test_load_encode_decode(tiny_model_dir, tiny_codec):
+    codec = seqcodec.load(tiny_model_dir)
+    sequences = random_sequences(30, TINY["vocab_size"], TINY["max_length"], seed=11)
+    codes = codec.encode(sequences)
+    assert codes.dtype == np.float32 and codes.shape == (30, TINY["hidden_size"] + 1)
+    np.testing.assert_array_equal(codes, tiny_codec.encode(sequences))
+    decoded = codec.decode(codes)
+    assert [len(d) for d in decoded] == [len(s) for s in sequences]
+    for got, want in zip(decoded, tiny_codec.decode(codes), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert codec.config == tiny_codec.config and codec.fingerprint == tiny_codec.fingerprint
+    assert codec.manifest == seqcodec.read_manifest(tiny_model_dir)
+
+
+class SchemeFileSystem(LocalFileSystem):
+    """A Beam filesystem for ``seqtest://`` paths, kept in a local folder: stands in for gs:// or s3://."""
+
+    @classmethod
+    def scheme(cls):
+        return "seqtest"
+
+    @staticmethod
+    def local(path: str) -> str:
+        return path[len("seqtest://"):]
+
+    def join(self, base, *paths):
+        return "seqtest://" + super().join(self.local(base), *paths)
+
+    def open(self, path, *args, **kwargs):
+        return super().open(self.local(path), *args, **kwargs)
+
+    def exists(self, path):
+        return super().exists(self.local(path))
+
+
+def test_load_from_a_non_local_filesystem(tiny_model_dir, tiny_codec):
+    # Loaded through Beam's FileSystems as on gs:// or s3://: the manifest read remotely, the networks copied.
+    remote = f"seqtest://{tiny_model_dir}"
+    assert seqcodec.read_manifest(remote).fingerprint == tiny_codec.fingerprint
+    codec = seqcodec.load(remote)
+    sequences = random_sequences(5, TINY["vocab_size"], TINY["max_length"], seed=12)
+    np.testing.assert_array_equal(codec.encode(sequences), tiny_codec.encode(sequences))
+    with pytest.raises(seqcodec.ModelDirError, match="seqtest://"):
+        seqcodec.load(f"seqtest://{tiny_model_dir}-missing")
+
+
+def test_train_mirrors_the_command():
+    """Every option of `seqcodec train` is a keyword of seqcodec.train, with the same default."""
+    params = inspect.signature(seqcodec.train).parameters
+    for action in train_parser()._actions:
+        if action.dest in ("help", "verbose", "input", "model_dir"):
+            continue
+        assert action.dest in params, f"seqcodec.train has no {action.dest}"
+        assert params[action.dest].default == action.default, action.dest
+    assert set(params) - {"input", "model_dir"} == {
+        a.dest for a in train_parser()._actions if a.dest not in ("help", "verbose", "input", "model_dir")}
+
+
+def test_train_in_memory_and_loadable(tmp_path):
+    sequences = [[i % 5, (i * 3) % 5, 4][: 1 + i % 3] for i in range(40)]
+    manifest = seqcodec.train(sequences, tmp_path / "m", hidden_size=8, embedding_size=4, epochs=1,
+                              batch_size=16, time_budget=0, seed=2)
+    assert manifest.config.vocab_size == 5 and manifest.config.max_length == 3
+    assert manifest == seqcodec.read_manifest(tmp_path / "m")
+    assert seqcodec.load(tmp_path / "m").encode([[1, 2]]).shape == (1, 9)
+
+
+def test_train_checks_the_model_dir_first(tmp_path, request):
+    """A bad --model-dir stops training before the data is read (the input here does not even exist)."""
+    cli = request.getfixturevalue("seqcodec")  # the conftest fixture that runs the command
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("someone else's")
+    code, _, err = cli(["train", "--input", tmp_path / "none-*.parquet", "--model-dir", taken])
+    assert code == 2 and err.strip().splitlines()[-1].startswith("seqcodec: error: model directory")
+    assert "not a seqcodec model" in err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(seqcodec.ModelDirError, match="not a seqcodec model"):
+        seqcodec.train(str(tmp_path / "none-*.parquet"), tmp_path / "file")

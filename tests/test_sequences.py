@@ -1,0 +1,149 @@
+"""EncodeSequences, DecodeCodes and SequenceModelHandler in real TestPipelines on the tiny model."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pytest
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+from conftest import TINY, random_sequences
+from helpers_beam import BAD_ROWS, EXPECTED_DETAILS
+
+import seqcodec
+
+VOCAB, MAX_LEN = TINY["vocab_size"], TINY["max_length"]
+
+
+def collect(pcoll, out: list, label: str):
+    """Gather a PCollection's elements into ``out`` (DirectRunner runs in this process)."""
+    return pcoll | label >> beam.Map(out.append)
+
+
+def run(build) -> None:
+    with test_pipeline.TestPipeline(runner="FnApiRunner") as p:  # no Prism download attempt
+        build(p)
+
+
+def test_pairs_dicts_rows_give_the_codecs_codes_and_the_jobs_dead_letters(tiny_model_dir, tiny_codec):
+    sequences = random_sequences(40, VOCAB, MAX_LEN, seed=3)
+    expected = tiny_codec.encode(sequences)
+    pairs = [(f"w{i}", s.tolist() if i % 2 else s) for i, s in enumerate(sequences)]
+    bad = [(i, tokens) for i, tokens, _ in BAD_ROWS] + [(900, [1.5, 2.0]), (901, "abc")]
+    dicts = [{"id": i, "tokens": s} for i, s in enumerate(sequences[:5])]
+    rows = [beam.Row(id=i, tokens=s.tolist()) for i, s in enumerate(sequences[:5])]
+
+    def build(p):
+        out = p | "Pairs" >> beam.Create(pairs + bad) | "Encode" >> seqcodec.EncodeSequences(
+            str(tiny_model_dir), batch_tokens=50)
+        assert_that(out.main | beam.Map(lambda kv: (kv[0], kv[1].dtype.name, kv[1].shape)),
+                    equal_to([(k, "float32", (TINY["hidden_size"] + 1,)) for k, _ in pairs]), label="shapes")
+
+        def close(codes):
+            got = dict(codes)
+            assert set(got) == {k for k, _ in pairs}
+            for i, (key, _) in enumerate(pairs):
+                np.testing.assert_allclose(got[key], expected[i], atol=1e-5)
+                assert got[key][0] == len(sequences[i])
+
+        assert_that(out.main, close, label="codes")
+        assert_that(
+            out["errors"] | beam.Map(lambda e: (e["id"], e["reason"])),
+            equal_to([(i, reason) for i, _, reason in BAD_ROWS]
+                     + [(900, "not_token_list"), (901, "not_token_list")]),
+            label="reasons",
+        )
+        assert_that(
+            out.errors | beam.Filter(lambda e: e["id"] in EXPECTED_DETAILS)
+            | beam.Map(lambda e: (e["id"], e["detail"])),
+            equal_to(list(EXPECTED_DETAILS.items())), label="details",
+        )
+        d = p | "Dicts" >> beam.Create(dicts) | "Encode dicts" >> seqcodec.EncodeSequences(str(tiny_model_dir))
+        assert_that(d.main | beam.Map(lambda e: (sorted(e), e["id"], e["length"], e["code"].dtype.name)),
+                    equal_to([(["code", "id", "length"], i, len(s), "float32") for i, s in enumerate(sequences[:5])]),
+                    label="dicts")
+        r = p | "Rows" >> beam.Create(rows) | "Encode rows" >> seqcodec.EncodeSequences(str(tiny_model_dir))
+        assert_that(r.main | beam.Map(lambda e: (type(e).__name__, e.id, e.length)),
+                    equal_to([("Row", i, len(s)) for i, s in enumerate(sequences[:5])]), label="rows")
+
+    run(build)
+
+
+def test_tables_take_the_jobs_path(tiny_model_dir, tiny_codec):
+    sequences = random_sequences(20, VOCAB, MAX_LEN, seed=4)
+    table = pa.table({"key": pa.array(range(20), pa.int64()),
+                      "toks": pa.array([s.tolist() for s in sequences[:19]] + [[VOCAB]], pa.list_(pa.int32()))})
+    expected = tiny_codec.encode(sequences[:19])
+
+    def build(p):
+        codes, errors = p | beam.Create([table]) | seqcodec.EncodeSequences(
+            str(tiny_model_dir), id_field="key", tokens_field="toks")
+
+        def check(tables):
+            (out,) = tables
+            assert out.column_names == ["id", "length", "code"]
+            np.testing.assert_allclose(np.array(out.column("code").to_pylist()), expected, atol=1e-5)
+
+        assert_that(codes, check, label="codes")
+        assert_that(errors | beam.Map(lambda t: t.select(["id", "reason"]).to_pylist()),
+                    equal_to([[{"id": 19, "reason": "token_out_of_range"}]]), label="errors")
+
+    run(build)
+
+
+def test_decode_codes_round_trip_and_bad_codes(tiny_model_dir, tiny_codec):
+    sequences = random_sequences(30, VOCAB, MAX_LEN, seed=5)
+    codes = tiny_codec.encode(sequences)
+    expected = tiny_codec.decode(codes)
+    good = [(i, c) for i, c in enumerate(codes)] + [(100, codes[0].astype(np.float16).tolist())]
+    wrong_length = codes[1].copy()
+    wrong_length[0] = 2.5
+    bad = [(200, codes[0][:5]), (201, wrong_length), (202, None), (None, codes[0]), (203, "xyz")]
+
+    def build(p):
+        out = p | beam.Create(good + bad) | seqcodec.DecodeCodes(str(tiny_model_dir), batch_tokens=300)
+
+        def check(pairs):
+            got = dict(pairs)
+            assert set(got) == set(range(30)) | {100}
+            for i in range(30):
+                assert got[i].dtype == np.int32 and len(got[i]) == len(sequences[i])
+                np.testing.assert_array_equal(got[i], expected[i])
+            assert len(got[100]) == len(sequences[0])
+
+        assert_that(out.main, check, label="tokens")
+        assert_that(out.errors | beam.Map(lambda e: (e["id"], e["reason"])),
+                    equal_to([(200, "wrong_width"), (201, "bad_length"), (202, "null_code"), (None, "null_id"),
+                              (203, "not_a_code")]), label="errors")
+
+    run(build)
+
+
+def test_model_handler_batches_single_sequences(tiny_model_dir, tiny_codec):
+    sequences = random_sequences(25, VOCAB, MAX_LEN, seed=6)
+    expected = tiny_codec.encode(sequences)
+
+    def build(p):
+        keyed = p | beam.Create(list(enumerate(sequences))) | RunInference(
+            KeyedModelHandler(seqcodec.SequenceModelHandler(str(tiny_model_dir), batch_tokens=40)))
+
+        def check(results):
+            got = {k: r.inference for k, r in results}
+            assert len(got) == 25
+            for k in range(25):
+                np.testing.assert_allclose(got[k], expected[k], atol=1e-5)
+
+        assert_that(keyed, check)
+
+    run(build)
+
+
+def test_bad_arguments_fail_at_construction(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="too_long"):
+        seqcodec.EncodeSequences(str(tiny_model_dir), too_long="drop")
+    with pytest.raises(ValueError, match="batch_tokens"):
+        seqcodec.EncodeSequences(str(tiny_model_dir), batch_tokens=0)
+    with pytest.raises(seqcodec.ModelDirError, match="does not exist"):
+        seqcodec.DecodeCodes(str(tmp_path / "nothing"))

@@ -1,0 +1,376 @@
+"""EncodeSequences and DecodeCodes: the codec as Beam transforms for any source and sink, plus a RunInference handler.
+
+Elements may be ``(id, tokens)`` pairs, dicts or ``beam.Row``s (and, for EncodeSequences, Arrow
+tables: the job's own path). Per-element input is cut into batches bounded by a token count,
+turned into one Arrow table per batch and sent through the same validation (``validate.py``)
+and the same RunInference handler (``inference.py``) as the command-line job; the codec then
+sorts each batch by length and pads per length bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+
+from seqcodec.model.manifest import Manifest, read_manifest
+from seqcodec.transforms.inference import (
+    CodecDecoderHandler,
+    CodecEncoderHandler,
+    CodecEncoderKeepingTokens,
+    CodecHandler,
+    code_matrix,
+)
+from seqcodec.transforms.validate import (
+    ERRORS_TAG,
+    METRICS_NAMESPACE,
+    NOT_A_CODE,
+    NOT_TOKEN_LIST,
+    TOO_LONG_CHOICES,
+    ValidateCodes,
+    ValidateTokens,
+    _Validate,
+)
+
+# Tokens (or code values) per batch of elements: big enough that the codec's per-length
+# buckets are full, small enough that a batch's Arrow table stays a few MB.
+DEFAULT_BATCH_TOKENS = 65536
+PAIR, DICT, ROW = "pair", "dict", "row"
+
+
+@dataclasses.dataclass(frozen=True)
+class ElementBatch:
+    """Elements cut apart: each one's id and form, and an Arrow table whose id column is the position in the batch.
+
+    The ids themselves stay Python objects (any type, even mixed), so the output gives them back unchanged.
+    """
+
+    ids: list[Any]
+    forms: list[str]
+    table: pa.Table
+
+
+def element_parts(element: Any, id_field: str, data_field: str) -> tuple[str, Any, Any]:
+    """(form, id, data) of a pair, dict or Row; TypeError for anything else (a bug in the pipeline, not bad data)."""
+    # Beam hands schema'd elements (beam.Row after a coder) on as generated NamedTuples.
+    if isinstance(element, beam.Row) or hasattr(element, "_fields"):
+        return ROW, getattr(element, id_field, None), getattr(element, data_field, None)
+    if isinstance(element, Mapping):
+        return DICT, element.get(id_field), element.get(data_field)
+    if isinstance(element, tuple | list) and len(element) == 2:
+        return PAIR, element[0], element[1]
+    raise TypeError(
+        f"expected (id, {data_field}) pairs, dicts or beam.Rows with {id_field!r} and {data_field!r}, "
+        f"got {type(element).__name__}"
+    )
+
+
+def element_size(element: Any, id_field: str, data_field: str, limit: int) -> int:
+    """A batch's size counts tokens (at least 1 per element), so long sequences make smaller batches.
+
+    Capped at ``limit`` (the batch size): BatchElements flushes an empty batch before an element
+    bigger than a whole batch.
+    """
+    try:
+        return min(limit, max(1, len(element_parts(element, id_field, data_field)[2])))
+    except TypeError:  # no length (None, a number): checked and rejected later
+        return 1
+
+
+def integer_list(value: Any) -> np.ndarray | list | None:
+    """``value`` as something Arrow turns into a list<int64> exactly; ValueError if it is not a list of integers.
+
+    Arrow would silently truncate 1.5 to 1, so floats are refused here. Lists holding None are
+    passed on as they are: the shared validation rejects them as ``null_token``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | Mapping):
+        raise ValueError(f"a {type(value).__name__} is not a list of token ids")
+    array = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    if array.ndim != 1:
+        raise ValueError(f"expected a 1-D list of token ids, got shape {array.shape}")
+    if array.dtype.kind in "iu" or array.size == 0:
+        return array
+    if array.dtype == object and all(
+        x is None or (isinstance(x, int | np.integer) and not isinstance(x, bool)) for x in value
+    ):
+        return list(value)
+    raise ValueError(f"token ids must be integers, got {array.dtype}")
+
+
+def number_list(value: Any) -> np.ndarray | None:
+    """A code as float64 values (nulls as NaN are caught by the shared checks); ValueError if not numbers."""
+    if value is None:
+        return None
+    array = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    if array.ndim != 1 or not (array.dtype.kind in "iuf" or array.size == 0):
+        raise ValueError(f"a code must be a 1-D list of numbers, got {array.dtype} of shape {array.shape}")
+    return array.astype(np.float64, copy=False)
+
+
+class _ToTables(beam.DoFn):
+    """A batch of elements -> one ElementBatch; elements whose data cannot even be read become dead letters."""
+
+    def __init__(self, id_field: str, data_field: str, convert: Callable[[Any], Any], value_type: pa.DataType,
+                 bad_reason: str) -> None:
+        self.id_field, self.data_field, self.convert = id_field, data_field, convert
+        self.value_type, self.bad_reason = value_type, bad_reason
+        self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
+        self.rejected = Metrics.counter(METRICS_NAMESPACE, f"rejected_{bad_reason}")
+
+    def process(self, elements: list[Any]):
+        ids, forms, data, bad = [], [], [], []
+        for element in elements:
+            form, key, value = element_parts(element, self.id_field, self.data_field)
+            try:
+                data.append(self.convert(value))
+            except ValueError as exc:
+                bad.append({"id": key, "reason": self.bad_reason, "detail": str(exc)})
+                continue
+            ids.append(key)
+            forms.append(form)
+        if bad:  # the validator counts the others
+            self.rows_read.inc(len(bad))
+            self.rejected.inc(len(bad))
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, bad)
+        if ids:
+            positions = pa.array(np.arange(len(ids)), mask=np.array([k is None for k in ids]))
+            column = pa.array(data, type=pa.list_(self.value_type))
+            yield ElementBatch(ids, forms, pa.table({self.id_field: positions, self.data_field: column}))
+
+
+class _ValidateBatches(beam.DoFn):
+    """Arrow tables (the job's path) or ElementBatches through one shared validator.
+
+    Out: ``(key, valid table)`` for RunInference with a KeyedModelHandler, where the key carries
+    what the output step needs: the rejected rows and, for elements, their ids and forms.
+    """
+
+    def __init__(self, validator: _Validate) -> None:
+        self.validator = validator
+
+    def setup(self) -> None:
+        self.validator.setup()
+
+    def process(self, element: pa.Table | ElementBatch):
+        if isinstance(element, ElementBatch):
+            good, bad = self.validator.route(element.table)
+            yield (element.ids, element.forms, bad), good
+        else:
+            good, bad = self.validator.route(element)
+            yield (None, None, bad), good
+
+
+class _Unbatch(beam.DoFn):
+    """RunInference's (key, result table) -> per-element results and dead letters (or tables, for tables)."""
+
+    def __init__(self, to_elements: Callable[[list, list, pa.Table], Iterable[Any]]) -> None:
+        self.to_elements = to_elements
+
+    def process(self, keyed: tuple[tuple[list | None, list | None, pa.Table], pa.Table]):
+        (ids, forms, bad), result = keyed
+        if ids is None:  # an Arrow table in, Arrow tables out: exactly the job's outputs
+            if bad.num_rows:
+                yield beam.pvalue.TaggedOutput(ERRORS_TAG, bad)
+            if result.num_rows:
+                yield result
+            return
+        for row in bad.select(["id", "reason", "detail"]).to_pylist():
+            position = row["id"]
+            yield beam.pvalue.TaggedOutput(
+                ERRORS_TAG, {"id": None if position is None else ids[position], "reason": row["reason"],
+                             "detail": row["detail"]}
+            )
+        if result.num_rows:
+            yield from self.to_elements(ids, forms, result)
+
+
+def shaped(form: str, fields: dict[str, Any]) -> Any:
+    """An output element in the input's form: (id, value) pair, dict or beam.Row with ``fields``."""
+    if form == PAIR:
+        values = list(fields.values())
+        return values[0], values[-1]
+    if form == DICT:
+        return fields
+    return beam.Row(**fields)
+
+
+def code_elements(ids: list, forms: list, codes: pa.Table) -> Iterable[Any]:
+    """Code table (id = position) -> (id, code) pairs, or dicts/Rows with the code files' id, length, code."""
+    matrix = code_matrix(codes.column("code"))
+    positions = codes.column("id").to_numpy(zero_copy_only=False)
+    for position, code in zip(positions.tolist(), matrix, strict=True):
+        yield shaped(forms[position], {"id": ids[position], "length": int(code[0]), "code": code})
+
+
+def token_elements(ids: list, forms: list, decoded: pa.Table) -> Iterable[Any]:
+    """Decoded table (id = position) -> (id, tokens) pairs, or dicts/Rows with id and tokens (int32 arrays)."""
+    tokens = decoded.column("tokens").combine_chunks()
+    values = tokens.values.to_numpy(zero_copy_only=False)
+    offsets = tokens.offsets.to_numpy(zero_copy_only=False)
+    positions = decoded.column("id").to_numpy(zero_copy_only=False)
+    for i, position in enumerate(positions.tolist()):
+        yield shaped(forms[position], {"id": ids[position], "tokens": values[offsets[i]:offsets[i + 1]]})
+
+
+class _CodecTransform(beam.PTransform):
+    """What EncodeSequences and DecodeCodes share: batch, validate, RunInference, back to elements."""
+
+    def __init__(self, model_dir: str, manifest: Manifest | None, batch_tokens: int, id_field: str,
+                 data_field: str) -> None:
+        super().__init__()
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}")
+        self.model_dir = model_dir
+        self.manifest = manifest if manifest is not None else read_manifest(model_dir)
+        self.batch_tokens, self.id_field, self.data_field = batch_tokens, id_field, data_field
+
+    def parts(self) -> tuple[_ToTables, _Validate, CodecHandler, Callable]:
+        raise NotImplementedError
+
+    def expand(self, pcoll):
+        to_tables, validator, handler, to_elements = self.parts()
+        routed = pcoll | "Route" >> beam.Partition(lambda e, _: 0 if isinstance(e, pa.Table) else 1, 2)
+        size = functools.partial(element_size, id_field=self.id_field, data_field=self.data_field,
+                                 limit=self.batch_tokens)
+        batches = (
+            routed[1]
+            | "Batch" >> beam.BatchElements(min_batch_size=self.batch_tokens, max_batch_size=self.batch_tokens,
+                                            element_size_fn=size)
+            | "To tables" >> beam.ParDo(to_tables).with_outputs(ERRORS_TAG, main="batches")
+        )
+        results = (
+            (routed[0], batches.batches)
+            | "Tables and batches" >> beam.Flatten()
+            | "Validate" >> beam.ParDo(_ValidateBatches(validator))
+            | "RunInference" >> RunInference(KeyedModelHandler(handler))
+            | "Outputs" >> beam.ParDo(_Unbatch(to_elements)).with_outputs(ERRORS_TAG, main="main")
+        )
+        unreadable = batches[ERRORS_TAG] | "Unreadable" >> beam.FlatMap(lambda rows: rows)
+        errors = (results[ERRORS_TAG], unreadable) | "Errors" >> beam.Flatten()
+        return CodecOutputs(results.main, errors)
+
+
+class CodecOutputs(NamedTuple):
+    """The main output and the dead letters: ``out.main``, ``out.errors`` (or ``out["errors"]``), or
+    ``codes, errors = pcoll | EncodeSequences(...)``."""
+
+    main: beam.PCollection
+    errors: beam.PCollection
+
+    def __getitem__(self, key):
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+
+class EncodeSequences(_CodecTransform):
+    """Token sequences -> length-prefixed codes; rejected rows on the ``errors`` output.
+
+    Input elements: ``(id, tokens)`` pairs, dicts or ``beam.Row``s (fields ``id_field``,
+    ``tokens_field``), or Arrow tables (the job's own path). Output, in the input's form:
+    ``(id, code)`` with ``code`` a float32 numpy array of ``hidden_size + 1`` values
+    (``code[0]`` is the length); dicts/Rows with ``id``, ``length`` and ``code`` (the code files'
+    fields); tables with ``id, length, code`` columns. ``errors``: dicts ``{id, reason, detail}``
+    with the job's reasons (``seqcodec.REASONS``, plus ``not_token_list`` for an element whose
+    tokens are not a list of integers); Arrow tables in the job's error schema for tables.
+
+    ``batch_tokens`` bounds a batch of elements by its tokens (not rows). ``too_long``: ``reject``
+    or ``truncate`` rows over the model's max_length.
+    """
+
+    def __init__(self, model_dir: str, *, too_long: str = "reject", batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 batch_size: int = 512, id_field: str = "id", tokens_field: str = "tokens",
+                 manifest: Manifest | None = None, keep_tokens: bool = False,
+                 total_rows: int | None = None) -> None:
+        super().__init__(model_dir, manifest, batch_tokens, id_field, tokens_field)
+        if too_long not in TOO_LONG_CHOICES:
+            raise ValueError(f"too_long must be one of {', '.join(TOO_LONG_CHOICES)}, got {too_long!r}")
+        self.too_long, self.batch_size, self.keep_tokens = too_long, batch_size, keep_tokens
+        self.total_rows = total_rows  # the job's rows, for progress lines with a percentage
+
+    def parts(self):
+        m = self.manifest
+        handler = (CodecEncoderKeepingTokens if self.keep_tokens else CodecEncoderHandler)(
+            self.model_dir, self.batch_size, self.total_rows)
+        return (
+            _ToTables(self.id_field, self.data_field, integer_list, pa.int64(), NOT_TOKEN_LIST),
+            ValidateTokens(m.vocab_size, m.max_length, self.too_long, self.id_field, self.data_field),
+            handler,
+            code_elements,
+        )
+
+
+class DecodeCodes(_CodecTransform):
+    """Length-prefixed codes -> token sequences; bad codes on the ``errors`` output.
+
+    Input: ``(id, code)`` pairs, dicts or ``beam.Row``s (fields ``id_field``, ``code_field``);
+    ``code`` any 1-D numbers (float32, float16, a list). Output, in the input's form:
+    ``(id, tokens)`` with ``tokens`` an int32 numpy array of exactly ``code[0]`` tokens, or
+    dicts/Rows with ``id`` and ``tokens``. ``errors``: dicts ``{id, reason, detail}`` with the
+    decode job's reasons (``seqcodec.CODE_REASONS``, plus ``not_a_code`` for a value that is not
+    a list of numbers).
+    """
+
+    def __init__(self, model_dir: str, *, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int = 512,
+                 id_field: str = "id", code_field: str = "code", manifest: Manifest | None = None) -> None:
+        super().__init__(model_dir, manifest, batch_tokens, id_field, code_field)
+        self.batch_size = batch_size
+
+    def parts(self):
+        m = self.manifest
+        return (
+            _ToTables(self.id_field, self.data_field, number_list, pa.float64(), NOT_A_CODE),
+            ValidateCodes(m.code_size, m.max_length, self.id_field, self.data_field),
+            CodecDecoderHandler(self.model_dir, self.batch_size),
+            token_elements,
+        )
+
+
+def sequence_size(element: Any, limit: int) -> int:
+    """A sequence's (or a keyed ``(key, sequence)``'s) share of a RunInference batch: its tokens, in [1, limit]."""
+    if isinstance(element, tuple) and len(element) == 2 and hasattr(element[1], "__len__"):
+        element = element[1]  # KeyedModelHandler hands its inner handler's size function the pairs
+    try:
+        return min(limit, max(1, len(element)))
+    except TypeError:
+        return 1
+
+
+class SequenceModelHandler(CodecHandler):
+    """RunInference handler for single token sequences: ``RunInference(SequenceModelHandler(model_dir))``.
+
+    Each element is one sequence (a list or int array of token ids); RunInference batches them
+    (the batch size counts tokens, up to ``batch_tokens``) and the codec sorts each batch by
+    length and pads per length bucket, instead of padding every row to the batch's longest.
+    Yields ``PredictionResult(example, inference=code)``; wrap it in ``KeyedModelHandler`` for
+    ``(key, sequence)`` elements. An invalid sequence fails its batch (ValueError naming it): use
+    RunInference's ``with_exception_handling()``, or EncodeSequences for per-row dead letters.
+    """
+
+    def __init__(self, model_dir: str, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int = 512) -> None:
+        super().__init__(model_dir, batch_size, "encoded")
+        # CodecHandler fixes batches of one table; here RunInference itself batches single sequences.
+        # A fixed size: BatchElements' adaptive start (1) would flush an empty batch before the first sequence.
+        self._batching_kwargs = {"min_batch_size": batch_tokens, "max_batch_size": batch_tokens,
+                                 "element_size_fn": functools.partial(sequence_size, limit=batch_tokens)}
+
+    def run_inference(self, batch: Sequence[Any], model: Any,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        codes = model.encode(batch)
+        self.count(len(batch))
+        return [PredictionResult(example, code, model.fingerprint) for example, code in zip(batch, codes, strict=True)]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(8 * len(tokens) for tokens in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "seqcodec_encoder"
+
+
