@@ -101,5 +101,10 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
         return beam.Pipeline(runner=direct_runner(options), options=options)
     try:
         return beam.Pipeline(options=options)
-    except (ImportError, ValueError) as exc:  # e.g. DataflowRunner without apache-beam[gcp]
-        raise ValueError(f"--runner {runner}: {first_line(exc)}") from None
+    except (ImportError, ValueError) as exc:  # an unknown runner, or its options fail Beam's validation
+        raise ValueError(f"--runner {runner}: {one_line(exc)}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's whole message on one line (Beam lists option problems one per line)."""
+    return "; ".join(line.strip().rstrip(":") for line in str(exc).splitlines() if line.strip()) or first_line(exc)

@@ -242,6 +242,10 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
         result = pipeline.run()
         if wait:
             state = result.wait_until_finish()
+    except ImportError as exc:  # the runner is not installed (e.g. DataflowRunner without apache-beam[gcp])
+        if plan.runner in ("DirectRunner", "direct"):
+            raise PipelineFailed(f"the pipeline failed, nothing was published ({first_line(exc)})") from exc
+        raise ValueError(f"--runner {plan.runner}: {first_line(exc)}; nothing ran") from None
     except Exception as exc:
         raise PipelineFailed(
             f"the pipeline failed, nothing was published ({first_line(exc)}); staging kept at {partition.staging}"

@@ -212,3 +212,18 @@ def test_failed_runs_never_rename_or_delete_a_users_path(seqcodec, tiny_model_di
     after = tree(tmp_path)
     ours = {k for k in after if k.startswith(f"codes/.dt={DATE}.staging-") or k.startswith("model")}
     assert {k: v for k, v in after.items() if k not in ours} == {k: v for k, v in before.items() if k != "model"}
+
+
+def test_no_wait_on_the_direct_runner_returns_0_and_the_outcome_is_in_the_files(seqcodec, tiny_model_dir, data,
+                                                                                 tmp_path):
+    """The DirectRunner runs the job in the launching process, so --no-wait returns when it has ended."""
+    code, _, err = seqcodec(["encode", *encode_argv(tiny_model_dir, data["clean"][0], tmp_path / "ok", "--no-wait")])
+    assert code == 0, err
+    assert (tmp_path / "ok" / SUCCESS).read_text() == json.loads((tmp_path / "ok" / SUMMARY).read_text())["run_id"]
+
+    code, _, err = seqcodec(["encode", *encode_argv(tiny_model_dir, data["dirty"][0], tmp_path / "bad", "--no-wait")])
+    assert code == 0, err  # submitted; the job decided not to publish, and says why
+    assert not (tmp_path / "bad").exists()
+    (staged,) = tmp_path.glob(".bad.staging-*/summary.json")
+    s = json.loads(staged.read_text())
+    assert (s["status"], s["exit_code"]) == ("not published", 3) and "more than --max-error-rate 0.05" in s["reason"]
