@@ -1,76 +1,80 @@
-"""Write word-level token sequences from English prose found offline: the standard library's docstrings.
+"""Write word-level token sequences from English prose found offline: docstrings of installed Python code.
 
-Sentences come from ``inspect.getdoc`` of a fixed list of standard library modules and of the
-classes, functions and methods they define. They are lowercased, cut into words with
-``[a-z]+'?[a-z]*`` (a trailing apostrophe is dropped), kept when 3..40 words long and
-de-duplicated (docstrings repeat a lot; duplicates would leak between training and held-out
-rows). The vocabulary is the ``V - 1`` most frequent words (ties alphabetical) plus id ``V - 1``
-for any other word. Deterministic for a given interpreter version (the docstrings are its own).
+Sentences come from the docstrings (``ast.get_docstring``: modules, classes, functions) of the
+standard library's source files and of the installed packages named by ``--packages`` (by
+default the project's own pinned dependencies, so the text is fixed by requirements.txt). Files
+are parsed, never imported. Sentences are lowercased, cut into words with ``[a-z]+'?[a-z]*`` (a
+trailing apostrophe is dropped), kept when ``--min-words``..``--max-words`` long and
+de-duplicated (docstrings repeat a lot; duplicates would leak between training and held-out rows).
+The vocabulary is the ``V - 1`` most frequent words (ties alphabetical) plus id ``V - 1`` for any
+other word. Deterministic for a given interpreter and set of package versions.
 
-Run: .venv/bin/python data/make_text_sample.py --out /tmp/seqcodec-text
+Writes ``sentences.parquet`` (id, tokens), ``vocab.txt`` (one token per line, line number = id:
+the ``--vocab`` file of decode, encode --decode and report) and ``stats.json``.
+Run: .venv/bin/python data/make_text_sample.py --out data/words
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
-import importlib
-import inspect
+import importlib.util
 import json
 import re
 import sys
+import sysconfig
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MODULES = [
-    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "builtins", "bz2", "calendar",
-    "cmath", "codecs", "collections", "colorsys", "concurrent.futures", "configparser", "contextlib",
-    "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "dis", "email", "enum", "filecmp",
-    "fileinput", "fnmatch", "fractions", "ftplib", "functools", "gc", "getopt", "gettext", "glob",
-    "gzip", "hashlib", "heapq", "hmac", "html", "html.parser", "http.client", "http.server", "imaplib",
-    "inspect", "io", "ipaddress", "itertools", "json", "keyword", "linecache", "locale", "logging",
-    "lzma", "mailbox", "math", "mimetypes", "multiprocessing", "operator", "os", "pathlib", "pdb",
-    "pickle", "platform", "plistlib", "poplib", "pprint", "queue", "random", "re", "sched", "secrets",
-    "selectors", "shelve", "shlex", "shutil", "signal", "smtplib", "socket", "sqlite3", "ssl",
-    "statistics", "string", "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading",
-    "timeit", "tokenize", "trace", "traceback", "types", "typing", "unittest", "urllib.parse",
-    "urllib.request", "uuid", "warnings", "weakref", "xml.dom.minidom", "xml.etree.ElementTree",
-    "zipfile", "zlib",
-]  # fmt: skip
-
+PACKAGES = ["numpy", "pyarrow", "matplotlib", "keras", "tensorflow", "apache_beam"]
+UNKNOWN = "<unk>"
 WORD = re.compile(r"[a-z]+'?[a-z]*")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-CODE_LINE = re.compile(r"^\s*(>>>|\.\.\.|\$ )")
+CODE_LINE = re.compile(r"^\s*(>>>|\.\.\.|\$ |[-=~^]{3,}\s*$|:\w+:|\.\. )")
 
 
-def module_docstrings(module_name: str) -> list[str]:
-    """The docstrings of a module and of its classes, functions and their methods, in name order.
-
-    Names a module imports from elsewhere come along too; the caller drops repeated docstrings.
-    """
-    module = importlib.import_module(module_name)
-    docs = [inspect.getdoc(module)]
-    for name in sorted(vars(module)):
-        obj = vars(module)[name]
-        if not (inspect.isclass(obj) or inspect.isroutine(obj)):
+def source_files(packages: list[str]) -> list[Path]:
+    """The standard library's .py files (no tests, no site-packages) and those of the named packages."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(
+        p for p in stdlib.rglob("*.py")
+        if not {"site-packages", "test", "tests", "idlelib", "lib2to3"} & set(p.relative_to(stdlib).parts)
+    )  # fmt: skip
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            print(f"skipping {name}: not installed", file=sys.stderr)
             continue
-        docs.append(inspect.getdoc(obj))
-        if inspect.isclass(obj):
-            for member_name in sorted(vars(obj)):
-                member = vars(obj)[member_name]
-                if inspect.isroutine(member) or isinstance(member, (property, classmethod, staticmethod)):
-                    docs.append(inspect.getdoc(member))
-    return [d for d in docs if d]
+        root = Path(next(iter(spec.submodule_search_locations)))
+        files += sorted(p for p in root.rglob("*.py") if not {"test", "tests"} & set(p.relative_to(root).parts))
+    return files
+
+
+def docstrings(path: Path) -> list[str]:
+    """Docstrings of a source file's module, classes and functions, in file order; none if it does not parse."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escapes in old sources
+            tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError):
+        return []
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))]
+    return [d for n in nodes if (d := ast.get_docstring(n))]
 
 
 def sentences_of(doc: str) -> list[str]:
-    """Prose sentences of one docstring: code lines (doctests) dropped, paragraphs joined, cut at . ! ?"""
+    """Prose sentences of one docstring: code and markup lines dropped, paragraphs joined, cut at . ! ?"""
     out: list[str] = []
     for paragraph in re.split(r"\n\s*\n", doc):
-        text = " ".join(line.strip() for line in paragraph.splitlines() if not CODE_LINE.match(line))
+        lines = paragraph.splitlines()
+        if any(line.startswith(("    ", "\t")) for line in lines):
+            continue  # indented blocks are code, parameter lists or tables
+        text = " ".join(line.strip() for line in lines if not CODE_LINE.match(line))
         out.extend(s for s in SENTENCE_END.split(text) if s)
     return out
 
@@ -81,25 +85,21 @@ def words_of(sentence: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="/tmp/seqcodec-text")
-    parser.add_argument("--vocab-size", type=int, default=2000, help="V: V - 1 words plus one unknown id")
-    parser.add_argument("--min-words", type=int, default=3)
+    parser.add_argument("--out", default="data/words")
+    parser.add_argument("--packages", default=",".join(PACKAGES), help="installed packages besides the stdlib")
+    parser.add_argument("--vocab-size", type=int, default=4000, help="V: V - 1 words plus one unknown id")
+    parser.add_argument("--min-words", type=int, default=4)
     parser.add_argument("--max-words", type=int, default=40)
+    parser.add_argument("--max-unknown", type=float, default=0.2, help="drop sentences with more unknown words")
     parser.add_argument("--seed", type=int, default=2026, help="row order of the written file")
     args = parser.parse_args()
 
     seen_docs: set[str] = set()
     seen_sentences: set[tuple[str, ...]] = set()
     sentences: list[list[str]] = []
-    modules_used = []
-    for module_name in MODULES:
-        try:
-            docs = module_docstrings(module_name)
-        except ImportError as exc:  # e.g. a module this interpreter was built without
-            print(f"skipping {module_name}: {exc}", file=sys.stderr)
-            continue
-        modules_used.append(module_name)
-        for doc in docs:
+    files = source_files([p for p in args.packages.split(",") if p])
+    for path in files:
+        for doc in docstrings(path):
             if doc in seen_docs:
                 continue
             seen_docs.add(doc)
@@ -116,22 +116,22 @@ def main() -> None:
     unknown = args.vocab_size - 1
     index = {w: i for i, w in enumerate(vocab)}
     rows = [[index.get(w, unknown) for w in s] for s in sentences]
+    rows = [r for r in rows if sum(t == unknown for t in r) <= args.max_unknown * len(r)]
     order = np.random.default_rng(args.seed).permutation(len(rows))
     rows = [rows[i] for i in order]
 
     lengths = np.array([len(r) for r in rows])
     tokens = np.concatenate([np.asarray(r) for r in rows])
-    oov = float((tokens == unknown).mean())
-    oov_rows = float(np.mean([unknown in r for r in rows]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = pa.table(
         {
             "id": pa.array(np.arange(len(rows), dtype=np.int64)),
-            "tokens": pa.array(rows, type=pa.list_(pa.int32())),
+            "tokens": pa.array(rows, type=pa.list_(pa.int16())),
         }
     )
     pq.write_table(table, out / "sentences.parquet", row_group_size=16_384, compression="zstd")
+    (out / "vocab.txt").write_text("\n".join([*vocab, UNKNOWN]) + "\n")
     stats = {
         "sentences": len(rows),
         "tokens": int(lengths.sum()),
@@ -140,19 +140,15 @@ def main() -> None:
         "max_length": int(lengths.max()),
         "distinct_words": len(counts),
         "vocab_size": args.vocab_size,
-        "oov_token_rate": round(oov, 4),
-        "sentences_with_oov": round(oov_rows, 4),
-        "modules": len(modules_used),
-        "python": sys.version.split()[0],
-    }
-    vocab_doc = {
-        "tokens": vocab + ["<unk>"],
         "unknown_id": unknown,
-        "source": "inspect.getdoc of Python standard library modules, classes and functions",
-        "modules": modules_used,
-        "stats": stats,
+        "unknown_token_rate": round(float((tokens == unknown).mean()), 4),
+        "most_frequent_token_rate": round(float(np.bincount(tokens).max() / tokens.size), 4),
+        "source_files": len(files),
+        "packages": args.packages,
+        "python": sys.version.split()[0],
+        "command": "python data/make_text_sample.py " + " ".join(sys.argv[1:]),
     }
-    (out / "vocab.json").write_text(json.dumps(vocab_doc, indent=1) + "\n")
+    (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(f"wrote {len(rows)} sentences to {out / 'sentences.parquet'}")
     print(json.dumps(stats))
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from seqcodec.model.config import CodecConfig
+from seqcodec.model.network import greedy_decoder
 from seqcodec.model.tfenv import keras, tf
 
 DEFAULT_BATCH_SIZE = 512
@@ -77,10 +78,12 @@ class SequenceCodec:
             lambda ids: encoder(ids, training=False),
             input_signature=[tf.TensorSpec([None, None], tf.int32)],
         )
-        self._decode_fn = tf.function(
-            lambda codes: tf.argmax(decoder(codes, training=False), axis=-1, output_type=tf.int32),
-            input_signature=[tf.TensorSpec([None, config.code_size], tf.float32)],
-        )
+        if config.decoder == "autoregressive":
+            decode = greedy_decoder(decoder, config)
+        else:
+            def decode(codes: tf.Tensor) -> tf.Tensor:
+                return tf.argmax(decoder(codes, training=False), axis=-1, output_type=tf.int32)
+        self._decode_fn = tf.function(decode, input_signature=[tf.TensorSpec([None, config.code_size], tf.float32)])
 
     # -- encode ---------------------------------------------------------------------------------
 
@@ -136,7 +139,7 @@ class SequenceCodec:
         values = np.empty(int(offsets[-1]), dtype=np.int32)
         for rows in length_batches(lengths, self.batch_size):
             tokens = self._decode_fn(tf.constant(codes[rows], dtype=tf.float32)).numpy()
-            # The decoder is causal, so cutting each row back to its own length is exact.
+            # Both decoders are causal and row-independent, so cutting each row back to its own length is exact.
             row_of, col_of = ragged_positions(lengths[rows])
             values[offsets[rows][row_of] + col_of] = tokens[row_of, col_of]
         return values, offsets

@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+# "repeat": h (plus position signals) at every step, nothing else: the first design, and what a
+# manifest without the field means. "autoregressive": also fed the token it wrote at the previous
+# step (teacher forcing in training, greedy at decode time), its initial state derived from h.
+DECODERS = ("repeat", "autoregressive")
+
 
 @dataclasses.dataclass(frozen=True)
 class CodecConfig:
@@ -22,6 +27,7 @@ class CodecConfig:
     embedding_size: int = 64
     bidirectional: bool = True
     position_signal: bool = True
+    decoder: str = "repeat"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_length", "hidden_size", "embedding_size"):
@@ -30,6 +36,8 @@ class CodecConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.bidirectional and self.hidden_size % 2:
             raise ValueError(f"a bidirectional encoder needs an even hidden_size, got {self.hidden_size}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
 
     @property
     def code_size(self) -> int:
@@ -38,6 +46,14 @@ class CodecConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that a weights fingerprint covers: ``to_dict`` less fields added later at their
+        old meaning (``decoder == "repeat"``), so models saved before the field existed keep their fingerprint."""
+        data = self.to_dict()
+        if data["decoder"] == "repeat":
+            del data["decoder"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodecConfig:

@@ -64,3 +64,14 @@ class DecoderSteps(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "max_length": self.max_length, "position_signal": self.position_signal}
+
+
+@keras.saving.register_keras_serializable(package="seqcodec")
+class CodeState(keras.layers.Layer):
+    """The encoder state ``h`` of codes ``[length, h]``: (batch, hidden + 1) -> (batch, hidden)."""
+
+    def call(self, codes: Any) -> Any:
+        return codes[:, 1:]
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], int(input_shape[-1]) - 1)

@@ -26,7 +26,7 @@ MODEL_FILES = (MANIFEST, ENCODER_FILE, DECODER_FILE)
 
 def fingerprint(config: CodecConfig, encoder: keras.Model, decoder: keras.Model) -> str:
     """Stable hash of the configuration and every weight, in build order: equal models, equal hash."""
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(config.identity(), sort_keys=True).encode())
     for net in (encoder, decoder):
         for weight in net.weights:
             value = np.ascontiguousarray(weight.numpy())

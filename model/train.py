@@ -17,7 +17,7 @@ from seqcodec.model.codec import SequenceCodec, pad_shifted
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.manifest import Manifest
-from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder
+from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder, hidden_id, start_id
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tfenv import keras, tf
 
@@ -34,6 +34,46 @@ class TrainSettings:
     batch_size: int = 128
     learning_rate: float = 2e-3  # at the start; annealed to learning_rate / 50 by the end of the run
     seed: int = 0
+    dropout: float = 0.0  # on the embeddings and the decoder LSTM's outputs
+    word_dropout: float = 0.0  # share of the autoregressive decoder's previous tokens hidden in training
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW); 0 is plain Adam
+
+    def __post_init__(self) -> None:
+        for name in ("dropout", "word_dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight-decay must be >= 0, got {self.weight_decay}")
+
+
+# Vocabularies up to this size are treated as characters (letters, bytes), larger ones as words:
+# the two kinds of data got different defaults by measurement (docs/MODEL.md).
+CHARACTER_VOCAB = 256
+
+
+def defaults_for(vocab_size: int) -> dict[str, Any]:
+    """The measured default decoder and regularization for a vocabulary of this size."""
+    if vocab_size <= CHARACTER_VOCAB:
+        return {"decoder": "repeat", "dropout": 0.0, "word_dropout": 0.0, "label_smoothing": 0.0, "weight_decay": 0.0}
+    return {"decoder": "autoregressive", "dropout": 0.3, "word_dropout": 0.2, "label_smoothing": 0.0,
+            "weight_decay": 0.0}
+
+
+class SmoothedSparseCrossEntropy(keras.losses.Loss):
+    """Sparse cross-entropy on probabilities with label smoothing: the target gets ``1 - eps`` and
+    every token ``eps / vocab`` (keras' sparse loss has no smoothing)."""
+
+    def __init__(self, smoothing: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.smoothing = smoothing
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        log_p = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        picked = ops.take_along_axis(log_p, ops.expand_dims(ops.cast(y_true, "int32"), -1), axis=-1)[..., 0]
+        return -(1 - self.smoothing) * picked - self.smoothing * ops.mean(log_p, axis=-1)
 
 
 def evaluate(codec: SequenceCodec, data: TokenSequences) -> dict[str, float]:
@@ -62,12 +102,32 @@ def split(data: TokenSequences, fraction: float, seed: int) -> tuple[TokenSequen
     return data.take(train), data.take(val), data.take(test)
 
 
-def bucketed_dataset(data: TokenSequences, batch_size: int, seed: int) -> tuple[tf.data.Dataset, int]:
+def teacher_inputs(ids: np.ndarray, config: CodecConfig, word_dropout: float, rng: np.random.Generator) -> np.ndarray:
+    """The autoregressive decoder's previous-token input for shifted ids: start, then the ids one step
+    late, each real one hidden (``hidden_id``) with probability ``word_dropout``."""
+    previous = np.full_like(ids, start_id(config))
+    previous[:, 1:] = ids[:, :-1]
+    if word_dropout:
+        hide = rng.random(previous.shape) < word_dropout
+        hide[:, 0] = False
+        previous[hide & (previous > 0)] = hidden_id(config)
+    return previous
+
+
+def bucketed_dataset(
+    data: TokenSequences,
+    batch_size: int,
+    seed: int,
+    config: CodecConfig | None = None,
+    word_dropout: float = 0.0,
+) -> tuple[tf.data.Dataset, int]:
     """Batches of similar length, padded to their own longest row, reshuffled every epoch.
 
-    Yields (shifted ids, targets, weights) forever; the weights are 0 on padding, so padding
-    costs nothing. Returns the dataset and the number of batches in one epoch.
+    Yields (shifted ids, targets, weights) forever, or ((shifted ids, previous tokens), targets,
+    weights) for an autoregressive ``config``; the weights are 0 on padding, so padding costs
+    nothing. Returns the dataset and the number of batches in one epoch.
     """
+    feed_previous = config is not None and config.decoder == "autoregressive"
     lengths = data.lengths
     epoch = [0]
 
@@ -80,10 +140,11 @@ def bucketed_dataset(data: TokenSequences, batch_size: int, seed: int) -> tuple[
         chunks = [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
         for k in rng.permutation(len(chunks)):
             ids = pad_shifted(data.values, data.offsets, chunks[k])
-            yield ids, np.maximum(ids - 1, 0), (ids > 0).astype(np.float32)
+            inputs = (ids, teacher_inputs(ids, config, word_dropout, rng)) if feed_previous else ids
+            yield inputs, np.maximum(ids - 1, 0), (ids > 0).astype(np.float32)
 
     spec = tf.TensorSpec([None, None], tf.int32)
-    signature = (spec, spec, tf.TensorSpec([None, None], tf.float32))
+    signature = ((spec, spec) if feed_previous else spec, spec, tf.TensorSpec([None, None], tf.float32))
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature).repeat().prefetch(2)
     return dataset, -(-lengths.size // batch_size)
 
@@ -179,16 +240,27 @@ def train_codec(
         "training on %d sequences (validation %d, test %d), vocab %d, max length %d",
         len(train), len(validation), len(test), config.vocab_size, config.max_length,
     )
-    encoder, decoder = build_encoder(config), build_decoder(config)
+    encoder = build_encoder(config, settings.dropout)
+    decoder = build_decoder(config, settings.dropout)
     autoencoder = build_autoencoder(encoder, decoder)
+    if settings.weight_decay:
+        optimizer = keras.optimizers.AdamW(settings.learning_rate, weight_decay=settings.weight_decay, clipnorm=1.0)
+        # Decay weight matrices only: biases and the learned position signals are offsets, not capacity.
+        optimizer.exclude_from_weight_decay(var_names=["bias", "position", "remaining"])
+    else:
+        optimizer = keras.optimizers.Adam(settings.learning_rate, clipnorm=1.0)
+    if settings.label_smoothing:
+        loss = SmoothedSparseCrossEntropy(settings.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
     autoencoder.compile(
-        optimizer=keras.optimizers.Adam(settings.learning_rate, clipnorm=1.0),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        optimizer=optimizer,
+        loss=loss,
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
         jit_compile=False,
     )
     codec = SequenceCodec(encoder, decoder, config)
-    dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed)
+    dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed, config, settings.word_dropout)
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
     best = BestExactMatch(codec, validation, model_dir, budget)
     anneal = AnnealLearningRate(settings.learning_rate, budget)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from seqcodec.model.config import CodecConfig
+from seqcodec.model.config import DECODERS, CodecConfig
 from seqcodec.model.data import TokenSequences, read_token_sequences
 from seqcodec.model.manifest import Manifest
 from seqcodec.pipeline.errors import HelpFormatter, exit_process, run_cli, setup_logging
@@ -39,6 +39,11 @@ def train(
     max_length: int | None = None,
     bidirectional: bool = True,
     position_signal: bool = True,
+    decoder: str | None = None,
+    dropout: float | None = None,
+    word_dropout: float | None = None,
+    label_smoothing: float | None = None,
+    weight_decay: float | None = None,
     epochs: int = 200,
     time_budget: float | None = 600.0,
     validation_fraction: float = 0.1,
@@ -50,11 +55,12 @@ def train(
 
     ``input`` is a glob (or a directory) of Parquet files with a ``tokens_column``, or the token
     sequences themselves (lists or int arrays). The options are those of ``seqcodec train``,
-    with the same defaults; ``time_budget`` 0 or None means no limit. ``model_dir`` is checked
+    with the same defaults; ``time_budget`` 0 or None means no limit. ``decoder`` and the
+    regularization options left None take the measured default for the vocabulary's size. ``model_dir`` is checked
     before anything is read or trained. ValueError (one line) for bad options or data.
     """
     from seqcodec.model.storage import check_model_dir
-    from seqcodec.model.train import TrainSettings, train_codec  # TensorFlow is imported here
+    from seqcodec.model.train import TrainSettings, defaults_for, train_codec  # TensorFlow is imported here
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
@@ -80,6 +86,10 @@ def train(
         keep = data.lengths <= max_length
         log.warning("skipping %d sequences longer than --max-length %d", int((~keep).sum()), max_length)
         data = data.take(keep.nonzero()[0])
+    given = {"decoder": decoder, "dropout": dropout, "word_dropout": word_dropout,
+             "label_smoothing": label_smoothing, "weight_decay": weight_decay}
+    # Options left unset take the measured default for this kind of data (letters or words).
+    chosen = {k: default if given[k] is None else given[k] for k, default in defaults_for(vocab_size).items()}
     config = CodecConfig(
         vocab_size=vocab_size,
         max_length=max_length,
@@ -87,6 +97,7 @@ def train(
         embedding_size=embedding_size,
         bidirectional=bidirectional,
         position_signal=position_signal,
+        decoder=chosen.pop("decoder"),
     )
     settings = TrainSettings(
         epochs=epochs,
@@ -95,6 +106,7 @@ def train(
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
+        **chosen,
     )
     return train_codec(data, config, settings, model_dir)
 
@@ -111,7 +123,7 @@ def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray]) -> Toke
 
 
 def parser() -> argparse.ArgumentParser:
-    from seqcodec.model.train import TrainSettings
+    from seqcodec.model.train import CHARACTER_VOCAB, TrainSettings
 
     p = argparse.ArgumentParser(prog="seqcodec train", description="Train a sequence codec on Parquet token files.",
                                 formatter_class=HelpFormatter)
@@ -129,6 +141,15 @@ def parser() -> argparse.ArgumentParser:
                    help="bidirectional encoder LSTM, hidden_size/2 each way (default: on)")
     p.add_argument("--position-signal", action=argparse.BooleanOptionalAction, default=True,
                    help="learned position and steps-to-go signals added to the decoder input (default: on)")
+    p.add_argument("--decoder", choices=DECODERS,
+                   help="repeat: h and position signals at every step; autoregressive: also the previous token "
+                        f"(default: repeat up to {CHARACTER_VOCAB} tokens in the vocabulary, autoregressive above)")
+    p.add_argument("--dropout", type=float, help="on embeddings and decoder outputs (default: by vocabulary size)")
+    p.add_argument("--word-dropout", type=float,
+                   help="share of the autoregressive decoder's previous tokens hidden in training "
+                        "(default: by vocabulary size)")
+    p.add_argument("--label-smoothing", type=float, help="default: by vocabulary size")
+    p.add_argument("--weight-decay", type=float, help="decoupled weight decay, AdamW (default: by vocabulary size)")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,

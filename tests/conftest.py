@@ -115,6 +115,18 @@ def tiny_codec() -> SequenceCodec:
 
 
 @pytest.fixture(scope="session")
+def tiny_ar_codec() -> SequenceCodec:
+    """An untrained autoregressive codec of the tiny configuration (seed 1). Shared: do not change its weights."""
+    return build_codec(CodecConfig(**TINY, decoder="autoregressive"), seed=1)
+
+
+@pytest.fixture(scope="session", params=["repeat", "autoregressive"])
+def any_codec(request: pytest.FixtureRequest, tiny_codec: SequenceCodec, tiny_ar_codec: SequenceCodec) -> SequenceCodec:
+    """Each decoder in turn: ``tiny_codec`` and ``tiny_ar_codec``."""
+    return tiny_codec if request.param == "repeat" else tiny_ar_codec
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tiny_codec: SequenceCodec, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_codec`` saved with ``save_codec``. Shared: copy it before damaging it."""
     model_dir = tmp_path_factory.mktemp("tiny") / "model"
