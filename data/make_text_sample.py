@@ -91,7 +91,9 @@ def main() -> None:
     parser.add_argument("--min-words", type=int, default=4)
     parser.add_argument("--max-words", type=int, default=40)
     parser.add_argument("--max-unknown", type=float, default=0.2, help="drop sentences with more unknown words")
-    parser.add_argument("--seed", type=int, default=2026, help="row order of the written file")
+    parser.add_argument("--sentences", type=int, default=30_000,
+                        help="keep this many (a random choice; 0: all); the vocabulary comes from the kept ones")
+    parser.add_argument("--seed", type=int, default=2026, help="which sentences are kept, and their order")
     args = parser.parse_args()
 
     seen_docs: set[str] = set()
@@ -110,6 +112,8 @@ def main() -> None:
                     seen_sentences.add(key)
                     sentences.append(words)
 
+    order = np.random.default_rng(args.seed).permutation(len(sentences))
+    sentences = [sentences[i] for i in order[: args.sentences or None]]
     counts = collections.Counter(w for s in sentences for w in s)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     vocab = [w for w, _ in ranked[: args.vocab_size - 1]]
@@ -117,8 +121,6 @@ def main() -> None:
     index = {w: i for i, w in enumerate(vocab)}
     rows = [[index.get(w, unknown) for w in s] for s in sentences]
     rows = [r for r in rows if sum(t == unknown for t in r) <= args.max_unknown * len(r)]
-    order = np.random.default_rng(args.seed).permutation(len(rows))
-    rows = [rows[i] for i in order]
 
     lengths = np.array([len(r) for r in rows])
     tokens = np.concatenate([np.asarray(r) for r in rows])

@@ -123,3 +123,28 @@ def read_token_sequences(pattern: str, tokens_column: str = "tokens") -> TokenSe
     np.cumsum(lengths, out=offsets[1:])
     values = np.concatenate(value_parts) if value_parts else np.zeros(0, np.int64)
     return TokenSequences(values, offsets)
+
+
+def read_vocab(path: str, vocab_size: int) -> list[str]:
+    """The tokens of a vocabulary file, one per line (line number = token id, from 0).
+
+    InputDataError naming the file if it is unreadable or has fewer lines than the model's
+    ``vocab_size``; a longer file is fine (its extra lines are never used).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tokens = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"{path}: cannot read the vocabulary file ({first_line(exc)})") from None
+    if len(tokens) < vocab_size:
+        raise InputDataError(
+            f"{path}: {len(tokens)} tokens, but the model's vocabulary has {vocab_size} (one token per line, line = id)"
+        )
+    return tokens
+
+
+def token_text(values: np.ndarray, offsets: np.ndarray, vocab: list[str]) -> pa.Array:
+    """Each row's tokens as words joined by spaces (an Arrow string array), for people to read."""
+    words = pa.array(np.asarray(vocab, dtype=object)[np.asarray(values, dtype=np.int64)], type=pa.string())
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), words), " ")
+

@@ -16,6 +16,7 @@ import numpy as np
 from seqcodec.model.codec import SequenceCodec, pad_shifted
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import TokenSequences
+from seqcodec.model.figures import baseline_scores, most_frequent_token, percent
 from seqcodec.model.manifest import Manifest
 from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder, hidden_id, start_id
 from seqcodec.model.storage import save_codec
@@ -229,6 +230,30 @@ class BestExactMatch(keras.callbacks.Callback):
             save_codec(self.codec, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True})
 
 
+def hints(metrics: dict[str, Any]) -> list[str]:
+    """Short advice from a finished run's metrics: where it stands and what to try (may be empty)."""
+    out = []
+    test, train, baseline = metrics["test"], metrics["train"], metrics["baseline"]
+    if metrics["stopped_by_time_budget"] and metrics["best_epoch"] >= metrics["epochs_run"] - 1:
+        out.append(
+            f"the time budget ended the run while it was still improving (best epoch {metrics['best_epoch']} "
+            f"of {metrics['epochs_run']}): a longer --time-budget should do better"
+        )
+    if test["token_accuracy"] < 2 * baseline["token_accuracy"]:
+        out.append(
+            f"held-out token accuracy {percent(test['token_accuracy'])} is close to always writing the most "
+            f"frequent token ({percent(baseline['token_accuracy'])}): the model has barely learned; "
+            "give it more data or time"
+        )
+    if train["token_accuracy"] - test["token_accuracy"] > 0.15:
+        out.append(
+            f"training rows round-trip far better than held-out rows ({percent(train['token_accuracy'])} against "
+            f"{percent(test['token_accuracy'])} of tokens): the model memorizes; more distinct training "
+            "sequences, --dropout or --word-dropout help"
+        )
+    return out
+
+
 def train_codec(
     data: TokenSequences, config: CodecConfig, settings: TrainSettings, model_dir: str | Path
 ) -> Manifest:
@@ -282,9 +307,16 @@ def train_codec(
         )
     autoencoder.set_weights(best.best_weights)
     trained = min(budget.steps * settings.batch_size, len(train) * epochs_run)
+    test_scores = evaluate(codec, test)
+    # A training sample as large as the test set, round-tripped the same way: the gap to the test
+    # figures is how much the model memorized rather than learned.
+    train_scores = evaluate(codec, train.take(np.arange(min(len(train), max(len(test), 1000)))))
+    baseline = baseline_scores(test.values, test.offsets, most_frequent_token(train.values))
     metrics = {
-        "test": evaluate(codec, test),
+        "test": test_scores,
         "validation": evaluate(codec, validation),
+        "train": train_scores,
+        "baseline": baseline,
         "train_sequences": len(train),
         "best_epoch": best.best_epoch + 1,
         "epochs_run": epochs_run,
@@ -293,6 +325,7 @@ def train_codec(
         "stopped_by_time_budget": budget.spent,
         "settings": dataclasses.asdict(settings),
     }
+    metrics["hints"] = hints(metrics)
     curves = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     manifest = save_codec(codec, model_dir, metrics)
     (model_dir / "history.json").write_text(json.dumps(curves, indent=1) + "\n")

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.manifest import read_manifest
-from seqcodec.pipeline.decode_stage import add_decode_stage
+from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline, single_worker
 from seqcodec.pipeline.outputs import Partition, partition_path
@@ -31,6 +31,7 @@ class DecodeJob(Job):
 
     inputs: CodeFiles
     code_column: str = "code"
+    vocab: tuple[str, ...] | None = None
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
@@ -41,7 +42,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
         ValidateCodes(m.code_size, m.max_length, job.id_column, job.code_column)
     ).with_outputs(ERRORS_TAG, main="valid")
     stage = add_decode_stage(checked.valid, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
-                             job.batch_size, job.num_shards, total_rows=job.progress_total)
+                             job.batch_size, job.num_shards, total_rows=job.progress_total, vocab=job.vocab)
     errors_written = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), code_error_schema(job.inputs.id_type), 1
     )
@@ -53,6 +54,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
 def parser() -> argparse.ArgumentParser:
     p = job_parser("seqcodec decode", "Decode length-prefixed codes back into token sequences.")
     p.add_argument("--code-column", default="code")
+    add_vocab_argument(p)
     return p
 
 
@@ -71,13 +73,14 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     check_io_arguments(args)
     started = time.time()
     manifest = read_manifest(args.model_dir)
+    vocab = job_vocab(args, manifest)
     inputs = inspect_codes(args.input, args.id_column, args.code_column, manifest, args.model_dir)
     partition = Partition(partition_path(args.output, args.run_date))
     partition.check()
     pipeline = pipeline or make_pipeline(beam_args)
     log.info("decoding %d codes from %d file(s) with model %s (code size %d) into %s",
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
-    job = DecodeJob.from_args(args, inputs, manifest, partition.staging, code_column=args.code_column,
+    job = DecodeJob.from_args(args, inputs, manifest, partition.staging, code_column=args.code_column, vocab=vocab,
                               progress_total=inputs.rows if single_worker(pipeline.options) else None)
     graph = build_pipeline(pipeline, job)
     facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size,

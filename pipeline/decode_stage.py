@@ -8,6 +8,7 @@ finalize stage turns those counts into the summary's round trip or length histog
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from typing import Any
@@ -17,6 +18,9 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
+from seqcodec.model.data import read_vocab, token_text
+from seqcodec.model.figures import percent
+from seqcodec.model.manifest import Manifest
 from seqcodec.transforms.inference import DecodeTables
 from seqcodec.transforms.parquet_io import WriteTables, decoded_schema
 from seqcodec.transforms.roundtrip import (
@@ -24,6 +28,8 @@ from seqcodec.transforms.roundtrip import (
     LengthStats,
     PickMismatches,
     SumStats,
+    TokenStats,
+    baseline_report,
     length_report,
     write_examples,
 )
@@ -39,7 +45,7 @@ class DecodeStage:
 
     decoded: beam.PCollection  # (id, tokens[, original, correct]) tables
     written: beam.PCollection  # file names of the decoded/ shards, once written
-    stats: beam.PCollection  # one array: summed per-length counts
+    stats: beam.PCollection  # one array of summed per-length counts; comparing, {"lengths": ..., "tokens": ...}
     mismatches: beam.PCollection | None  # one int: examples written to roundtrip/mismatches.jsonl
 
 
@@ -54,35 +60,81 @@ def add_decode_stage(
     compare: bool = False,
     mismatches: int = 0,
     total_rows: int | None = None,
+    vocab: tuple[str, ...] | None = None,
 ) -> DecodeStage:
     """Valid code tables (id, code[, tokens]) -> staging/decoded/, per-length counts, mismatch examples.
 
     ``facts`` is the model's (``model_facts``), recorded in the decoded shards' schema. With
     ``compare`` the tables also carry the original ``tokens``, and up to ``mismatches`` wrongly
-    decoded rows go to staging/roundtrip/mismatches.jsonl.
+    decoded rows go to staging/roundtrip/mismatches.jsonl; per-token counts of the originals give
+    the round trip's baseline. With a ``vocab`` the decoded rows get a ``text`` column and the
+    mismatch examples their words.
     """
     decoded = tables | "Decode" >> DecodeTables(model_dir, batch_size, compare, total_rows=total_rows)
+    schema = decoded_schema(id_type, facts)
+    if vocab is not None:
+        schema = schema.append(pa.field("text", pa.string()))
     written = (
         decoded
-        | "Decoded columns" >> beam.Map(lambda t: t.select(["id", "tokens"]))
-        | "Write decoded" >> WriteTables(
-            FileSystems.join(staging, "decoded", "part"), decoded_schema(id_type, facts), num_shards
-        )
+        | "Decoded columns" >> beam.Map(decoded_columns, vocab)
+        | "Write decoded" >> WriteTables(FileSystems.join(staging, "decoded", "part"), schema, num_shards)
     )
     stats = (
         decoded
         | "Length stats" >> beam.ParDo(LengthStats(facts["max_length"], compare))
         | "Sum stats" >> beam.CombineGlobally(SumStats(facts["max_length"]))
     )
+    if compare:
+        vocab_size = facts["vocab_size"]
+        token_stats = (
+            decoded
+            | "Token stats" >> beam.ParDo(TokenStats(vocab_size))
+            | "Sum token stats" >> beam.CombineGlobally(SumStats(0, shape=(2, vocab_size)))
+        )
+        stats = stats | "Join stats" >> beam.Map(
+            lambda lengths, tokens: {"lengths": lengths, "tokens": tokens}, beam.pvalue.AsSingleton(token_stats)
+        )
     kept = None
     if compare and mismatches:
         kept = (
             decoded
-            | "Pick mismatches" >> beam.ParDo(PickMismatches(mismatches))
+            | "Pick mismatches" >> beam.ParDo(PickMismatches(mismatches, vocab))
             | "Keep mismatches" >> beam.CombineGlobally(KeepExamples(mismatches))
             | "Write mismatches" >> beam.Map(_write_counted, FileSystems.join(staging, *MISMATCHES))
         )
     return DecodeStage(decoded, written, stats, kept)
+
+
+def decoded_columns(table: pa.Table, vocab: tuple[str, ...] | None) -> pa.Table:
+    """The columns written to decoded/: id and tokens, and with a vocabulary the tokens as text."""
+    out = table.select(["id", "tokens"])
+    if vocab is None:
+        return out
+    tokens = out.column("tokens").combine_chunks()
+    values = tokens.flatten().to_numpy(zero_copy_only=False)
+    offsets = (tokens.offsets.to_numpy() - tokens.offsets[0].as_py()) if len(tokens) else np.zeros(1, np.int64)
+    return out.append_column("text", token_text(values, offsets, list(vocab)))
+
+
+def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vocab", metavar="FILE",
+                        help="one token per line (line number = id): decoded rows get a text column and "
+                             "mismatch examples their words")
+
+
+def job_vocab(args: argparse.Namespace, manifest: Manifest) -> tuple[str, ...] | None:
+    """The --vocab file's tokens, checked against the model before anything runs (None without it)."""
+    return None if args.vocab is None else tuple(read_vocab(args.vocab, manifest.vocab_size))
+
+
+def training_facts(manifest: Manifest) -> dict[str, Any]:
+    """The model's own held-out figures from training, for summary.json beside a round trip (which
+    may mix rows the model trained on with others): ``{"model_training": ...}``, or {} if it has none."""
+    metrics = manifest.metrics or {}
+    if not isinstance(metrics.get("test"), dict):
+        return {}
+    keep = ("test", "train", "baseline", "train_sequences", "stopped_by_time_budget", "hints")
+    return {"model_training": {k: metrics[k] for k in keep if k in metrics}}
 
 
 def _write_counted(examples: list[dict[str, Any]], path: str) -> int:
@@ -98,7 +150,12 @@ def decode_report(
     ``decoded`` is the rows in the decoded shards, ``expected`` the rows that should have been
     decoded (the codes written in the same job, or ``decoded`` itself for the decode job).
     """
+    token_stats = None
+    if isinstance(stats, dict):
+        stats, token_stats = stats["lengths"], stats["tokens"]
     report = length_report(stats, compare)
+    if token_stats is not None:
+        report["baseline"] = baseline_report(token_stats, report["sequences"])
     problem = None
     if not report["sequences"] == decoded == expected:
         problem = (f"decode accounting failed: {decoded} decoded rows, {report['sequences']} counted, "
@@ -118,10 +175,18 @@ def log_roundtrip(summary: dict[str, Any]) -> None:
         return
 
     def pct(x):
-        return "n/a" if x is None else f"{100 * x:.2f}%"
+        return percent(x, 2)
 
     log.info("round trip: token accuracy %s, exact match %s over %d sequences (%d tokens)",
              pct(rt["token_accuracy"]), pct(rt["exact_match"]), rt["sequences"], rt["tokens"])
+    if rt.get("baseline"):
+        b = rt["baseline"]
+        log.info("  baseline, always writing the most frequent token (id %d): token accuracy %s, exact match %s",
+                 b["token"], pct(b["token_accuracy"]), pct(b["exact_match"]))
+    test = (summary.get("model_training") or {}).get("test")
+    if test:
+        log.info("  these rows may include the model's training rows; held out in training: token accuracy %s, "
+                 "exact match %s", pct(test["token_accuracy"]), pct(test["exact_match"]))
     for b in rt["by_length"]:
         if b["sequences"]:
             log.info("  length %-9s %8d sequences  token accuracy %8s  exact match %8s",

@@ -11,7 +11,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.manifest import read_manifest
-from seqcodec.pipeline.decode_stage import add_decode_stage
+from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab, training_facts
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline, single_worker
 from seqcodec.pipeline.outputs import Partition, partition_path
@@ -32,6 +32,7 @@ class EncodeJob(Job):
     too_long: str = "reject"
     decode: bool = False  # also decode every code, measure the round trip and write decoded/
     mismatches: int = 0  # with decode: up to this many wrongly decoded examples to roundtrip/
+    vocab: tuple[str, ...] | None = None  # with decode: words beside ids in decoded/ and the examples
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
@@ -50,7 +51,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
         codes = encoded.main | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
         stage = add_decode_stage(encoded.main, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
                                  job.batch_size, job.num_shards, compare=True, mismatches=job.mismatches,
-                                 total_rows=job.progress_total)
+                                 total_rows=job.progress_total, vocab=job.vocab)
     else:
         codes = encoded.main
     codes_written = codes | "Write codes" >> WriteTables(
@@ -78,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
                    help="also decode every code (DIR/decoded/) and report the round trip in summary.json")
     p.add_argument("--mismatches", type=int, default=0, metavar="N",
                    help="with --decode: write up to N wrongly decoded examples to DIR/roundtrip/mismatches.jsonl")
+    add_vocab_argument(p)
     return p
 
 
@@ -96,9 +98,12 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     check_io_arguments(args)
     if args.mismatches < 0 or (args.mismatches and not args.decode):
         raise ValueError("--mismatches must be >= 0 and needs --decode")
+    if args.vocab and not args.decode:
+        raise ValueError("--vocab needs --decode (codes have no words to show)")
     started = time.time()
     inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
     manifest = read_manifest(args.model_dir)
+    vocab = job_vocab(args, manifest)
     partition = Partition(partition_path(args.output, args.run_date))
     partition.check()
     pipeline = pipeline or make_pipeline(beam_args)
@@ -106,12 +111,14 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
     job = EncodeJob.from_args(
         args, inputs, manifest, partition.staging, tokens_column=args.tokens_column, too_long=args.too_long,
-        decode=args.decode, mismatches=args.mismatches,
+        decode=args.decode, mismatches=args.mismatches, vocab=vocab,
         progress_total=inputs.rows if single_worker(pipeline.options) else None,
     )
     graph = build_pipeline(pipeline, job)
     facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size,
              "input_files": len(inputs.paths), "model_dir": model_dir_fact(args.model_dir)}
+    if args.decode:
+        facts.update(training_facts(manifest))
     roundtrip = {"roundtrip": "compare", "expected_folder": "codes"} if args.decode else {}
     plan = make_plan(args, pipeline, partition, inputs.rows, "codes", "encoded", facts, started, **roundtrip)
     return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.model.data import InputDataError, first_line
+from seqcodec.model.data import InputDataError, first_line, read_vocab
+from seqcodec.model.figures import percent
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.transforms.parquet_io import matching_paths
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
@@ -100,7 +101,51 @@ def length_rows(summary: dict[str, Any], run_dir: str) -> list[dict[str, Any]] |
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+    return percent(x)
+
+
+def read_examples(run_dir: str, vocab: list[str] | None, vocab_path: str = "") -> list[dict[str, Any]]:
+    """The run's mismatch examples (roundtrip/mismatches.jsonl), with words when a vocabulary is given."""
+    path = FileSystems.join(run_dir, "roundtrip", "mismatches.jsonl")
+    try:
+        if not FileSystems.exists(path):
+            return []
+        examples = [json.loads(line) for line in _read_text(path).splitlines() if line.strip()]
+    except Exception as exc:
+        log.warning("cannot read %s (%s): the report shows no examples", path, first_line(exc))
+        return []
+    if vocab is not None:
+        largest = max((t for e in examples for t in e["original"] + e["decoded"]), default=-1)
+        if largest >= len(vocab):
+            raise InputDataError(f"{vocab_path}: {len(vocab)} tokens, but the run's examples use token id {largest}")
+        for e in examples:
+            e["original_text"] = " ".join(vocab[t] for t in e["original"])
+            e["decoded_text"] = " ".join(vocab[t] for t in e["decoded"])
+    return examples
+
+
+def figures_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(what, sequences, token accuracy, exact match) rows: the round trip, its baseline, and the model's
+    own figures from training, so a reader sees the round trip beside what it should be compared with."""
+    out = []
+    rt = summary.get("roundtrip")
+    if rt:
+        out.append(("round trip of this run (may include rows the model trained on)", f"{rt['sequences']:,}",
+                    percent(rt["token_accuracy"]), percent(rt["exact_match"])))
+        if rt.get("baseline"):
+            b = rt["baseline"]
+            out.append((f"baseline on these rows: always the most frequent token (id {b['token']})", "",
+                        percent(b["token_accuracy"]), percent(b["exact_match"])))
+    training = summary.get("model_training") or {}
+    labels = (("test", "training: held-out test rows (never trained on)"),
+              ("train", "training: a sample of its training rows"),
+              ("baseline", "training: baseline on the held-out rows (most frequent token)"))
+    for key, label in labels:
+        if isinstance(training.get(key), dict):
+            f = training[key]
+            out.append((label, f"{f['sequences']:,}" if "sequences" in f else "", percent(f["token_accuracy"]),
+                        percent(f["exact_match"])))
+    return out
 
 
 def _empty(ax, text: str) -> None:
@@ -122,12 +167,15 @@ def _plot_accuracy(ax, roundtrip: dict[str, Any] | None) -> None:
     for value, color in ((roundtrip["token_accuracy"], COLORS["token"]), (roundtrip["exact_match"], COLORS["exact"])):
         if value is not None:
             ax.axhline(value, color=color, linestyle=":", linewidth=1)
+    if roundtrip.get("baseline") and roundtrip["baseline"]["token_accuracy"] is not None:
+        ax.axhline(roundtrip["baseline"]["token_accuracy"], color=COLORS["wrong"], linestyle="--", linewidth=1.5,
+                   label=f"baseline: always the most frequent token ({_pct(roundtrip['baseline']['token_accuracy'])})")
     ax.set_xticks(x, [b["lengths"] for b in buckets], rotation=45 if len(buckets) > 8 else 0)
     ax.set_ylim(-0.02, 1.02)
     ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
     ax.set_xlabel("sequence length")
     ax.set_ylabel("correct")
-    ax.set_title(f"Round trip by length ({roundtrip['sequences']:,} sequences)")
+    ax.set_title(f"Round trip by length ({roundtrip['sequences']:,} sequences, training rows included)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)
 
@@ -235,8 +283,10 @@ def render_png(summary: dict[str, Any], history: dict[str, list[float]] | None,
     return buffer.getvalue()
 
 
-def render_html(summary: dict[str, Any], png: bytes, rows: list[dict[str, Any]] | None, run_dir: str) -> str:
-    """A self-contained page: the picture (embedded), the headline numbers and the per-length table."""
+def render_html(summary: dict[str, Any], png: bytes, rows: list[dict[str, Any]] | None, run_dir: str,
+                examples: list[dict[str, Any]] | None = None) -> str:
+    """A self-contained page: the picture (embedded), the headline numbers, how they compare, the
+    per-length table and the mismatch examples (with words when the examples have them)."""
     e = html.escape
     facts = [(k, summary[k]) for k in ("rows_read", "rows_encoded", "rows_decoded", "rows_rejected",
                                        "rejected_by_reason", "model_fingerprint", "model_dir", "runner",
@@ -260,6 +310,26 @@ def render_html(summary: dict[str, Any], png: bytes, rows: list[dict[str, Any]] 
             for b in rows
         )
         table = f"<h2>By length</h2>\n<table>\n{head}\n{body}\n</table>"
+    figures = figures_rows(summary)
+    if figures:
+        body = "\n".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{e(c)}</td><td>{e(d)}</td></tr>"
+                         for a, b, c, d in figures)
+        table = ("<h2>Where the model stands</h2>\n<table>\n<tr><th></th><th>sequences</th><th>token accuracy</th>"
+                 f"<th>exact match</th></tr>\n{body}\n</table>\n" + table)
+        for hint in (summary.get("model_training") or {}).get("hints") or []:
+            table += f"\n<p>Hint from training: {e(hint)}</p>"
+    if examples:
+        worded = any("original_text" in x for x in examples)
+        head = "<tr><th>id</th><th>length</th><th>wrong</th><th>original</th><th>decoded</th></tr>"
+        cells = []
+        for x in examples:
+            original, decoded = (e(json.dumps(x["original"])), e(json.dumps(x["decoded"])))
+            if worded:
+                original = f"{e(x['original_text'])}<br><small>{original}</small>"
+                decoded = f"{e(x['decoded_text'])}<br><small>{decoded}</small>"
+            cells.append(f"<tr><td>{e(str(x['id']))}</td><td>{x['length']}</td><td>{x['wrong_tokens']}</td>"
+                         f"<td>{original}</td><td>{decoded}</td></tr>")
+        table += f"\n<h2>Mismatch examples</h2>\n<table>\n{head}\n" + "\n".join(cells) + "\n</table>"
     title = e(headline(summary, run_dir)[0])
     image = base64.b64encode(png).decode()
     return f"""<!doctype html>
@@ -292,6 +362,7 @@ def parser() -> argparse.ArgumentParser:
                                 description="Render a finished run (its summary.json) as report.png and report.html.")
     p.add_argument("run_dir", help="the run's output directory (the partition holding summary.json)")
     p.add_argument("--out", help="where to write report.png and report.html (default: RUN_DIR)")
+    p.add_argument("--vocab", metavar="FILE", help="one token per line (line number = id): words in the examples")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -302,13 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = read_summary(args.run_dir)
     history = read_history(summary.get("model_dir"))
     rows = length_rows(summary, args.run_dir)
+    vocab = read_vocab(args.vocab, 0) if args.vocab else None
+    examples = read_examples(args.run_dir, vocab, args.vocab)
     png = render_png(summary, history, rows, args.run_dir)
     out = args.out or args.run_dir
     png_path, html_path = FileSystems.join(out, PNG_NAME), FileSystems.join(out, HTML_NAME)
     with FileSystems.create(png_path) as handle:
         handle.write(png)
     with FileSystems.create(html_path) as handle:
-        handle.write(render_html(summary, png, rows, args.run_dir).encode())
+        handle.write(render_html(summary, png, rows, args.run_dir, examples).encode())
     log.info("report written: %s (%d bytes) and %s", png_path, len(png), html_path)
     print(json.dumps({"png": png_path, "html": html_path}))
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 
 from seqcodec.model.config import DECODERS, CodecConfig
 from seqcodec.model.data import TokenSequences, read_token_sequences
+from seqcodec.model.figures import percent
 from seqcodec.model.manifest import Manifest
 from seqcodec.pipeline.errors import HelpFormatter, exit_process, run_cli, setup_logging
 
@@ -172,12 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     options = {k: v for k, v in vars(args).items() if k not in ("input", "model_dir", "verbose")}
     manifest = train(args.input, args.model_dir, **options)
-    test = manifest.metrics["test"]
-    print(json.dumps({"model_dir": args.model_dir, "fingerprint": manifest.fingerprint, "test": test}))
-    log.info(
-        "held-out test: exact match %.4f, token accuracy %.4f on %d sequences; model in %s",
-        test["exact_match"], test["token_accuracy"], test["sequences"], args.model_dir,
-    )
+    metrics = manifest.metrics
+    test, train_rows, baseline = metrics["test"], metrics["train"], metrics["baseline"]
+    print(json.dumps({"model_dir": args.model_dir, "fingerprint": manifest.fingerprint, "test": test,
+                      "train": train_rows, "baseline": baseline, "hints": metrics["hints"]}))
+    log.info("held-out test (%d sequences, never trained on): exact match %s, token accuracy %s; model in %s",
+             test["sequences"], percent(test["exact_match"]), percent(test["token_accuracy"]), args.model_dir)
+    log.info("training rows (%d of them, same round trip): exact match %s, token accuracy %s",
+             train_rows["sequences"], percent(train_rows["exact_match"]), percent(train_rows["token_accuracy"]))
+    log.info("baseline, always writing the most frequent token (id %d): exact match %s, token accuracy %s",
+             baseline["token"], percent(baseline["exact_match"]), percent(baseline["token_accuracy"]))
+    for hint in metrics["hints"]:
+        log.info("hint: %s", hint)
     return 0
 
 

@@ -24,11 +24,18 @@ from helpers_beam import beam_counters
 
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.storage import save_codec
-from seqcodec.transforms.roundtrip import length_buckets
+from seqcodec.transforms.roundtrip import TokenStats, baseline_report, length_buckets
 from seqcodec.transforms.validate import CODE_REASONS, split_codes
 
 VOCAB, MAX_LEN, CODE_SIZE = TINY["vocab_size"], TINY["max_length"], TINY["hidden_size"] + 1
 MISMATCHES = 4
+WORDS = [f"word{i}" for i in range(VOCAB)] + ["never-used"]  # a vocabulary file may be longer than the model's
+
+
+def write_vocab(directory: Path) -> Path:
+    path = directory / "vocab.txt"
+    path.write_text("\n".join(WORDS) + "\n")
+    return path
 
 
 def write_rows(path: Path, ids: list, rows: list, row_type: pa.DataType, column: str = "tokens",
@@ -82,6 +89,7 @@ def encoded(tmp_path_factory, tiny_model_dir, originals):
     code, out, err = run_seqcodec([
         "encode", "--input", root / "in" / "*.parquet", "--output", root / "run", "--model-dir", tiny_model_dir,
         "--decode", "--mismatches", MISMATCHES, "--batch-size", 5, "--max-batch-rows", 30,
+        "--vocab", write_vocab(root),
     ])
     assert code == 0, err
     summary = json.loads((root / "run" / "summary.json").read_text())
@@ -129,7 +137,8 @@ def decoded(tmp_path_factory, tiny_model_dir, tiny_codec, encoded):
                pa.list_(pa.float64()), column="code", row_group_size=7)
     code, out, err = run_seqcodec([
         "decode", "--input", root / "in" / "*.parquet", "--output", root / "run", "--model-dir", tiny_model_dir,
-        "--batch-size", 6, "--max-batch-rows", 25, "--max-error-rate", 1,  # 13 bad codes of 136, on purpose
+        "--batch-size", 6, "--max-batch-rows", 25, "--vocab", write_vocab(root),
+        "--max-error-rate", 1,  # 13 bad codes of 136, on purpose
     ])
     assert code == 0, err
     summary = json.loads((root / "run" / "summary.json").read_text())
@@ -180,6 +189,14 @@ def test_round_trip_numbers_equal_a_direct_comparison(encoded, originals):
     # The printed summary carries the same numbers.
     printed = f"token accuracy {100 * rt['token_accuracy']:.2f}%, exact match {100 * rt['exact_match']:.2f}%"
     assert printed in encoded.err
+    # Beside them, the trivial baseline on the same rows: the most frequent token written everywhere.
+    flat = np.concatenate([np.array(v) for v in originals.values()])
+    token = int(np.bincount(flat).argmax())
+    uniform = sum(all(t == token for t in v) for v in originals.values())
+    assert rt["baseline"] == {"token": token, "token_accuracy": pytest.approx((flat == token).mean()),
+                              "exact_match": pytest.approx(uniform / lengths.size)}
+    assert "baseline, always writing the most frequent token" in encoded.err
+    assert not list(encoded.dir.glob("_*stats.json"))  # the counts were read into summary.json, then removed
 
 
 def test_mismatch_examples_are_readable_and_true(encoded, originals):
@@ -193,6 +210,32 @@ def test_mismatch_examples_are_readable_and_true(encoded, originals):
         assert e["wrong_positions"] == [i for i, (a, b) in pairs if a != b]
         assert e["wrong_tokens"] == len(e["wrong_positions"]) > 0 and e["length"] == len(e["original"])
     assert [e["length"] for e in examples] == [1, 2, 3, 4]  # one per length, shortest first
+    for e in examples:  # --vocab: the words beside the ids
+        assert e["original_text"] == " ".join(WORDS[t] for t in e["original"])
+        assert e["decoded_text"] == " ".join(WORDS[t] for t in e["decoded"])
+
+
+@pytest.mark.parametrize("run", ["encoded", "decoded"])
+def test_vocab_writes_the_decoded_tokens_as_text(run, request):
+    table = read_folder(request.getfixturevalue(run).dir / "decoded")
+    assert table.schema.field("text").type == pa.string()
+    assert table.num_rows > 100
+    for tokens, text in zip(table.column("tokens").to_pylist(), table.column("text").to_pylist(), strict=True):
+        assert text == " ".join(WORDS[t] for t in tokens)
+
+
+def test_vocab_file_problems_stop_the_job_in_one_line(seqcodec, tmp_path, tiny_model_dir, encoded):
+    short = tmp_path / "short.txt"
+    short.write_text("a\nb\n")
+    for vocab, message in ((short, f"2 tokens, but the model's vocabulary has {VOCAB}"),
+                           (tmp_path / "missing.txt", "cannot read the vocabulary file")):
+        code, _, err = seqcodec(["decode", "--input", encoded.dir / "codes" / "*.parquet", "--output",
+                                 tmp_path / "run", "--model-dir", tiny_model_dir, "--vocab", vocab])
+        assert code == 2 and err.count("\n") == 1 and message in err and str(vocab) in err, err
+        assert not (tmp_path / "run").exists()
+    code, _, err = seqcodec(["encode", "--input", tmp_path / "*.parquet", "--output", tmp_path / "run",
+                             "--model-dir", tiny_model_dir, "--vocab", short])
+    assert code == 2 and "--vocab needs --decode" in err
 
 
 # -- the standalone decode job --------------------------------------------------------------------------
@@ -325,3 +368,11 @@ def test_mismatches_needs_decode(seqcodec, tmp_path, tiny_model_dir):
     code, _, err = seqcodec(["encode", "--input", tmp_path / "*.parquet", "--output", tmp_path / "run",
                              "--model-dir", tiny_model_dir, "--mismatches", 3])
     assert code == 2 and "--mismatches" in err and "--decode" in err
+
+
+def test_token_stats_count_tokens_and_rows_of_one_token():
+    table = pa.table({"original": pa.array([[2, 2], [2, 1, 2], [3], [2], [1, 1, 1]], pa.list_(pa.int32()))})
+    (stats,) = TokenStats(5).process(table)
+    np.testing.assert_array_equal(stats, [[0, 4, 5, 1, 0], [0, 1, 2, 1, 0]])
+    assert baseline_report(stats, 5) == {"token": 2, "token_accuracy": 0.5, "exact_match": 0.4}
+

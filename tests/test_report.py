@@ -13,6 +13,8 @@ import pytest
 from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 from matplotlib.image import imread
 
+from seqcodec.model.figures import percent
+
 VOCAB, MAX_LEN = 5, 6
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -104,3 +106,25 @@ def test_report_without_round_trip_or_history(trained_run, tmp_path, tiny_model_
 def test_report_of_a_directory_that_is_not_a_run(seqcodec, tmp_path):
     code, _, err = seqcodec(["report", tmp_path])
     assert code == 2 and err.count("\n") == 1 and "no readable summary.json" in err
+
+
+def test_report_shows_where_the_model_stands_and_words_with_vocab(trained_run, tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("".join(f"w{i}x\n" for i in range(VOCAB)))
+    code, _, err = run_seqcodec(["report", trained_run.dir, "--out", tmp_path / "out", "--vocab", vocab])
+    assert code == 0, err
+    page = (tmp_path / "out" / "report.html").read_text()
+    rt, training = trained_run.summary["roundtrip"], trained_run.summary["model_training"]
+    assert "Where the model stands" in page and "may include rows the model trained on" in page
+    assert f"always the most frequent token (id {rt['baseline']['token']})" in page
+    assert "held-out test rows (never trained on)" in page
+    assert percent(training["test"]["token_accuracy"]) in page
+    examples = [json.loads(line) for line in (trained_run.dir / "roundtrip" / "mismatches.jsonl").open()]
+    assert examples and "Mismatch examples" in page
+    for e in examples:
+        assert " ".join(f"w{t}x" for t in e["original"]) in page
+    short = tmp_path / "short.txt"
+    short.write_text("a\n")
+    code, _, err = run_seqcodec(["report", trained_run.dir, "--out", tmp_path / "out2", "--vocab", short])
+    assert code == 2 and str(short) in err and "token id" in err
+

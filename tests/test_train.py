@@ -86,6 +86,10 @@ def test_train_reports_metrics_and_history(trained):
         assert 0.0 <= metrics[part]["exact_match"] <= 1.0
         assert metrics[part]["sequences"] == 20  # 10% held out of 400, half for test
     assert metrics["train_sequences"] == 360
+    # Training rows round-tripped the same way, and the trivial baseline, stand beside the held-out figures.
+    assert metrics["train"]["sequences"] == 360 and 0.0 <= metrics["train"]["token_accuracy"] <= 1.0
+    assert 0 <= metrics["baseline"]["token"] < VOCAB and 0.05 < metrics["baseline"]["token_accuracy"] < 0.4
+    assert isinstance(metrics["hints"], list)
     assert metrics["epochs_run"] == 2 and metrics["best_epoch"] in (1, 2)
     assert metrics["stopped_by_time_budget"] is False
     assert metrics["settings"]["seed"] == 3 and metrics["settings"]["batch_size"] == 32

@@ -80,11 +80,42 @@ class LengthStats(beam.DoFn):
         yield stats
 
 
-class SumStats(beam.CombineFn):
-    """Element-wise sum of the per-length count arrays (zeros when there were none)."""
+class TokenStats(beam.DoFn):
+    """Compared table -> per-token counts ``(2, vocab_size)`` of the original rows: how often each token
+    occurs, and how many rows consist of that token alone. Enough to score the trivial decoder that
+    writes the most frequent token everywhere, the baseline beside the round trip."""
 
-    def __init__(self, max_length: int) -> None:
-        self.shape = (3, max_length + 1)
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def process(self, table: pa.Table) -> Iterator[np.ndarray]:
+        original = table.column("original").combine_chunks()
+        values = original.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths = pc.list_value_length(original).to_numpy(zero_copy_only=False).astype(np.int64)
+        stats = np.zeros((2, self.vocab_size), dtype=np.int64)
+        stats[0] = np.bincount(values, minlength=self.vocab_size)
+        if lengths.size:
+            starts = np.cumsum(lengths) - lengths
+            first = values[starts]
+            same = np.add.reduceat((values == np.repeat(first, lengths)).astype(np.int64), starts) == lengths
+            stats[1] = np.bincount(first[same], minlength=self.vocab_size)
+        yield stats
+
+
+def baseline_report(token_stats: np.ndarray, sequences: int) -> dict[str, Any]:
+    """The most frequent token of the compared rows and the scores of writing it everywhere."""
+    counts, uniform = token_stats
+    token = int(counts.argmax())
+    return {"token": token, "token_accuracy": _ratio(int(counts[token]), int(counts.sum())),
+            "exact_match": _ratio(int(uniform[token]), sequences)}
+
+
+class SumStats(beam.CombineFn):
+    """Element-wise sum of the count arrays (zeros when there were none): per length ``(3, max_length + 1)``
+    by default, or of the given ``shape``."""
+
+    def __init__(self, max_length: int, shape: tuple[int, int] | None = None) -> None:
+        self.shape = shape or (3, max_length + 1)
 
     def create_accumulator(self) -> np.ndarray:
         return np.zeros(self.shape, dtype=np.int64)
@@ -143,8 +174,8 @@ class PickMismatches(beam.DoFn):
     Yields one list of example dicts per table (nothing when every row round-tripped).
     """
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, vocab: tuple[str, ...] | None = None) -> None:
+        self.n, self.vocab = n, vocab
 
     def process(self, table: pa.Table) -> Iterator[list[dict[str, Any]]]:
         lengths = pc.list_value_length(table.column("tokens")).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -172,6 +203,9 @@ class PickMismatches(beam.DoFn):
                 "rank": r, "id": row_id, "length": len(original), "wrong_tokens": len(wrong_at),
                 "wrong_positions": wrong_at, "original": original, "decoded": decoded,
             })
+            if self.vocab is not None:
+                examples[-1]["original_text"] = " ".join(self.vocab[t] for t in original)
+                examples[-1]["decoded_text"] = " ".join(self.vocab[t] for t in decoded)
         yield examples
 
 
