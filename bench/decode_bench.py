@@ -2,6 +2,8 @@
 
 Run: .venv/bin/python -m bench.decode_bench --rows 200000
 (default model: models/default; data: bench/make_rows.py under /tmp/seqcodec-bench, not the repository)
+Word sentences with the autoregressive model:
+     .venv/bin/python -m bench.decode_bench --model-dir models/words --data data/words/sentences.parquet
 """
 
 from __future__ import annotations
@@ -69,15 +71,21 @@ def main() -> None:
     parser.add_argument("--model-dir", default=str(REPO / "models" / "default"))
     parser.add_argument("--rounds", type=int, default=3, help="in-memory encode/decode rounds")
     parser.add_argument("--job-repeats", type=int, default=2)
+    parser.add_argument("--data", help="a token Parquet file to use instead of generated rows (all its rows)")
     parser.add_argument("--work", default="/tmp/seqcodec-bench")
     parser.add_argument("--out", default="/tmp/seqcodec-bench/decode_bench.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="decode-", dir=Path(args.work)))
     model_dir = work / "model"
     shutil.copytree(args.model_dir, model_dir)  # a model replaced mid-run must not change the numbers
-    data = ensure_rows(args.rows, Path(args.work) / "data")
-    result = {"commit": git_commit(), "rows": args.rows, "model": json.loads((model_dir / "manifest.json").read_text())
-              ["fingerprint"], "load_average_start": loadavg()}
+    if args.data:
+        data = Path(args.data).resolve()
+        args.rows = pq.ParquetFile(data).metadata.num_rows
+    else:
+        data = ensure_rows(args.rows, Path(args.work) / "data")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    result = {"commit": git_commit(), "rows": args.rows, "data": str(data), "model": manifest["fingerprint"],
+              "decoder": manifest.get("decoder", "repeat"), "load_average_start": loadavg()}
     log("in-memory encode vs decode")
     result["in_memory"] = in_memory(model_dir, data, args.rows, args.rounds)
     log("whole jobs: encode, then decode its codes")
