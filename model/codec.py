@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from seqcodec.model.config import CodecConfig
+from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig
+from seqcodec.model.fused import fused_decoder, fused_encoder
 from seqcodec.model.network import greedy_decoder
 from seqcodec.model.tfenv import keras, tf
 
 DEFAULT_BATCH_SIZE = 512
+# Lengths are padded up to a multiple of this for XLA, so it compiles a few widths, not every length.
+WIDTH_STEP = 4
 
 
 def flatten(sequences: Sequence[np.ndarray] | Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -45,18 +50,95 @@ def pad_shifted(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np
     return out
 
 
-def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped into batches of similar length (stable sort), so padding stays small."""
+def token_batches(lengths: np.ndarray, token_budget: int, max_rows: int | None = None) -> list[np.ndarray]:
+    """Row indices sorted by length (stable), cut into batches of at most ``token_budget`` padded tokens.
+
+    A batch's padded size is its row count times its longest row; ``max_rows`` also caps the rows.
+    A row longer than the whole budget still gets a batch of its own.
+    """
     order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
+    widths = np.maximum(lengths[order], 1)
+    batches, start, n = [], 0, order.size
+    while start < n:
+        # Widths grow along the sorted rows, so rows x widest grows with the row count: the batch
+        # is the longest prefix that fits (at least one row).
+        most = min(n - start, max(1, token_budget // int(widths[start])), max_rows or n)
+        padded = np.arange(1, most + 1) * widths[start : start + most]
+        rows = max(1, int(np.searchsorted(padded, token_budget, side="right")))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of ``batch_size`` rows of similar length (stable sort)."""
+    return token_batches(lengths, np.iinfo(np.int64).max, max_rows=batch_size)
+
+
+class XlaSteps:
+    """A step function compiled by XLA once per distinct input shape, with its compiles counted and timed.
+
+    Callers keep the shapes few (bucketed lengths, a fixed set of batch rows), because every new
+    shape costs a compile of seconds. ``compiles`` maps each shape seen to the seconds its first
+    call took (trace, compile and one run).
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = tf.function(fn, jit_compile=True)
+        self.compiles: dict[tuple, float] = {}
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        key = tuple(a.shape for a in arrays)
+        if key in self.compiles:
+            return self.fn(*arrays).numpy()
+        start = time.perf_counter()
+        out = self.fn(*arrays).numpy()
+        self.compiles[key] = time.perf_counter() - start
+        return out
+
+    @property
+    def compile_seconds(self) -> float:
+        return sum(self.compiles.values())
+
+
+def bucket_widths(lengths: np.ndarray, step: int, cap: int) -> np.ndarray:
+    """Lengths rounded up to a multiple of ``step`` (at most ``cap``): the few widths XLA compiles for."""
+    return np.minimum(-(-lengths // step) * step, max(cap, 1))
+
+
+def shape_plan(
+    lengths: np.ndarray, token_budget: int, step: int, cap: int, spare: int = 0
+) -> list[tuple[np.ndarray, int, int]]:
+    """Fixed-shape batches for XLA: (row indices, width, padded rows), padded rows 0 for "run uncompiled".
+
+    Rows are grouped by bucketed width and cut into full batches of ``token_budget // width`` rows
+    (less ``spare`` rows kept free for padding). A partial last batch of a width is padded up to the
+    full row count when it fills at least half of it; smaller ones would waste more than they gain,
+    so they run through the shape-agnostic graph function instead.
+    """
+    widths = bucket_widths(lengths, step, cap)
+    order = np.argsort(widths, kind="stable")
+    cuts = np.flatnonzero(np.diff(widths[order])) + 1
+    plan = []
+    for group in np.split(order, cuts) if order.size else []:
+        width = int(widths[group[0]])
+        full = max(1 + spare, token_budget // width)
+        per_batch = max(1, full - spare)
+        for begin in range(0, group.size, per_batch):
+            rows = group[begin : begin + per_batch]
+            plan.append((rows, width, full if rows.size * 2 >= per_batch else 0))
+    return plan
 
 
 class SequenceCodec:
     """A trained encoder/decoder pair behind a numpy API.
 
     ``encode(sequences) -> float32 (N, hidden + 1)`` and ``decode(codes) -> list of int arrays``.
-    Inputs are sorted by length, cut into batches, padded per batch and run through compiled
-    functions; results come back in input order and equal one-at-a-time results.
+    Inputs are sorted by length and cut into batches of at most ``token_budget`` padded tokens
+    (and ``batch_size`` rows, if given). Each batch is padded to its longest row and run through a
+    graph function of the fused steps (``model/fused.py``; with ``fused=False`` the Keras layers as
+    they are). With ``xla`` batches are padded to a few fixed shapes instead and run through
+    XLA-compiled steps. Results come back in input order and equal one-at-a-time results (within 1e-5).
     """
 
     def __init__(
@@ -65,7 +147,10 @@ class SequenceCodec:
         decoder: keras.Model,
         config: CodecConfig,
         fingerprint: str = "",
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        xla: bool = False,
+        fused: bool = True,
     ) -> None:
         self.encoder = encoder
         self.decoder = decoder
@@ -73,17 +158,44 @@ class SequenceCodec:
         self.fingerprint = fingerprint
         self.batch_size = batch_size
         self.manifest = None  # the model directory's Manifest, when loaded from one
-        # One trace each for any batch shape: keras' predict() costs milliseconds per call.
-        self._encode_fn = tf.function(
-            lambda ids: encoder(ids, training=False),
-            input_signature=[tf.TensorSpec([None, None], tf.int32)],
-        )
-        if config.decoder == "autoregressive":
-            decode = greedy_decoder(decoder, config)
+        self.token_budget = token_budget
+        self.xla = xla
+
+        def encode_step(ids: Any) -> Any:
+            return encoder(ids, training=False)
+
+        autoregressive = config.decoder == "autoregressive"
+        if autoregressive:
+            decode_step = greedy_decoder(decoder, config)
         else:
-            def decode(codes: tf.Tensor) -> tf.Tensor:
+            def decode_step(codes: Any) -> Any:
                 return tf.argmax(decoder(codes, training=False), axis=-1, output_type=tf.int32)
-        self._decode_fn = tf.function(decode, input_signature=[tf.TensorSpec([None, config.code_size], tf.float32)])
+
+        fused_encode = fused_decode = None
+        if fused:  # networks of another structure keep their Keras steps
+            fused_encode = fused_encoder(encoder, config)
+            # The autoregressive decoder has its own step loop (network.greedy_decoder).
+            fused_decode = None if autoregressive else fused_decoder(decoder, config)
+            encode_step, decode_step = fused_encode or encode_step, fused_decode or decode_step
+        self.fused = fused_encode is not None
+
+        # One trace each for any batch shape: keras' predict() costs milliseconds per call.
+        self._encode_fn = tf.function(encode_step, input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        self._decode_fn = tf.function(
+            decode_step, input_signature=[tf.TensorSpec([None, config.code_size], tf.float32)]
+        )
+        self.xla_encode = XlaSteps(encode_step)
+        self.xla_decode = XlaSteps(decode_step)
+
+    def compile_stats(self) -> dict[str, Any]:
+        """How many shapes XLA compiled and the seconds their first calls took, per step."""
+        return {
+            name: {"compiles": len(step.compiles), "seconds": round(step.compile_seconds, 3)}
+            for name, step in (("encode", self.xla_encode), ("decode", self.xla_decode))
+        }
+
+    def _use_xla(self) -> bool:
+        return self.xla and self.batch_size is None
 
     # -- encode ---------------------------------------------------------------------------------
 
@@ -98,8 +210,19 @@ class SequenceCodec:
         lengths = np.diff(offsets)
         self.check_sequences(values, offsets)
         codes = np.empty((lengths.size, self.config.code_size), dtype=np.float32)
-        for rows in length_batches(lengths, self.batch_size):
-            codes[rows] = self._encode_fn(tf.constant(pad_shifted(values, offsets, rows))).numpy()
+        if not self._use_xla():
+            for rows in token_batches(lengths, self.token_budget, self.batch_size):
+                codes[rows] = self._encode_fn(tf.constant(pad_shifted(values, offsets, rows))).numpy()
+            return codes
+        for rows, width, padded in shape_plan(lengths, self.token_budget, WIDTH_STEP, self.config.max_length):
+            ids = pad_shifted(values, offsets, rows)
+            if not padded:
+                codes[rows] = self._encode_fn(tf.constant(ids)).numpy()
+                continue
+            # Rows of padding only (all ids 0) keep a zero state and are dropped.
+            fixed = np.zeros((padded, width), dtype=np.int32)
+            fixed[: rows.size, : ids.shape[1]] = ids
+            codes[rows] = self.xla_encode(fixed)[: rows.size]
         return codes
 
     def check_sequences(self, values: np.ndarray, offsets: np.ndarray) -> None:
@@ -137,12 +260,28 @@ class SequenceCodec:
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         values = np.empty(int(offsets[-1]), dtype=np.int32)
-        for rows in length_batches(lengths, self.batch_size):
-            tokens = self._decode_fn(tf.constant(codes[rows], dtype=tf.float32)).numpy()
+        for rows, tokens in self._decode_batches(codes, lengths):
             # Both decoders are causal and row-independent, so cutting each row back to its own length is exact.
             row_of, col_of = ragged_positions(lengths[rows])
             values[offsets[rows][row_of] + col_of] = tokens[row_of, col_of]
         return values, offsets
+
+    def _decode_batches(self, codes: np.ndarray, lengths: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row indices, decoded token matrix) per batch, through XLA or the graph function."""
+        if not self._use_xla():
+            for rows in token_batches(lengths, self.token_budget, self.batch_size):
+                yield rows, self._decode_fn(tf.constant(codes[rows], dtype=tf.float32)).numpy()
+            return
+        # The decoder runs as many steps as the longest length field in the batch, so one spare
+        # row always carries the bucket's width: the shape XLA sees is (rows, width) exactly.
+        for rows, width, padded in shape_plan(lengths, self.token_budget, WIDTH_STEP, self.config.max_length, spare=1):
+            if not padded:
+                yield rows, self._decode_fn(tf.constant(codes[rows], dtype=tf.float32)).numpy()
+                continue
+            fixed = np.repeat(codes[rows[:1]].astype(np.float32), padded, axis=0)
+            fixed[: rows.size] = codes[rows]
+            fixed[rows.size :, 0] = width
+            yield rows, self.xla_decode(fixed)
 
     def check_codes(self, codes: np.ndarray) -> np.ndarray:
         """Validate codes and return their lengths (int64); ValueError names the first bad row."""

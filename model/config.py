@@ -1,4 +1,4 @@
-"""The codec's shape: vocabulary, lengths and layer sizes, checked once and shared by every part."""
+"""The codec's shape (vocabulary, lengths, layer sizes) and how it runs (batching, XLA, threads)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,26 @@ class CodecConfig:
         """Build from a manifest, ignoring keys that are not configuration."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# Padded tokens (rows x longest row) per model call; measured in docs/BENCHMARKS.md.
+DEFAULT_TOKEN_BUDGET = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """How a worker runs the codec: batch size in padded tokens (and rows), XLA or not, TF threads.
+
+    ``batch_size`` caps the rows per model call (and turns XLA off). ``tf_threads`` 0 means one
+    share of the machine's cores per worker process (``workers``); see ``tfenv.configure_threads``.
+    """
+
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    batch_size: int | None = None
+    xla: bool = False
+    tf_threads: int = 0
+    workers: int = 1
+
+    def codec_options(self) -> dict[str, Any]:
+        """Keyword arguments for SequenceCodec / load_codec."""
+        return {"token_budget": self.token_budget, "batch_size": self.batch_size, "xla": self.xla}

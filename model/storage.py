@@ -101,8 +101,11 @@ def localize_model_dir(model_dir: str) -> str:
     return local
 
 
-def load_codec(model_dir: str | os.PathLike, batch_size: int | None = None) -> SequenceCodec:
-    """Load a model directory written by ``save_codec`` (on any Beam filesystem) and verify its fingerprint."""
+def load_codec(model_dir: str | os.PathLike, **options: Any) -> SequenceCodec:
+    """Load a model directory written by ``save_codec`` (on any Beam filesystem) and verify its fingerprint.
+
+    ``options`` go to SequenceCodec (``batch_size``, ``token_budget``, ``xla``).
+    """
     model_dir = os.fspath(model_dir)
     manifest = read_manifest(model_dir)
     config = manifest.config
@@ -125,8 +128,7 @@ def load_codec(model_dir: str | os.PathLike, batch_size: int | None = None) -> S
             f"model directory {model_dir}: weights fingerprint {actual} does not match the manifest's "
             f"{manifest.fingerprint!r} (files changed or mixed from different models)"
         )
-    kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    codec = SequenceCodec(encoder, decoder, config, fingerprint=actual, **kwargs)
+    codec = SequenceCodec(encoder, decoder, config, fingerprint=actual, **options)
     codec.manifest = manifest
     return codec
 

@@ -54,4 +54,26 @@ _import_quietly()
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-__all__ = ["keras", "tf"]
+__all__ = ["configure_threads", "keras", "tf"]
+
+
+def configure_threads(threads: int = 0, workers: int = 1) -> int:
+    """Size TensorFlow's intra- and inter-op thread pools; returns the intra-op width in effect.
+
+    ``threads`` > 0 is taken as is; 0 shares the cores this process may use among ``workers``
+    processes on the machine (0 workers: one per core), so N workers do not each start a pool
+    as wide as the machine. TensorFlow fixes its pools when it first runs an op: after that
+    this only reports (and warns if the pools differ from the request).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    want = threads or max(1, cores // (workers or cores))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(want)
+        tf.config.threading.set_inter_op_parallelism_threads(want)
+    except RuntimeError:  # already initialised in this process (e.g. the model was loaded before)
+        current = tf.config.threading.get_intra_op_parallelism_threads() or cores
+        if current != want:
+            logging.getLogger("seqcodec").warning(
+                "TensorFlow already runs %d threads per op in this process; %d requested", current, want)
+        return current
+    return want

@@ -42,7 +42,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
         ValidateCodes(m.code_size, m.max_length, job.id_column, job.code_column)
     ).with_outputs(ERRORS_TAG, main="valid")
     stage = add_decode_stage(checked.valid, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
-                             job.batch_size, job.num_shards, total_rows=job.progress_total, vocab=job.vocab)
+                             job.batching, job.num_shards, total_rows=job.progress_total, vocab=job.vocab)
     errors_written = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), code_error_schema(job.inputs.id_type), 1
     )

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
+from seqcodec.model.config import Batching
 from seqcodec.model.data import read_vocab, token_text
 from seqcodec.model.figures import percent
 from seqcodec.model.manifest import Manifest
@@ -55,7 +56,7 @@ def add_decode_stage(
     id_type: pa.DataType,
     facts: dict[str, Any],
     model_dir: str,
-    batch_size: int,
+    batching: Batching,
     num_shards: int = 0,
     compare: bool = False,
     mismatches: int = 0,
@@ -70,7 +71,7 @@ def add_decode_stage(
     the round trip's baseline. With a ``vocab`` the decoded rows get a ``text`` column and the
     mismatch examples their words.
     """
-    decoded = tables | "Decode" >> DecodeTables(model_dir, batch_size, compare, total_rows=total_rows)
+    decoded = tables | "Decode" >> DecodeTables(model_dir, batching, compare, total_rows=total_rows)
     schema = decoded_schema(id_type, facts)
     if vocab is not None:
         schema = schema.append(pa.field("text", pa.string()))

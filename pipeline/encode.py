@@ -44,13 +44,13 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column, job.max_batch_rows)
     # The library's transform, on Arrow tables; with decode the codes keep their tokens so decoding can compare.
     encoded = tables | "Encode" >> EncodeSequences(
-        job.model_dir, manifest=m, too_long=job.too_long, batch_size=job.batch_size, id_field=job.id_column,
+        job.model_dir, manifest=m, too_long=job.too_long, batching=job.batching, id_field=job.id_column,
         tokens_field=job.tokens_column, keep_tokens=job.decode, total_rows=job.progress_total,
     )
     if job.decode:
         codes = encoded.main | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
         stage = add_decode_stage(encoded.main, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
-                                 job.batch_size, job.num_shards, compare=True, mismatches=job.mismatches,
+                                 job.batching, job.num_shards, compare=True, mismatches=job.mismatches,
                                  total_rows=job.progress_total, vocab=job.vocab)
     else:
         codes = encoded.main

@@ -7,6 +7,7 @@ import argparse
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
 from seqcodec.model.data import first_line
 from seqcodec.pipeline.errors import EXIT_CODES_HELP, HelpFormatter, check_positive
 
@@ -33,7 +34,17 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory: the run's partition, or with --run-date the parent of its partitions")
     parser.add_argument("--model-dir", required=True, help="model directory written by `seqcodec train`")
     parser.add_argument("--id-column", default="id")
-    parser.add_argument("--batch-size", type=int, default=512, help="sequences per model call (default 512)")
+    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_TOKEN_BUDGET,
+                        help=f"padded tokens per model call (default {DEFAULT_TOKEN_BUDGET}): short rows make "
+                             "batches of many rows, long rows of few")
+    parser.add_argument("--batch-size", type=int,
+                        help="also at most this many sequences per model call (default: no cap; not with --xla)")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
+                        help="run the model through XLA-compiled steps of a few fixed shapes; each shape costs "
+                             "seconds of compiling per worker (default off, see docs/BENCHMARKS.md)")
+    parser.add_argument("--tf-threads", type=int, default=0, metavar="N",
+                        help="TensorFlow threads per op in each worker process (default 0: the machine's cores "
+                             "divided by the worker processes the runner starts on it)")
     parser.add_argument("--num-shards", type=int, default=0, help="output shards (default: the runner decides)")
     parser.add_argument("--max-batch-rows", type=int, default=65536,
                         help="largest Arrow batch handed to the model at once; bigger row groups are sliced")
@@ -60,7 +71,11 @@ def check_run_options(args: argparse.Namespace) -> None:
 
 def check_io_arguments(args: argparse.Namespace) -> None:
     """ValueError (one line, exit 2) for any bad shared option, before anything runs."""
-    check_positive(args, "batch_size", "max_batch_rows")
+    check_positive(args, "batch_tokens", "max_batch_rows")
+    if args.batch_size is not None:
+        check_positive(args, "batch_size")
+    if args.tf_threads < 0:
+        raise ValueError(f"--tf-threads must be >= 0, got {args.tf_threads}")
     if args.num_shards < 0:
         raise ValueError(f"--num-shards must be >= 0, got {args.num_shards}")
     check_run_options(args)

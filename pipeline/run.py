@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineState
 
+from seqcodec.model.config import Batching
 from seqcodec.model.data import first_line
 from seqcodec.model.manifest import Manifest
 from seqcodec.pipeline.decode_stage import decode_report, log_roundtrip
@@ -42,7 +43,7 @@ class Job:
     manifest: Manifest
     staging: str
     id_column: str = "id"
-    batch_size: int = 512
+    batching: Batching = Batching()
     num_shards: int = 0
     max_batch_rows: int = 65536
     progress_total: int | None = None  # rows one worker will see in all, where a single worker does everything
@@ -52,7 +53,8 @@ class Job:
         """The job from the shared command-line options (add_io_arguments) plus the job's ``own`` fields."""
         return cls(
             inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=staging, id_column=args.id_column,
-            batch_size=args.batch_size, num_shards=args.num_shards, max_batch_rows=args.max_batch_rows, **own,
+            batching=Batching(args.batch_tokens, args.batch_size, args.xla, args.tf_threads),
+            num_shards=args.num_shards, max_batch_rows=args.max_batch_rows, **own,
         )
 
     def model_facts(self) -> dict[str, Any]:

@@ -1,10 +1,19 @@
 """SequenceCodec: batched encode/decode equal one-at-a-time results, input validation, numpy helpers."""
 
+import dataclasses
+
 import numpy as np
 import pytest
-from conftest import random_sequences
+from conftest import build_codec, random_sequences
 
-from seqcodec.model.codec import SequenceCodec, length_batches, pad_shifted, ragged_positions
+from seqcodec.model.codec import (
+    SequenceCodec,
+    length_batches,
+    pad_shifted,
+    ragged_positions,
+    shape_plan,
+    token_batches,
+)
 from seqcodec.model.network import start_id
 
 VOCAB, MAX_LEN = 13, 12
@@ -23,8 +32,45 @@ def sequences() -> list[np.ndarray]:
 
 
 def with_batch_size(codec: SequenceCodec, batch_size: int) -> SequenceCodec:
-    """The same networks behind a codec that cuts its input into batches of ``batch_size``."""
+    """The same networks behind a codec that cuts its input into batches of ``batch_size`` (graph path)."""
     return SequenceCodec(codec.encoder, codec.decoder, codec.config, batch_size=batch_size)
+
+
+# A budget this small gives full batches of 6, 3 and 2 rows at widths 4, 8 and 12, so the mixed
+# sequences run mostly through XLA-compiled fixed shapes (and the small leftovers through the graph).
+XLA_BUDGET = 24
+
+
+@pytest.fixture(scope="module")
+def xla_codec(tiny_codec) -> SequenceCodec:
+    return SequenceCodec(tiny_codec.encoder, tiny_codec.decoder, tiny_codec.config, token_budget=XLA_BUDGET, xla=True)
+
+
+@pytest.mark.parametrize("shape", [{}, {"bidirectional": False, "position_signal": False}])
+def test_fused_steps_equal_the_keras_networks(tiny_config, shape, sequences):
+    """The default path folds input projections into tables; the Keras layers as they are must agree."""
+    config = dataclasses.replace(tiny_config, **shape)
+    fused = build_codec(config, seed=4)
+    keras_steps = SequenceCodec(fused.encoder, fused.decoder, config, fused=False)
+    assert fused.fused and not keras_steps.fused
+    codes = fused.encode(sequences)
+    np.testing.assert_allclose(codes, keras_steps.encode(sequences), rtol=0, atol=1e-5)
+    for got, want in zip(fused.decode(codes), keras_steps.decode(codes), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_fused_steps_follow_the_current_weights(tiny_config, sequences):
+    """Training evaluates through a codec built before the weights change: it must see the new ones."""
+    fused = build_codec(tiny_config, seed=6)
+    before = fused.encode(sequences)
+    for variable in fused.encoder.weights + fused.decoder.weights:
+        variable.assign(np.asarray(variable) * 1.5 + 0.01)
+    after = fused.encode(sequences)
+    assert np.abs(after - before).max() > 1e-3
+    keras_steps = SequenceCodec(fused.encoder, fused.decoder, tiny_config, fused=False)
+    np.testing.assert_allclose(after, keras_steps.encode(sequences), rtol=0, atol=1e-5)
+    for got, want in zip(fused.decode(after), keras_steps.decode(after), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def one_at_a_time_codes(codec: SequenceCodec, seqs) -> np.ndarray:
@@ -43,6 +89,20 @@ def test_batched_encode_equals_one_at_a_time(tiny_codec, sequences, batch_size):
     np.testing.assert_allclose(codes, single, rtol=0, atol=1e-5)
     # Codes carry information: different sequences do not collapse onto one code.
     assert np.unique(codes[:, 1:].round(5), axis=0).shape[0] > len(sequences) // 2
+
+
+def test_xla_encode_equals_one_at_a_time_on_few_shapes(xla_codec, tiny_codec, sequences):
+    codes = xla_codec.encode(sequences)
+    np.testing.assert_allclose(codes, one_at_a_time_codes(tiny_codec, sequences), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(codes[:, 0], [len(s) for s in sequences])
+    # One compiled shape per bucketed width: (budget // width rows, width), whatever the input.
+    shapes = {shape for (shape,) in xla_codec.xla_encode.compiles}
+    assert shapes == {(XLA_BUDGET // w, w) for w in (4, 8, 12)}
+    xla_codec.encode(sequences[::-1])
+    xla_codec.encode(sequences[:17])
+    assert {shape for (shape,) in xla_codec.xla_encode.compiles} == shapes
+    stats = xla_codec.compile_stats()["encode"]
+    assert stats["compiles"] == 3 and stats["seconds"] > 0
 
 
 def test_length_field_is_the_sequence_length(tiny_codec, sequences):
@@ -138,6 +198,16 @@ def test_batched_decode_equals_one_at_a_time(any_codec, sequences, batch_size):
         np.testing.assert_array_equal(tokens, alone)
 
 
+def test_xla_decode_equals_one_at_a_time_on_few_shapes(xla_codec, tiny_codec, sequences):
+    codes = tiny_codec.encode(sequences)
+    decoded = xla_codec.decode(codes)
+    for i, tokens in enumerate(decoded):
+        np.testing.assert_array_equal(tokens, tiny_codec.decode(codes[i : i + 1])[0])
+    # One row of each batch is kept for padding, which carries the width as its length field.
+    shapes = {shape for (shape,) in xla_codec.xla_decode.compiles}
+    assert shapes == {(XLA_BUDGET // w, tiny_codec.config.code_size) for w in (4, 8, 12)}
+
+
 def test_decode_preserves_input_order(any_codec, sequences):
     codes = any_codec.encode(sequences)
     decoded = any_codec.decode(codes)
@@ -230,6 +300,34 @@ def test_pad_shifted_pads_selected_rows_with_ids_plus_one():
     np.testing.assert_array_equal(out, [[13, 0, 0], [1, 2, 3], [6, 1, 0]])
     # Width is the longest selected row, not the longest row overall.
     np.testing.assert_array_equal(pad_shifted(values, offsets, np.array([2, 1])), [[6, 1], [13, 0]])
+
+
+def test_token_batches_stay_within_the_budget():
+    lengths = np.random.default_rng(0).integers(1, 30, size=500)
+    for budget in (1, 29, 64, 1000, 10**9):
+        batches = token_batches(lengths, budget)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(lengths.size))
+        flat = np.concatenate([lengths[b] for b in batches])
+        assert (np.diff(flat) >= 0).all()  # sorted by length across and within batches
+        for b in batches:
+            assert b.size == 1 or b.size * lengths[b].max() <= budget
+    # Nearly full: short rows fill a batch, each batch holds as many rows as fit its widest row.
+    assert [b.size for b in token_batches(np.full(10, 3), 12)] == [4, 4, 2]
+    assert [b.size for b in token_batches(np.array([1, 1, 1, 5, 5]), 10)] == [3, 2]
+    assert [b.size for b in token_batches(np.full(7, 2), 100, max_rows=3)] == [3, 3, 1]
+    assert token_batches(np.zeros(0, np.int64), 16) == []
+
+
+def test_shape_plan_uses_fixed_shapes_and_covers_every_row():
+    lengths = np.random.default_rng(1).integers(1, 13, size=300)
+    plan = shape_plan(lengths, 24, step=4, cap=12)
+    assert sorted(np.concatenate([rows for rows, _, _ in plan]).tolist()) == list(range(lengths.size))
+    for rows, width, padded in plan:
+        assert lengths[rows].max() <= width and width in (4, 8, 12)
+        assert padded in (0, 24 // width) and rows.size <= 24 // width
+        assert padded or rows.size * 2 < 24 // width  # only small leftovers skip XLA
+    spare = shape_plan(lengths, 24, step=4, cap=12, spare=1)
+    assert all(rows.size < padded for rows, _, padded in spare if padded)
 
 
 def test_length_batches_groups_similar_lengths_stably():

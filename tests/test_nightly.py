@@ -189,7 +189,8 @@ def test_killed_run_leaves_the_previous_partition_and_publishes_nothing(seqcodec
     log = tmp_path / "job.log"
     env = {**os.environ, "SEQCODEC_PROGRESS_SECONDS": "0.2", "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "seqcodec.pipeline.cli", "encode", "--input", str(big), "--output", str(out),
-            "--model-dir", str(tiny_model_dir), "--run-date", DATE, "--batch-size", "1"]
+            "--model-dir", str(tiny_model_dir), "--run-date", DATE, "--batch-size", "1",
+            "--max-batch-rows", "100"]  # 30 tables (small row groups merge up to this): progress between them
     with open(log, "wb") as stderr:
         job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=ROOT)
     try:

@@ -29,6 +29,7 @@ from helpers_beam import (
     write_table,
 )
 
+from seqcodec.model.config import Batching
 from seqcodec.pipeline.options import direct_runner
 from seqcodec.transforms.parquet_io import ReadBatches, slice_tables
 from seqcodec.transforms.sequences import EncodeSequences
@@ -289,7 +290,7 @@ def test_encode_tables_equals_sequence_codec(tiny_model_dir, tiny_codec):
         check(diff <= ATOL, f"codes differ from SequenceCodec.encode by {diff}")
 
     p = make_pipeline()
-    codes = (p | Create(inputs) | EncodeSequences(str(tiny_model_dir), batch_size=4)).main
+    codes = (p | Create(inputs) | EncodeSequences(str(tiny_model_dir), batching=Batching(batch_size=4))).main
     assert_that(codes, check_codes)
     counters = counters_of(p.run())
     assert counters["rows_encoded"] == 40
@@ -306,7 +307,8 @@ def test_read_token_batches_multi_row_group(tmp_path):
     assert pq.ParquetFile(path).metadata.num_row_groups == 3
 
     def check_tables(tables):
-        check(sorted(t.num_rows for t in tables) == [2, 2, 4, 4], f"one table per row group: {tables}")
+        # The three row groups of a.parquet merge into one table; b.parquet's int64 lists cannot join them.
+        check(sorted(t.num_rows for t in tables) == [2, 10], f"small row groups coalesced: {tables}")
         check(all(t.column_names == ["id", "tokens"] for t in tables), "projected to id and tokens")
         rows = sorted(row for t in tables for row in zip(t.column("id").to_pylist(), t.column("tokens").to_pylist(),
                                                          strict=True))
@@ -314,6 +316,27 @@ def test_read_token_batches_multi_row_group(tmp_path):
 
     p = make_pipeline()
     assert_that(p | ReadBatches((str(path), str(path2)), "id", "tokens"), check_tables)
+    p.run()
+
+
+def test_read_batches_coalesces_small_files_and_row_groups(tmp_path):
+    """40 files of 2-3 rows each (row groups of 1-2) come out as few full tables, every row exactly once."""
+    expected, paths = [], []
+    for f in range(40):
+        seqs = [s.tolist() for s in random_sequences(2 + f % 2, VOCAB, MAX_LEN, seed=f)]
+        ids = [f * 10 + i for i in range(len(seqs))]
+        paths.append(str(write_table(tmp_path / f"part-{f:02d}.parquet", ids, seqs, row_group_size=2)))
+        expected += list(zip(ids, seqs, strict=True))
+
+    def check_tables(tables):
+        sizes = [t.num_rows for t in tables]
+        check(max(sizes) <= 16 and len(sizes) < 20, f"tables of at most 16 rows, far fewer than files: {sizes}")
+        rows = sorted(row for t in tables for row in zip(t.column("id").to_pylist(), t.column("tokens").to_pylist(),
+                                                         strict=True))
+        check(rows == sorted(expected), "every row exactly once")
+
+    p = make_pipeline()
+    assert_that(p | ReadBatches(tuple(paths), "id", "tokens", max_rows=16), check_tables)
     p.run()
 
 

@@ -5,6 +5,7 @@ Each handler loads the model once per worker process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -19,7 +20,9 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base as _beam_base
 from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 
+from seqcodec.model.config import Batching
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 # Seconds between two progress lines of one worker (SEQCODEC_PROGRESS_SECONDS overrides).
@@ -83,13 +86,31 @@ class Progress:
                          rate)
 
 
+def worker_processes(options: PipelineOptions) -> int:
+    """SDK worker processes per machine that the runner will start (0: one per core).
+
+    The DirectRunner says so in its options; Dataflow starts one Python process per vCPU;
+    portable runners (Flink, Spark) start ``--sdk_worker_parallelism`` (default 1).
+    """
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if runner in ("DirectRunner", "direct", "BundleBasedDirectRunner"):
+        direct = options.view_as(DirectOptions)
+        return direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else 1
+    if "Dataflow" in runner:
+        return 0
+    return options.view_as(PortableOptions).sdk_worker_parallelism or 1
+
+
 class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
     """What both codec handlers share: one Arrow table per call, the model loaded once per worker."""
 
-    def __init__(self, model_dir: str, batch_size: int, done: str, total_rows: int | None = None) -> None:
+    def __init__(self, model_dir: str, batching: Batching | int | None, done: str,
+                 total_rows: int | None = None) -> None:
         # Each element is already a batch of rows (a row group or a slice): RunInference must not add another.
         super().__init__(min_batch_size=1, max_batch_size=1)
-        self.model_dir, self.batch_size = model_dir, batch_size
+        # A plain number is a row cap (``batch_size``); None is the default token budget.
+        self.model_dir = model_dir
+        self.batching = batching if isinstance(batching, Batching) else Batching(batch_size=batching)
         self.rows = Metrics.counter(METRICS_NAMESPACE, f"rows_{done}")
         self.progress = Progress(done, total_rows)
 
@@ -100,8 +121,11 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
 
     def load_model(self) -> Any:
         from seqcodec.model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
+        from seqcodec.model.tfenv import configure_threads
 
-        return load_codec(self.model_dir, batch_size=self.batch_size)
+        threads = configure_threads(self.batching.tf_threads, self.batching.workers)
+        log.debug("TensorFlow threads per op: %d (%d worker process(es) per machine)", threads, self.batching.workers)
+        return load_codec(self.model_dir, **self.batching.codec_options())
 
     def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
         return sum(table.nbytes for table in batch)
@@ -115,8 +139,8 @@ class CodecEncoderHandler(CodecHandler):
     and runs its compiled encoder. The model directory may be on any Beam filesystem.
     """
 
-    def __init__(self, model_dir: str, batch_size: int, total_rows: int | None = None) -> None:
-        super().__init__(model_dir, batch_size, "encoded", total_rows)
+    def __init__(self, model_dir: str, batching: Batching | None = None, total_rows: int | None = None) -> None:
+        super().__init__(model_dir, batching, "encoded", total_rows)
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
@@ -138,6 +162,17 @@ class CodecEncoderKeepingTokens(CodecEncoderHandler):
     ) -> Iterable[pa.Table]:
         for table, codes in zip(batch, super().run_inference(batch, model, inference_args), strict=True):
             yield codes.append_column("tokens", table.column("tokens"))
+
+
+def for_pipeline(handler: CodecHandler, pcoll: beam.PCollection) -> CodecHandler:
+    """The handler, its thread policy told how many worker processes the pipeline's runner starts per machine."""
+    handler.batching = dataclasses.replace(handler.batching, workers=worker_processes(pcoll.pipeline.options))
+    return handler
+
+
+def run_codec(tables: beam.PCollection, handler: CodecHandler) -> beam.PCollection:
+    """RunInference with a codec handler whose thread policy knows the pipeline's worker processes."""
+    return tables | "RunInference" >> RunInference(for_pipeline(handler, tables))
 
 
 # -- decoding and the round trip ---------------------------------------------------------------------
@@ -171,8 +206,9 @@ class CodecDecoderHandler(CodecHandler):
     ``correct``, the number of positions each decoded row got right.
     """
 
-    def __init__(self, model_dir: str, batch_size: int, compare: bool = False, total_rows: int | None = None) -> None:
-        super().__init__(model_dir, batch_size, "decoded", total_rows)
+    def __init__(self, model_dir: str, batching: Batching | None = None, compare: bool = False,
+                 total_rows: int | None = None) -> None:
+        super().__init__(model_dir, batching, "decoded", total_rows)
         self.compare = compare
 
     def run_inference(
@@ -200,10 +236,10 @@ class CodecDecoderHandler(CodecHandler):
 class DecodeTables(beam.PTransform):
     """Valid code tables -> decoded tables, through RunInference and the codec's batched decoder."""
 
-    def __init__(self, model_dir: str, batch_size: int = 512, compare: bool = False,
+    def __init__(self, model_dir: str, batching: Batching | None = None, compare: bool = False,
                  total_rows: int | None = None) -> None:
         super().__init__()
-        self.handler = CodecDecoderHandler(model_dir, batch_size, compare, total_rows)
+        self.handler = CodecDecoderHandler(model_dir, batching, compare, total_rows)
 
     def expand(self, tables):
-        return tables | "RunInference" >> RunInference(self.handler)
+        return run_codec(tables, self.handler)

@@ -213,8 +213,51 @@ def slice_tables(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:
         yield table.slice(start, max_rows)
 
 
+def schema_key(schema: pa.Schema) -> tuple:
+    """Names, types and nullability: tables with equal keys concatenate (metadata may differ)."""
+    return tuple((f.name, f.type, f.nullable) for f in schema)
+
+
+class CoalesceTables(beam.DoFn):
+    """Merge small tables of one bundle into tables of ``rows`` rows; large ones pass through untouched.
+
+    Small row groups and small files would otherwise each become one model call with its own
+    length sort, so batches stay tiny. At most ``rows`` rows (plus one incoming table) are held
+    per schema; whatever is left is emitted when the bundle finishes, so every row comes out once.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def start_bundle(self) -> None:
+        self.pending: dict[tuple, list[pa.Table]] = {}
+
+    def process(self, table: pa.Table) -> Iterable[pa.Table]:
+        if table.num_rows >= self.rows:
+            yield table
+            return
+        key = schema_key(table.schema)
+        pending = self.pending.setdefault(key, [])
+        pending.append(table)
+        if sum(t.num_rows for t in pending) < self.rows:
+            return
+        merged = pa.concat_tables(pending).combine_chunks()
+        full = merged.num_rows - merged.num_rows % self.rows
+        yield from slice_tables(merged.slice(0, full), self.rows)
+        self.pending[key] = [merged.slice(full)] if full < merged.num_rows else []
+
+    def finish_bundle(self) -> Iterable[beam.utils.windowed_value.WindowedValue]:
+        for pending in self.pending.values():
+            if pending:
+                yield beam.transforms.window.GlobalWindows.windowed_value(pa.concat_tables(pending).combine_chunks())
+        self.pending = {}
+
+
 class ReadBatches(beam.PTransform):
-    """Read the checked files' row groups as Arrow tables of at most ``max_rows`` rows, projected to two columns."""
+    """Read the checked files' row groups as Arrow tables of at most ``max_rows`` rows, projected to two columns.
+
+    Row groups smaller than ``max_rows`` are merged (within a bundle) up to ``max_rows`` rows.
+    """
 
     def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str, max_rows: int = 65536) -> None:
         super().__init__()
@@ -227,6 +270,7 @@ class ReadBatches(beam.PTransform):
             | "Files" >> beam.Create(self.paths)
             | "Row groups" >> beam.io.ReadAllFromParquetBatched(columns=self.columns)
             | "Slice" >> beam.FlatMap(slice_tables, self.max_rows)
+            | "Coalesce" >> beam.ParDo(CoalesceTables(self.max_rows))
         )
 
 

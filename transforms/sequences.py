@@ -20,6 +20,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
+from seqcodec.model.config import Batching
 from seqcodec.model.manifest import Manifest, read_manifest
 from seqcodec.transforms.inference import (
     CodecDecoderHandler,
@@ -27,6 +28,7 @@ from seqcodec.transforms.inference import (
     CodecEncoderKeepingTokens,
     CodecHandler,
     code_matrix,
+    for_pipeline,
 )
 from seqcodec.transforms.validate import (
     ERRORS_TAG,
@@ -251,7 +253,7 @@ class _CodecTransform(beam.PTransform):
             (routed[0], batches.batches)
             | "Tables and batches" >> beam.Flatten()
             | "Validate" >> beam.ParDo(_ValidateBatches(validator))
-            | "RunInference" >> RunInference(KeyedModelHandler(handler))
+            | "RunInference" >> RunInference(KeyedModelHandler(for_pipeline(handler, pcoll)))
             | "Outputs" >> beam.ParDo(_Unbatch(to_elements)).with_outputs(ERRORS_TAG, main="main")
         )
         unreadable = batches[ERRORS_TAG] | "Unreadable" >> beam.FlatMap(lambda rows: rows)
@@ -286,19 +288,20 @@ class EncodeSequences(_CodecTransform):
     """
 
     def __init__(self, model_dir: str, *, too_long: str = "reject", batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 batch_size: int = 512, id_field: str = "id", tokens_field: str = "tokens",
+                 batch_size: int | None = None, id_field: str = "id", tokens_field: str = "tokens",
                  manifest: Manifest | None = None, keep_tokens: bool = False,
-                 total_rows: int | None = None) -> None:
+                 total_rows: int | None = None, batching: Batching | None = None) -> None:
         super().__init__(model_dir, manifest, batch_tokens, id_field, tokens_field)
         if too_long not in TOO_LONG_CHOICES:
             raise ValueError(f"too_long must be one of {', '.join(TOO_LONG_CHOICES)}, got {too_long!r}")
-        self.too_long, self.batch_size, self.keep_tokens = too_long, batch_size, keep_tokens
+        self.too_long, self.keep_tokens = too_long, keep_tokens
+        self.batching = batching or batch_size
         self.total_rows = total_rows  # the job's rows, for progress lines with a percentage
 
     def parts(self):
         m = self.manifest
         handler = (CodecEncoderKeepingTokens if self.keep_tokens else CodecEncoderHandler)(
-            self.model_dir, self.batch_size, self.total_rows)
+            self.model_dir, self.batching, self.total_rows)
         return (
             _ToTables(self.id_field, self.data_field, integer_list, pa.int64(), NOT_TOKEN_LIST),
             ValidateTokens(m.vocab_size, m.max_length, self.too_long, self.id_field, self.data_field),
@@ -318,17 +321,18 @@ class DecodeCodes(_CodecTransform):
     a list of numbers).
     """
 
-    def __init__(self, model_dir: str, *, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int = 512,
-                 id_field: str = "id", code_field: str = "code", manifest: Manifest | None = None) -> None:
+    def __init__(self, model_dir: str, *, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int | None = None,
+                 id_field: str = "id", code_field: str = "code", manifest: Manifest | None = None,
+                 batching: Batching | None = None) -> None:
         super().__init__(model_dir, manifest, batch_tokens, id_field, code_field)
-        self.batch_size = batch_size
+        self.batching = batching or batch_size
 
     def parts(self):
         m = self.manifest
         return (
             _ToTables(self.id_field, self.data_field, number_list, pa.float64(), NOT_A_CODE),
             ValidateCodes(m.code_size, m.max_length, self.id_field, self.data_field),
-            CodecDecoderHandler(self.model_dir, self.batch_size),
+            CodecDecoderHandler(self.model_dir, self.batching),
             token_elements,
         )
 
@@ -354,7 +358,7 @@ class SequenceModelHandler(CodecHandler):
     RunInference's ``with_exception_handling()``, or EncodeSequences for per-row dead letters.
     """
 
-    def __init__(self, model_dir: str, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int = 512) -> None:
+    def __init__(self, model_dir: str, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int | None = None) -> None:
         super().__init__(model_dir, batch_size, "encoded")
         # CodecHandler fixes batches of one table; here RunInference itself batches single sequences.
         # A fixed size: BatchElements' adaptive start (1) would flush an empty batch before the first sequence.

@@ -1,0 +1,127 @@
+"""Inference-only encode and decode steps with the LSTMs' input projections folded into lookup tables.
+
+The same arithmetic as the Keras layers (gate order i, f, c, o; sigmoid gates, tanh), reassociated:
+
+- encoder: ``embedding[id] @ W + b`` has one value per token id, so it is a (vocab + 1, 4U) table and
+  each step gathers its row instead of multiplying; only ``h @ U`` is left in the loop, and both
+  directions run in the same loop;
+- decoder: its input is ``h0 + position[t] + remaining[to_go]``, so ``x @ W`` is ``h0 @ W`` (once per
+  row) plus two (max_length, 4H) tables; the token is the argmax of the logits (softmax keeps the order).
+
+That removes most of the multiply-adds (all of the encoder's input side, half of the decoder's
+LSTM). Results match the Keras models within float32 rounding (tests/test_codec.py holds them to
+1e-5). ``fused_steps`` returns None for networks of another structure, which then run as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.tfenv import keras, tf
+
+Step = Callable[[Any], Any]
+
+
+def _lstm_parts(layer: Any) -> tuple[Any, Any, Any] | None:
+    """(kernel, recurrent kernel, bias) variables of a plain Keras LSTM, or None if not the standard cell."""
+    cell = getattr(layer, "cell", None)
+    if not isinstance(layer, keras.layers.LSTM) or cell is None or not cell.use_bias:
+        return None
+    if cell.activation is not keras.activations.tanh or cell.recurrent_activation is not keras.activations.sigmoid:
+        return None
+    return (cell.kernel, cell.recurrent_kernel, cell.bias)
+
+
+def _read(variable: Any) -> Any:
+    """The variable's current value: read at call time, so a codec built before or during training stays exact."""
+    return tf.convert_to_tensor(variable)
+
+
+def _cell(z: Any, c: Any) -> tuple[Any, Any]:
+    """One LSTM update from the summed pre-activations ``z`` (gates i, f, c, o) and the cell state."""
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(c), c
+
+
+def _layer(model: keras.Model, name: str) -> Any:
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        return None
+
+
+def fused_encoder(encoder: keras.Model, config: CodecConfig) -> Step | None:
+    """ids (batch, steps) int32, shifted and right-padded with 0 -> codes; None if not the standard encoder."""
+    embedding, lstm = _layer(encoder, "embedding"), _layer(encoder, "encoder_lstm")
+    if embedding is None or lstm is None:
+        return None
+    if isinstance(lstm, keras.layers.Bidirectional):
+        if lstm.merge_mode != "concat" or not lstm.backward_layer.go_backwards:
+            return None
+        parts = [_lstm_parts(lstm.forward_layer), _lstm_parts(lstm.backward_layer)]
+    else:
+        parts = [_lstm_parts(lstm)]
+    if any(p is None for p in parts):
+        return None
+    units = int(parts[0][1].shape[0])
+
+    def step(ids: Any) -> Any:
+        # One row per token id: the embedding already multiplied by each direction's input kernel.
+        table = _read(embedding.embeddings)
+        inputs = [tf.matmul(table, _read(kernel)) + _read(bias) for kernel, _, bias in parts]
+        recurrent = [_read(rec) for _, rec, _ in parts]
+        mask = tf.transpose(ids > 0)  # (steps, batch)
+        length = tf.reduce_sum(tf.cast(ids > 0, tf.float32), axis=1, keepdims=True)
+        projected = [tf.transpose(tf.gather(t, ids), [1, 0, 2]) for t in inputs]  # (steps, batch, 4U)
+        steps = tf.shape(ids)[1]
+        zeros = tf.zeros([tf.shape(ids)[0], units])
+        states = [(zeros, zeros) for _ in parts]
+        for t in tf.range(steps):
+            new_states = []
+            # The backward direction reads the sequence from its end; padding (masked) keeps its state.
+            for (h, c), x, rec, at in zip(states, projected, recurrent, (t, steps - 1 - t), strict=False):
+                h_new, c_new = _cell(tf.gather(x, at) + tf.matmul(h, rec), c)
+                keep = tf.expand_dims(tf.gather(mask, at), 1)
+                new_states.append((tf.where(keep, h_new, h), tf.where(keep, c_new, c)))
+            states = new_states
+        return tf.concat([length, *(h for h, _ in states)], axis=1)
+
+    return step
+
+
+def fused_decoder(decoder: keras.Model, config: CodecConfig) -> Step | None:
+    """codes (batch, hidden + 1) float32 -> token ids (batch, longest length) int32; None if not standard."""
+    steps_layer, lstm, dense = _layer(decoder, "steps"), _layer(decoder, "decoder_lstm"), _layer(decoder, "token_probs")
+    parts = _lstm_parts(lstm) if lstm is not None else None
+    if steps_layer is None or parts is None or dense is None or not lstm.return_sequences:
+        return None
+    if dense.activation is not keras.activations.softmax:
+        return None
+    kernel, rec, bias = parts
+    signal = steps_layer.position_signal
+    last = steps_layer.max_length - 1
+
+    def step(codes: Any) -> Any:
+        w_in, u, b = _read(kernel), _read(rec), _read(bias)
+        w_out, b_out = _read(dense.kernel), _read(dense.bias)
+        if signal:
+            position = tf.matmul(_read(steps_layer.position), w_in)
+            remaining = tf.matmul(_read(steps_layer.remaining), w_in)
+        lengths = tf.cast(tf.round(codes[:, 0]), tf.int32)
+        steps = tf.reduce_max(lengths)
+        base = tf.matmul(codes[:, 1:], w_in) + b
+        h = tf.zeros_like(codes[:, 1:])
+        c = h
+        out = tf.TensorArray(tf.int32, size=steps)
+        for t in tf.range(steps):
+            z = base + tf.matmul(h, u)
+            if signal:
+                z = z + tf.gather(position, t) + tf.gather(remaining, tf.clip_by_value(lengths - 1 - t, 0, last))
+            h, c = _cell(z, c)
+            out = out.write(t, tf.argmax(tf.matmul(h, w_out) + b_out, axis=-1, output_type=tf.int32))
+        return tf.transpose(out.stack())
+
+    return step
