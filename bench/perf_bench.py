@@ -114,7 +114,7 @@ def in_memory(model_dir: Path, data: Path, rows: int, rounds: int, variants_: di
             "encode_per_s": round(enc), "decode_per_s": round(dec),
             "encode_vs_today": round(median([a / b for a, b in zip(rate["encode"], today["encode"], strict=True)]), 3),
             "decode_vs_today": round(median([a / b for a, b in zip(rate["decode"], today["decode"], strict=True)]), 3),
-            **{f"{step}_cpu_vs_today": round(median([a / b for a, b in zip(rate[step], today[step], strict=True)]), 3)
+            **{f"{step}_vs_today": round(median([a / b for a, b in zip(rate[step], today[step], strict=True)]), 3)
                for step in ("encode_cpu", "decode_cpu")},
             "encode_gflops": round(encode_flops(base.config, tokens) * enc / rows / 1e9, 1),
             "decode_gflops": round(decode_flops(base.config, tokens) * dec / rows / 1e9, 1),
@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=60_000, help="in-memory rows")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sweep", default="4096,8192,16384,32768,65536", help="token budgets in 'budget'")
+    parser.add_argument("--xla-variant", action=argparse.BooleanOptionalAction, default=True,
+                        help="include the XLA variant in 'memory' (it compiles for minutes on a busy machine)")
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--small-rows", type=int, default=200_000)
     parser.add_argument("--job-repeats", type=int, default=2)
@@ -233,7 +235,7 @@ def main() -> None:
             "Keras steps, token budget (default 16384)": {"fused": False},
             "fused, batch 512": {"batch_size": 512},
             "fused, token budget (new default)": {},
-            "fused + XLA, token budget": {"xla": True},
+            **({"fused + XLA, token budget": {"xla": True}} if args.xla_variant else {}),
         })
     if "budget" in parts:
         log("in memory: token budget sweep (XLA)")
