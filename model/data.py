@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import logging
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -24,11 +25,21 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def require_columns(path: str, names: list[str], columns: list[str] | tuple[str, ...]) -> None:
-    """InputDataError naming the file if any of ``columns`` is not among the file's column ``names``."""
-    for column in columns:
-        if column not in names:
-            raise InputDataError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
+def require_columns(path: str, names: list[str], columns: dict[str, str]) -> None:
+    """InputDataError naming the file and every one of ``columns`` (column -> the flag that renames it) it lacks."""
+    missing = [f"{column!r} (rename with {flag})" for column, flag in columns.items() if column not in names]
+    if missing:
+        raise InputDataError(f"{path}: no column {', no column '.join(missing)}; its columns: {', '.join(names)}")
+
+
+GLOB_CHARACTERS = "*?["
+
+
+def directory_pattern(pattern: str, is_dir: bool) -> str:
+    """``DIR/*.parquet`` for a directory given without a wildcard (the jobs' outputs are folders), else ``pattern``."""
+    if is_dir and not any(c in pattern for c in GLOB_CHARACTERS):
+        return pattern.rstrip("/") + "/*.parquet"
+    return pattern
 
 
 @dataclasses.dataclass
@@ -59,8 +70,9 @@ class TokenSequences:
 
 
 def expand_glob(pattern: str) -> list[str]:
-    """Local files matching ``pattern`` (sorted); InputDataError if none."""
-    paths = sorted(p for p in glob.glob(pattern, recursive=True))
+    """Local files matching ``pattern`` (sorted), or the Parquet files of a directory; InputDataError if none."""
+    pattern = directory_pattern(pattern, os.path.isdir(pattern))
+    paths = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
     if not paths:
         raise InputDataError(f"{pattern}: no file matches")
     return paths
@@ -75,7 +87,7 @@ def token_list_type_error(field_type: pa.DataType) -> str | None:
     return None
 
 
-def open_parquet(path: str, columns: list[str]) -> pq.ParquetFile:
+def open_parquet(path: str, columns: dict[str, str]) -> pq.ParquetFile:
     """Open a Parquet file and check that it has the columns, else InputDataError naming the file."""
     try:
         file = pq.ParquetFile(path)
@@ -95,7 +107,7 @@ def read_token_sequences(pattern: str, tokens_column: str = "tokens") -> TokenSe
     length_parts: list[np.ndarray] = []
     skipped = 0
     for path in expand_glob(pattern):
-        file = open_parquet(path, [tokens_column])
+        file = open_parquet(path, {tokens_column: "--tokens-column"})
         problem = token_list_type_error(file.schema_arrow.field(tokens_column).type)
         if problem:
             raise InputDataError(f"{path}: column {tokens_column!r} {problem}")

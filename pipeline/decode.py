@@ -53,7 +53,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
 
 def parser() -> argparse.ArgumentParser:
     p = job_parser("seqcodec decode", "Decode length-prefixed codes back into token sequences.")
-    p.add_argument("--code-column", default="code")
+    p.add_argument("--code-column", default="code", help="name of the code column (default: %(default)s)")
     add_vocab_argument(p)
     return p
 

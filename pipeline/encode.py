@@ -16,7 +16,16 @@ from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline, single_worker
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
-from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, code_schema, inspect_inputs
+from seqcodec.transforms.parquet_io import (
+    CODE_DTYPES,
+    FLOAT16_EXACT_LENGTH,
+    InputFiles,
+    ReadBatches,
+    WriteTables,
+    check_code_dtype,
+    code_schema,
+    inspect_inputs,
+)
 from seqcodec.transforms.sequences import EncodeSequences
 from seqcodec.transforms.validate import TOO_LONG_CHOICES, error_schema
 
@@ -33,6 +42,7 @@ class EncodeJob(Job):
     decode: bool = False  # also decode every code, measure the round trip and write decoded/
     mismatches: int = 0  # with decode: up to this many wrongly decoded examples to roundtrip/
     vocab: tuple[str, ...] | None = None  # with decode: words beside ids in decoded/ and the examples
+    code_dtype: str = "float32"
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
@@ -46,6 +56,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     encoded = tables | "Encode" >> EncodeSequences(
         job.model_dir, manifest=m, too_long=job.too_long, batching=job.batching, id_field=job.id_column,
         tokens_field=job.tokens_column, keep_tokens=job.decode, total_rows=job.progress_total,
+        code_dtype=job.code_dtype,
     )
     if job.decode:
         codes = encoded.main | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
@@ -56,7 +67,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
         codes = encoded.main
     codes_written = codes | "Write codes" >> WriteTables(
         FileSystems.join(job.staging, "codes", "part"),
-        code_schema(job.inputs.id_type, m.code_size, job.model_facts()), job.num_shards,
+        code_schema(job.inputs.id_type, m.code_size, job.model_facts(), job.code_dtype), job.num_shards,
     )
     errors_written = encoded.errors | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1
@@ -72,13 +83,18 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
 
 def parser() -> argparse.ArgumentParser:
     p = job_parser("seqcodec encode", "Encode token sequences into length-prefixed codes.")
-    p.add_argument("--tokens-column", default="tokens")
+    p.add_argument("--tokens-column", default="tokens", help="name of the tokens column (default: %(default)s)")
     p.add_argument("--too-long", choices=TOO_LONG_CHOICES, default="reject",
-                   help="rows longer than the model's max_length: reject (dead letter) or truncate")
+                   help="rows longer than the model's max_length: reject (dead letter) or truncate "
+                        "(default: %(default)s)")
+    p.add_argument("--code-dtype", choices=tuple(CODE_DTYPES), default="float32",
+                   help="value type of the codes: float16 halves them, lengths stay exact up to "
+                        f"{FLOAT16_EXACT_LENGTH} (default: %(default)s)")
     p.add_argument("--decode", action="store_true",
                    help="also decode every code (DIR/decoded/) and report the round trip in summary.json")
     p.add_argument("--mismatches", type=int, default=0, metavar="N",
-                   help="with --decode: write up to N wrongly decoded examples to DIR/roundtrip/mismatches.jsonl")
+                   help="with --decode: write up to N wrongly decoded examples to DIR/roundtrip/mismatches.jsonl "
+                        "(default: %(default)s)")
     add_vocab_argument(p)
     return p
 
@@ -104,6 +120,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
     manifest = read_manifest(args.model_dir)
     vocab = job_vocab(args, manifest)
+    check_code_dtype(args.code_dtype, manifest.max_length)
     partition = Partition(partition_path(args.output, args.run_date))
     partition.check()
     pipeline = pipeline or make_pipeline(beam_args)
@@ -111,11 +128,11 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
     job = EncodeJob.from_args(
         args, inputs, manifest, partition.staging, tokens_column=args.tokens_column, too_long=args.too_long,
-        decode=args.decode, mismatches=args.mismatches, vocab=vocab,
+        decode=args.decode, mismatches=args.mismatches, vocab=vocab, code_dtype=args.code_dtype,
         progress_total=inputs.rows if single_worker(pipeline.options) else None,
     )
     graph = build_pipeline(pipeline, job)
-    facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size,
+    facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size, "code_dtype": args.code_dtype,
              "input_files": len(inputs.paths), "model_dir": model_dir_fact(args.model_dir)}
     if args.decode:
         facts.update(training_facts(manifest))

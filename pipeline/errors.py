@@ -33,6 +33,17 @@ EXIT_CODES_HELP = """exit codes:
   publish, the reason in the staging directory's summary.json (printed at submission)."""
 
 
+class UsageError(ValueError):
+    """A mistake on the command line (unknown option, missing or bad value): one line, exit 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a mistake raises UsageError (one ``seqcodec: error:`` line) instead of a usage dump."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """argparse's formatter, except that text with its own line breaks (the exit-code epilog) is kept as is."""
 
@@ -71,12 +82,24 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     """Call ``main`` and map known failures to a one-line message and a non-zero exit code."""
     try:
         return main(argv)
+    except SystemExit as exc:  # --help and --version end here after printing
+        return exc.code if isinstance(exc.code, int) else 0
+    except BrokenPipeError:  # `seqcodec ... --help | head`: the reader left; nothing more to say
+        quiet_stdout()
+        return 0
     except (JobError, *USER_ERRORS) as exc:
         print(f"seqcodec: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USAGE)
     except KeyboardInterrupt:
         print("seqcodec: interrupted", file=sys.stderr)
         return 130
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the final flush of a closed pipe raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def exit_process(code: int) -> None:

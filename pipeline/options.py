@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
 from seqcodec.model.data import first_line
-from seqcodec.pipeline.errors import EXIT_CODES_HELP, HelpFormatter, check_positive
+from seqcodec.pipeline.errors import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, UsageError, check_positive
 
 DIRECT_RUNNERS = (None, "DirectRunner", "direct")
 DEFAULT_MAX_ERROR_RATE = 0.05
@@ -17,7 +17,7 @@ DEFAULT_MAX_ERROR_RATE = 0.05
 
 def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A Beam job's parser: the shared options, the exit codes in --help, unknown options left for Beam."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description=f"{description} Unknown --options go to Beam (e.g. --runner, --direct_running_mode, --setup_file).",
         epilog=EXIT_CODES_HELP,
@@ -29,11 +29,12 @@ def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def add_io_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every job shares: where data and model are, and how outputs are cut."""
-    parser.add_argument("--input", required=True, help="glob of input Parquet files (any Beam filesystem)")
+    parser.add_argument("--input", required=True,
+                        help="glob of input Parquet files, or a directory of them (any Beam filesystem)")
     parser.add_argument("--output", required=True,
                         help="output directory: the run's partition, or with --run-date the parent of its partitions")
     parser.add_argument("--model-dir", required=True, help="model directory written by `seqcodec train`")
-    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--id-column", default="id", help="name of the id column (default: %(default)s)")
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_TOKEN_BUDGET,
                         help=f"padded tokens per model call (default {DEFAULT_TOKEN_BUDGET}): short rows make "
                              "batches of many rows, long rows of few")
@@ -47,9 +48,11 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
                              "divided by the worker processes the runner starts on it)")
     parser.add_argument("--num-shards", type=int, default=0, help="output shards (default: the runner decides)")
     parser.add_argument("--max-batch-rows", type=int, default=65536,
-                        help="largest Arrow batch handed to the model at once; bigger row groups are sliced")
+                        help="largest Arrow batch handed to the model at once; bigger row groups are sliced "
+                             "(default: %(default)s)")
     parser.add_argument("--run-date", metavar="YYYY-MM-DD",
-                        help="nightly runs: publish into OUTPUT/dt=YYYY-MM-DD, replacing that partition whole")
+                        help="nightly runs: publish into OUTPUT/dt=YYYY-MM-DD, replacing that partition whole "
+                             "(default: none, OUTPUT is the partition)")
     parser.add_argument("--max-error-rate", type=float, metavar="F", default=DEFAULT_MAX_ERROR_RATE,
                         help="publish nothing (exit 3) if more than this fraction of the rows is rejected "
                              f"(default {DEFAULT_MAX_ERROR_RATE:g}; 1 turns the gate off)")
@@ -108,8 +111,24 @@ def runner_name(options: PipelineOptions) -> str:
     return options.view_as(StandardOptions).runner or "DirectRunner"
 
 
+def check_beam_arguments(beam_args: list[str]) -> None:
+    """UsageError for arguments that neither the job nor Beam knows (Beam itself would drop them with a warning)."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(beam_args)
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither the job's nor Beam's)")
+
+
 def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
-    """A Pipeline for the remaining (Beam) arguments; the DirectRunner skips its Prism attempt."""
+    """A Pipeline for the remaining (Beam) arguments; the DirectRunner skips its Prism attempt.
+
+    UsageError for an argument that Beam does not know either (a typo would otherwise be dropped).
+    """
+    check_beam_arguments(beam_args)
     options = PipelineOptions(beam_args)
     runner = options.view_as(StandardOptions).runner
     if runner in DIRECT_RUNNERS:

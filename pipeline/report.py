@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
-from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
+from seqcodec.pipeline.errors import ArgumentParser, exit_process, run_cli, setup_logging
 from seqcodec.transforms.parquet_io import matching_paths
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
 
@@ -358,7 +358,7 @@ th {{ background: #f4f4f4; }}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seqcodec report",
+    p = ArgumentParser(prog="seqcodec report",
                                 description="Render a finished run (its summary.json) as report.png and report.html.")
     p.add_argument("run_dir", help="the run's output directory (the partition holding summary.json)")
     p.add_argument("--out", help="where to write report.png and report.html (default: RUN_DIR)")

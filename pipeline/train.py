@@ -14,7 +14,7 @@ from seqcodec.model.config import DECODERS, CodecConfig
 from seqcodec.model.data import TokenSequences, read_token_sequences
 from seqcodec.model.figures import percent
 from seqcodec.model.manifest import Manifest
-from seqcodec.pipeline.errors import HelpFormatter, exit_process, run_cli, setup_logging
+from seqcodec.pipeline.errors import ArgumentParser, HelpFormatter, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
 
@@ -126,7 +126,7 @@ def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray]) -> Toke
 def parser() -> argparse.ArgumentParser:
     from seqcodec.model.train import CHARACTER_VOCAB, TrainSettings
 
-    p = argparse.ArgumentParser(prog="seqcodec train", description="Train a sequence codec on Parquet token files.",
+    p = ArgumentParser(prog="seqcodec train", description="Train a sequence codec on Parquet token files.",
                                 formatter_class=HelpFormatter)
     p.add_argument("--input", required=True,
                    help="glob of Parquet files, or a directory of them, with a list-of-integers tokens column")

@@ -47,7 +47,7 @@ def flat_tokens(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndar
 
 
 def codes_table(ids: pa.Array, codes: np.ndarray) -> pa.Table:
-    """(id, length, code) rows from ids and the (N, H+1) code matrix."""
+    """(id, length, code) rows from ids and the (N, H+1) code matrix (float32 or float16)."""
     width = codes.shape[1]
     return pa.table(
         {
@@ -139,8 +139,10 @@ class CodecEncoderHandler(CodecHandler):
     and runs its compiled encoder. The model directory may be on any Beam filesystem.
     """
 
-    def __init__(self, model_dir: str, batching: Batching | None = None, total_rows: int | None = None) -> None:
+    def __init__(self, model_dir: str, batching: Batching | None = None, total_rows: int | None = None,
+                 code_dtype: str = "float32") -> None:
         super().__init__(model_dir, batching, "encoded", total_rows)
+        self.code_dtype = np.dtype(code_dtype)
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
@@ -148,7 +150,7 @@ class CodecEncoderHandler(CodecHandler):
         for table in batch:
             codes = model.encode_flat(*flat_tokens(table.column("tokens")))
             self.count(table.num_rows)
-            yield codes_table(table.column("id").combine_chunks(), codes)
+            yield codes_table(table.column("id").combine_chunks(), codes.astype(self.code_dtype, copy=False))
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_encoder"
@@ -178,11 +180,12 @@ def run_codec(tables: beam.PCollection, handler: CodecHandler) -> beam.PCollecti
 # -- decoding and the round trip ---------------------------------------------------------------------
 
 
-def code_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A valid fixed-size code column -> float32 matrix (N, code_size)."""
+def code_matrix(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> np.ndarray:
+    """A valid fixed-size code column -> matrix (N, code_size) of ``dtype`` (None: the column's own)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     width = array.type.list_size
-    return pc.list_flatten(array).to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, width)
+    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    return (values if dtype is None else values.astype(dtype, copy=False)).reshape(-1, width)
 
 
 def tokens_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Iterable
 
 import apache_beam as beam
@@ -14,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.model.data import InputDataError, first_line, require_columns, token_list_type_error
+from seqcodec.model.data import InputDataError, directory_pattern, first_line, require_columns, token_list_type_error
 from seqcodec.model.manifest import Manifest
 from seqcodec.transforms.validate import CODE_VALUE_TYPES
 
@@ -33,7 +34,11 @@ class InputFiles:
 
 
 def match_files(pattern: str) -> list[str]:
-    """Files matching ``pattern`` on any Beam filesystem, sorted; InputDataError if none."""
+    """Files matching ``pattern`` (or the Parquet files of a directory) on any Beam filesystem, sorted.
+
+    InputDataError if none.
+    """
+    pattern = directory_pattern(pattern, is_directory(pattern))
     try:
         results = FileSystems.match([pattern])
     except Exception as exc:  # a bad scheme or unreachable bucket: report it, do not crash
@@ -42,6 +47,15 @@ def match_files(pattern: str) -> list[str]:
     if not paths:
         raise InputDataError(f"{pattern}: no file matches")
     return paths
+
+
+def is_directory(path: str) -> bool:
+    """A local directory, or on an object store a prefix with objects under it (given as ``gs://b/dir`` or ``.../``)."""
+    if FileSystems.get_scheme(path) is None:
+        return os.path.isdir(path)
+    if any(c in path for c in "*?["):
+        return False
+    return bool(matching_paths(path.rstrip("/") + "/*"))
 
 
 def matching_paths(pattern: str) -> list[str]:
@@ -86,7 +100,7 @@ def inspect_inputs(pattern: str, id_column: str, tokens_column: str) -> InputFil
     id_type: pa.DataType | None = None
     for path in paths:
         schema, rows = read_schema(path)
-        require_columns(path, schema.names, (id_column, tokens_column))
+        require_columns(path, schema.names, {id_column: "--id-column", tokens_column: "--tokens-column"})
         problem = token_list_type_error(schema.field(tokens_column).type)
         if problem:
             raise InputDataError(f"{path}: column {tokens_column!r} {problem}")
@@ -100,9 +114,9 @@ def code_type_error(field_type: pa.DataType) -> str | None:
     """Why a column type cannot hold codes, or None for a (fixed-size or large) list of float32/float64."""
     if not (pa.types.is_list(field_type) or pa.types.is_large_list(field_type)
             or pa.types.is_fixed_size_list(field_type)):
-        return f"is {field_type}, not a list of float32 or float64"
+        return f"is {field_type}, not a list of float16, float32 or float64"
     if field_type.value_type not in CODE_VALUE_TYPES:
-        return f"is a list of {field_type.value_type}, not of float32 or float64"
+        return f"is a list of {field_type.value_type}, not of float16, float32 or float64"
     return None
 
 
@@ -143,7 +157,7 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: Mani
             with FileSystems.open(path, compression_type="uncompressed") as handle:
                 file = pq.ParquetFile(handle)
                 schema, rows = file.schema_arrow, file.metadata.num_rows
-                require_columns(path, schema.names, (id_column, code_column))
+                require_columns(path, schema.names, {id_column: "--id-column", code_column: "--code-column"})
                 code_type = schema.field(code_column).type
                 problem = code_type_error(code_type)
                 if problem:
@@ -186,9 +200,26 @@ def _with_facts(fields: list[tuple[str, pa.DataType]], facts: dict[str, object])
     return pa.schema(fields, metadata={f"{METADATA_PREFIX}{k}": json.dumps(v) for k, v in facts.items()})
 
 
-def code_schema(id_type: pa.DataType, code_size: int, metadata: dict[str, object]) -> pa.Schema:
-    """Code shards: id, length and the length-prefixed code; model facts in the schema metadata."""
-    return _with_facts([("id", id_type), ("length", pa.int32()), ("code", pa.list_(pa.float32(), code_size))], metadata)
+# Code value types that encode writes. float16 holds every integer up to 2048 exactly, so the length
+# field (code[0]) stays exact for models with max_length <= 2048; the state values keep ~3 digits.
+CODE_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+FLOAT16_EXACT_LENGTH = 2048
+
+
+def check_code_dtype(code_dtype: str, max_length: int) -> None:
+    """ValueError (one line) for an unknown dtype or a model whose lengths float16 cannot hold exactly."""
+    if code_dtype not in CODE_DTYPES:
+        raise ValueError(f"--code-dtype must be one of {', '.join(CODE_DTYPES)}, got {code_dtype!r}")
+    if code_dtype == "float16" and max_length > FLOAT16_EXACT_LENGTH:
+        raise ValueError(f"--code-dtype float16 keeps lengths exact up to {FLOAT16_EXACT_LENGTH}; "
+                         f"this model's max_length is {max_length}")
+
+
+def code_schema(id_type: pa.DataType, code_size: int, metadata: dict[str, object],
+                code_dtype: str = "float32") -> pa.Schema:
+    """Code shards: id, length and the length-prefixed code; model facts and the code dtype in the metadata."""
+    fields = [("id", id_type), ("length", pa.int32()), ("code", pa.list_(CODE_DTYPES[code_dtype], code_size))]
+    return _with_facts(fields, {**metadata, "code_dtype": code_dtype})
 
 
 def decoded_schema(id_type: pa.DataType, metadata: dict[str, object]) -> pa.Schema:

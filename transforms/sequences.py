@@ -30,6 +30,7 @@ from seqcodec.transforms.inference import (
     code_matrix,
     for_pipeline,
 )
+from seqcodec.transforms.parquet_io import check_code_dtype
 from seqcodec.transforms.validate import (
     ERRORS_TAG,
     METRICS_NAMESPACE,
@@ -207,7 +208,7 @@ def shaped(form: str, fields: dict[str, Any]) -> Any:
 
 def code_elements(ids: list, forms: list, codes: pa.Table) -> Iterable[Any]:
     """Code table (id = position) -> (id, code) pairs, or dicts/Rows with the code files' id, length, code."""
-    matrix = code_matrix(codes.column("code"))
+    matrix = code_matrix(codes.column("code"), dtype=None)  # float32, or float16 with code_dtype="float16"
     positions = codes.column("id").to_numpy(zero_copy_only=False)
     for position, code in zip(positions.tolist(), matrix, strict=True):
         yield shaped(forms[position], {"id": ids[position], "length": int(code[0]), "code": code})
@@ -284,24 +285,28 @@ class EncodeSequences(_CodecTransform):
     tokens are not a list of integers); Arrow tables in the job's error schema for tables.
 
     ``batch_tokens`` bounds a batch of elements by its tokens (not rows). ``too_long``: ``reject``
-    or ``truncate`` rows over the model's max_length.
+    or ``truncate`` rows over the model's max_length. ``code_dtype="float16"`` halves the codes'
+    size (lengths stay exact up to 2048; docs/MODEL.md says what it costs in accuracy).
     """
 
     def __init__(self, model_dir: str, *, too_long: str = "reject", batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  batch_size: int | None = None, id_field: str = "id", tokens_field: str = "tokens",
                  manifest: Manifest | None = None, keep_tokens: bool = False,
-                 total_rows: int | None = None, batching: Batching | None = None) -> None:
+                 total_rows: int | None = None, batching: Batching | None = None,
+                 code_dtype: str = "float32") -> None:
         super().__init__(model_dir, manifest, batch_tokens, id_field, tokens_field)
         if too_long not in TOO_LONG_CHOICES:
             raise ValueError(f"too_long must be one of {', '.join(TOO_LONG_CHOICES)}, got {too_long!r}")
         self.too_long, self.keep_tokens = too_long, keep_tokens
         self.batching = batching or batch_size
         self.total_rows = total_rows  # the job's rows, for progress lines with a percentage
+        check_code_dtype(code_dtype, self.manifest.max_length)
+        self.code_dtype = code_dtype
 
     def parts(self):
         m = self.manifest
         handler = (CodecEncoderKeepingTokens if self.keep_tokens else CodecEncoderHandler)(
-            self.model_dir, self.batching, self.total_rows)
+            self.model_dir, self.batching, self.total_rows, self.code_dtype)
         return (
             _ToTables(self.id_field, self.data_field, integer_list, pa.int64(), NOT_TOKEN_LIST),
             ValidateTokens(m.vocab_size, m.max_length, self.too_long, self.id_field, self.data_field),

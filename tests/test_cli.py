@@ -1,0 +1,109 @@
+"""The `seqcodec` command line: help states defaults, every failure is one line, --version, pipes, directories."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import write_tokens_parquet
+
+import seqcodec
+from seqcodec.pipeline import decode, encode, train
+
+PARSERS = {"train": train.parser, "encode": encode.parser, "decode": decode.parser}
+
+
+@pytest.mark.parametrize("command", sorted(PARSERS))
+def test_every_option_states_its_default(command):
+    for action in PARSERS[command]()._actions:
+        if action.dest in ("help", "verbose") or action.required or not action.option_strings or action.nargs == 0:
+            continue  # flags (store_true/false) are off unless given
+        text = action.help or ""
+        assert "default" in text or "(0:" in text, f"{command} {action.option_strings[0]}: {text!r}"
+        if action.default not in (None, True, False) and "%(default)" in text:
+            assert "(default: %(default)" in text or "default: %(default)" in text
+
+
+def test_time_budget_help_matches_its_default():
+    help_text = subprocess.run([sys.executable, "-m", "seqcodec", "train", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    assert re.search(r"default:\s+600", " ".join(help_text.split()))
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--input", "x", "--model-dir", "y", "--no-such-option"],
+    ["train", "--model-dir", "y"],
+    ["encode", "--input", "x", "--output", "o", "--model-dir", "m", "--batch-size", "many"],
+    ["encode", "--input", "x", "--output", "o", "--model-dir", "m", "--too-long", "drop"],
+    ["decode", "--output", "o"],
+    ["report"],
+    ["no-such-command"],
+    [],
+])
+def test_every_usage_mistake_is_one_error_line(argv, seqcodec):
+    code, out, err = seqcodec(argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("seqcodec: error: ")
+    assert "Traceback" not in err and "usage:" not in lines[-1]
+    if argv and argv[0] != "no-such-command":
+        assert len(lines) == 1, err
+
+
+def test_unknown_option_for_a_job_is_refused_before_it_runs(tmp_path, tiny_model_dir, seqcodec):
+    write_tokens_parquet(tmp_path / "in.parquet", [1], [[1, 2]])
+    code, _, err = seqcodec(["encode", "--input", tmp_path / "in.parquet", "--output", tmp_path / "out",
+                             "--model-dir", tiny_model_dir, "--too-lng", "truncate"])
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "seqcodec: error: unrecognized arguments: --too-lng truncate (neither the job's nor Beam's)")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_version(seqcodec):
+    code, out, _ = seqcodec(["--version"])
+    assert code == 0 and out.strip() == f"seqcodec {seqcodec_version()}"
+
+
+def seqcodec_version() -> str:
+    return seqcodec.__version__ if hasattr(seqcodec, "__version__") else ""
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["encode", "-h"], ["train", "--help"]])
+def test_help_into_a_closed_pipe_is_quiet(argv):
+    # `seqcodec -h | head -3`: head exits early; the command must not end in a BrokenPipeError traceback.
+    proc = subprocess.run(f"{sys.executable} -m seqcodec {' '.join(argv)} | head -3", shell=True,
+                          capture_output=True, text=True, check=True)
+    assert len(proc.stdout.splitlines()) == 3
+    assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_missing_columns_are_named_together_with_their_flags(tmp_path, tiny_model_dir, seqcodec):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"key": [1], "seq": [[1, 2]]}), tmp_path / "in.parquet")
+    code, _, err = seqcodec(["encode", "--input", tmp_path / "in.parquet", "--output", tmp_path / "out",
+                             "--model-dir", tiny_model_dir])
+    line = err.strip().splitlines()[-1]
+    assert code == 2
+    assert "'id' (rename with --id-column)" in line and "'tokens' (rename with --tokens-column)" in line
+    assert "key, seq" in line
+
+
+def test_input_directory_means_its_parquet_files(tmp_path, tiny_model_dir, seqcodec):
+    folder = tmp_path / "tokens"
+    folder.mkdir()
+    write_tokens_parquet(folder / "a.parquet", [1, 2], [[1, 2], [3]])
+    write_tokens_parquet(folder / "b.parquet", [3], [[4, 5, 6]])
+    (folder / "notes.txt").write_text("not parquet, not read")
+    code, _, err = seqcodec(["encode", "--input", folder, "--output", tmp_path / "out", "--model-dir",
+                             tiny_model_dir])
+    assert code == 0, err
+    import json
+
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_read"] == 3
+    # and the job's own output folder reads back as input
+    code, _, err = seqcodec(["decode", "--input", tmp_path / "out" / "codes", "--output", tmp_path / "back",
+                             "--model-dir", tiny_model_dir])
+    assert code == 0, err
