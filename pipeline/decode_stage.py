@@ -120,7 +120,7 @@ def decoded_columns(table: pa.Table, vocab: tuple[str, ...] | None) -> pa.Table:
 def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", metavar="FILE",
                         help="one token per line (line number = id): decoded rows get a text column and "
-                             "mismatch examples their words")
+                             "mismatch examples their words (default: none, ids only)")
 
 
 def job_vocab(args: argparse.Namespace, manifest: Manifest) -> tuple[str, ...] | None:
