@@ -13,6 +13,13 @@ def requirements() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+def runner_extras() -> dict[str, list[str]]:
+    """``pip install .[aws]`` / ``.[gcp]``: Beam's S3 or Google Cloud (gs://, Dataflow) support, same Beam pin."""
+    beam = next(r for r in requirements() if r.startswith("apache-beam=="))
+    version = beam.split("==", 1)[1]
+    return {extra: [f"apache-beam[{extra}]=={version}"] for extra in ("aws", "gcp")}
+
+
 setup(
     name="seqcodec",
     version="0.1.0",  # also seqcodec.__version__
@@ -25,5 +32,6 @@ setup(
     packages=["seqcodec", *(f"seqcodec.{name}" for name in SUBPACKAGES)],
     package_dir={"seqcodec": "seqcodec", **{f"seqcodec.{name}": name for name in SUBPACKAGES}},
     install_requires=requirements(),
+    extras_require=runner_extras(),
     entry_points={"console_scripts": ["seqcodec=seqcodec.pipeline.cli:entry"]},
 )

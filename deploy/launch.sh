@@ -15,14 +15,37 @@
 #   spark:    SPARK_JOB_ENDPOINT (host:8099 of a running Beam Spark job server)
 #   flink/spark: BEAM_ENVIRONMENT_TYPE (default DOCKER), BEAM_ENVIRONMENT_CONFIG (SDK image with seqcodec installed)
 #   SEQCODEC_DRY_RUN=1    print the command, one argument per line, instead of running it
-# The exit code is the job's (0 published, 2 bad arguments/input, 3 too many rejects, 4 pipeline failed).
+# The exit code is the job's (0 published, 2 bad arguments/input, 3 too many rejects, 4 pipeline failed),
+# or 2 with one line `deploy/launch.sh: error: ...` when the runner or a required setting is missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-runner="${1:?usage: deploy/launch.sh direct|dataflow|flink|spark [options...]}"
+
+fail() {
+  echo "deploy/launch.sh: error: $*" >&2
+  exit 2
+}
+
+# Every missing setting named in one line (bash's ${VAR:?} stops at the first, with exit 1).
+require() {
+  local name missing=()
+  for name in "$@"; do
+    [[ -n "${!name:-}" ]] || missing+=("$name")
+  done
+  if (( ${#missing[@]} )); then
+    fail "set ${missing[*]} (see the top of deploy/launch.sh or deploy/README.md)"
+  fi
+}
+
+runner="${1:-}"
+case "$runner" in
+  direct) require SEQCODEC_INPUT SEQCODEC_OUTPUT SEQCODEC_MODEL_DIR ;;
+  dataflow) require SEQCODEC_INPUT SEQCODEC_OUTPUT SEQCODEC_MODEL_DIR GCP_PROJECT GCP_REGION GCS_TEMP ;;
+  flink) require SEQCODEC_INPUT SEQCODEC_OUTPUT SEQCODEC_MODEL_DIR FLINK_MASTER ;;
+  spark) require SEQCODEC_INPUT SEQCODEC_OUTPUT SEQCODEC_MODEL_DIR SPARK_JOB_ENDPOINT ;;
+  "") fail "usage: deploy/launch.sh direct|dataflow|flink|spark [options...]" ;;
+  *) fail "unknown runner '$runner' (direct, dataflow, flink or spark)" ;;
+esac
 shift
-: "${SEQCODEC_INPUT:?set SEQCODEC_INPUT (input glob, {ds} = run date)}"
-: "${SEQCODEC_OUTPUT:?set SEQCODEC_OUTPUT (output root)}"
-: "${SEQCODEC_MODEL_DIR:?set SEQCODEC_MODEL_DIR (model directory)}"
 run_date="${RUN_DATE:-$(date -d yesterday +%F)}"
 max_error_rate="${SEQCODEC_MAX_ERROR_RATE-0.01}"
 
@@ -44,8 +67,7 @@ case "$runner" in
     # Workers install the project from the sdist that --setup_file builds (it pulls requirements.txt,
     # TensorFlow included, on every worker start: a prebuilt --sdk_container_image starts faster).
     cmd+=(--runner=DataflowRunner
-      --project="${GCP_PROJECT:?set GCP_PROJECT}" --region="${GCP_REGION:?set GCP_REGION}"
-      --temp_location="${GCS_TEMP:?set GCS_TEMP (gs://bucket/tmp)}"
+      --project="$GCP_PROJECT" --region="$GCP_REGION" --temp_location="$GCS_TEMP"
       --job_name="seqcodec-encode-$run_date"
       --setup_file="$root/setup.py")
     if [[ -n "${SDK_CONTAINER_IMAGE:-}" ]]; then
@@ -53,7 +75,7 @@ case "$runner" in
     fi
     ;;
   flink)
-    cmd+=(--runner=FlinkRunner --flink_master="${FLINK_MASTER:?set FLINK_MASTER (host:8081)}"
+    cmd+=(--runner=FlinkRunner --flink_master="$FLINK_MASTER"
       --flink_version="${FLINK_VERSION:-1.19}"
       --environment_type="${BEAM_ENVIRONMENT_TYPE:-DOCKER}")
     if [[ -n "${FLINK_JOB_SERVER_JAR:-}" ]]; then
@@ -61,12 +83,8 @@ case "$runner" in
     fi
     ;;
   spark)
-    cmd+=(--runner=PortableRunner --job_endpoint="${SPARK_JOB_ENDPOINT:?set SPARK_JOB_ENDPOINT (host:8099)}"
+    cmd+=(--runner=PortableRunner --job_endpoint="$SPARK_JOB_ENDPOINT"
       --environment_type="${BEAM_ENVIRONMENT_TYPE:-DOCKER}")
-    ;;
-  *)
-    echo "deploy/launch.sh: unknown runner '$runner' (direct, dataflow, flink or spark)" >&2
-    exit 2
     ;;
 esac
 if [[ "$runner" == flink || "$runner" == spark ]] && [[ -n "${BEAM_ENVIRONMENT_CONFIG:-}" ]]; then
