@@ -16,7 +16,13 @@ from apache_beam.io.filesystems import FileSystems
 from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
-from seqcodec.pipeline.options import check_io_arguments, job_parser, make_pipeline, single_worker
+from seqcodec.pipeline.options import (
+    check_io_arguments,
+    job_parser,
+    make_pipeline,
+    single_worker,
+    use_filesystem_options,
+)
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes
@@ -70,6 +76,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     """
     args, beam_args = parser().parse_known_args(argv)
     setup_logging(args.verbose)
+    use_filesystem_options(beam_args)
     check_io_arguments(args)
     started = time.time()
     manifest = read_manifest(args.model_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
@@ -82,6 +83,16 @@ def check_io_arguments(args: argparse.Namespace) -> None:
     if args.num_shards < 0:
         raise ValueError(f"--num-shards must be >= 0, got {args.num_shards}")
     check_run_options(args)
+
+
+def use_filesystem_options(beam_args: list[str]) -> None:
+    """Hand Beam's filesystem options (``--s3_endpoint_url``, ``--s3_access_key_id``, ...) to this process.
+
+    The launcher lists the input files, reads their footers and the model manifest itself, before any
+    Pipeline exists (a Pipeline would set them, and workers get them from the pipeline options); without
+    this, S3 paths fail with "Must provide one of client or options".
+    """
+    FileSystems.set_options(PipelineOptions(beam_args))
 
 
 def direct_runner(options: PipelineOptions):

@@ -47,12 +47,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.transforms.parquet_io import count_rows, matching_paths
+from seqcodec.transforms.parquet_io import SUCCESS, SUMMARY, count_rows, matching_paths
 
 log = logging.getLogger("seqcodec")
 
-SUCCESS = "_SUCCESS"
-SUMMARY = "summary.json"
 RUN_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 

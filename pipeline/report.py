@@ -22,7 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
 from seqcodec.pipeline.errors import ArgumentParser, exit_process, run_cli, setup_logging
-from seqcodec.transforms.parquet_io import matching_paths
+from seqcodec.pipeline.options import use_filesystem_options
+from seqcodec.transforms.parquet_io import SUCCESS, matching_paths, published_only
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
 
 log = logging.getLogger("seqcodec")
@@ -38,7 +39,15 @@ def _read_text(path: str) -> str:
 
 
 def read_summary(run_dir: str) -> dict[str, Any]:
-    """DIR/summary.json; InputDataError (one line) if the directory is not a finished run."""
+    """DIR/summary.json; InputDataError (one line) if the directory is not a finished run.
+
+    On an object store a partition without ``_SUCCESS`` is refused: its publish is in progress or
+    failed, and its summary may be another run's than its files (a failed run's hidden staging
+    directory is read as it is).
+    """
+    if (FileSystems.get_scheme(run_dir) is not None and not FileSystems.split(run_dir.rstrip("/"))[1].startswith(".")
+            and not FileSystems.exists(FileSystems.join(run_dir, SUCCESS))):
+        raise InputDataError(f"{run_dir}: not published (no {SUCCESS}); its run is still publishing or failed")
     path = FileSystems.join(run_dir, "summary.json")
     try:
         text = _read_text(path)
@@ -77,7 +86,8 @@ def lengths_from_codes(run_dir: str) -> list[dict[str, Any]] | None:
     import pyarrow.parquet as pq
 
     parts = []
-    for path in matching_paths(FileSystems.join(run_dir, "codes", "*.parquet")):
+    paths = matching_paths(FileSystems.join(run_dir, "codes", "*.parquet"))
+    for path in published_only(paths) if paths else []:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             parts.append(pq.read_table(handle, columns=["length"]).column("length").to_numpy().astype(np.int64))
     lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -358,8 +368,11 @@ th {{ background: #f4f4f4; }}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="seqcodec report",
-                                description="Render a finished run (its summary.json) as report.png and report.html.")
+    p = ArgumentParser(
+        prog="seqcodec report",
+        description="Render a finished run (its summary.json) as report.png and report.html. "
+        "Beam's filesystem options (--s3_endpoint_url, ...) are accepted for runs on object stores.",
+    )
     p.add_argument("run_dir", help="the run's output directory (the partition holding summary.json)")
     p.add_argument("--out", help="where to write report.png and report.html (default: RUN_DIR)")
     p.add_argument("--vocab", metavar="FILE", help="one token per line (line number = id): words in the examples")
@@ -368,8 +381,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, beam_args = p.parse_known_args(argv)
+    unknown = [a for a in beam_args if not a.startswith("--")]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(args.verbose)
+    use_filesystem_options(beam_args)
     summary = read_summary(args.run_dir)
     history = read_history(summary.get("model_dir"))
     rows = length_rows(summary, args.run_dir)

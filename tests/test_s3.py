@@ -1,0 +1,224 @@
+"""The whole job on real object storage: an S3 server (moto, server mode) on a free loopback port.
+
+Inputs, the model directory and the output are all s3:// paths, reached through Beam's own S3
+filesystem (apache-beam[aws]) with Beam's standard options (--s3_endpoint_url, --s3_access_key_id,
+...), which the launcher's own checks (listing, footers, manifest) honour as well as the workers.
+Real jobs: in-process on the DirectRunner, and as separate processes (multi-process workers, a
+SIGKILLed run). The server is started and stopped here; nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import random_sequences, run_seqcodec, write_tokens_parquet
+from helpers_beam import REPO, child_env, free_port, stop_process_group, wait_for_port
+
+DATE = "2026-11-26"
+BUCKET = "nightly"
+KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true"}  # never ask a cloud metadata service for credentials
+
+
+class S3:
+    """A running moto S3 server: its Beam options and a boto3 client to look at what the job wrote."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                                   aws_secret_access_key="testing", region_name="us-east-1")
+        self.beam_args = [f"--s3_endpoint_url={endpoint}", "--s3_access_key_id=testing",
+                          "--s3_secret_access_key=testing", "--s3_region_name=us-east-1", "--s3_verify=false"]
+
+    def put_file(self, local: Path, key: str) -> str:
+        self.client.upload_file(str(local), BUCKET, key)
+        return f"s3://{BUCKET}/{key}"
+
+    def put_tree(self, local: Path, prefix: str) -> str:
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                self.put_file(path, f"{prefix}/{path.relative_to(local)}")
+        return f"s3://{BUCKET}/{prefix}"
+
+    def objects(self, prefix: str) -> dict[str, bytes]:
+        """Every object under ``prefix`` (key relative to it -> bytes)."""
+        out = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            for item in page.get("Contents", []):
+                body = self.client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+                out[item["Key"][len(prefix) :].lstrip("/")] = body
+        return out
+
+    def ids(self, prefix: str) -> list[int]:
+        """All ids in the Parquet objects under ``prefix``, sorted, duplicates kept."""
+        out: list[int] = []
+        for key, body in self.objects(prefix).items():
+            if key.endswith(".parquet"):
+                out += pq.read_table(pa.BufferReader(body), columns=["id"]).column("id").to_pylist()
+        return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    home = tmp_path_factory.mktemp("s3-server")
+    port = free_port()
+    log = home / "moto.log"
+    with open(log, "wb") as handle:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  env={**child_env(home), **KEYS}, start_new_session=True)
+    try:
+        wait_for_port(port, server, log, timeout=60)
+        store = S3(f"http://127.0.0.1:{port}")
+        store.client.create_bucket(Bucket=BUCKET)
+        saved = {k: os.environ.get(k) for k in KEYS}
+        os.environ.update(KEYS)
+        yield store
+    finally:
+        stop_process_group(server)
+        for key, value in locals().get("saved", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def inputs(s3, tiny_model_dir, tmp_path_factory):
+    """Token files (two for the date, one big one for the killed run) and the model, uploaded to S3."""
+    root = tmp_path_factory.mktemp("s3-inputs")
+    seqs = random_sequences(120, 13, 12, seed=21)
+    write_tokens_parquet(root / "a.parquet", range(0, 60), seqs[:60], row_group_size=20)
+    write_tokens_parquet(root / "b.parquet", range(60, 120), seqs[60:], row_group_size=20)
+    big = random_sequences(3000, 13, 12, seed=22)
+    write_tokens_parquet(root / "big.parquet", range(3000), big, row_group_size=100)
+    for name in ("a", "b"):
+        s3.put_file(root / f"{name}.parquet", f"tokens/dt={DATE}/{name}.parquet")
+    return {
+        "tokens": f"s3://{BUCKET}/tokens/dt={DATE}/*.parquet",
+        "big": s3.put_file(root / "big.parquet", "tokens-big/big.parquet"),
+        "model": s3.put_tree(tiny_model_dir, "models/tiny"),
+        "ids": list(range(120)),
+    }
+
+
+def encode_args(s3, inputs, output: str, *extra) -> list:
+    return ["encode", "--input", inputs["tokens"], "--output", output, "--model-dir", inputs["model"],
+            "--run-date", DATE, *s3.beam_args, *extra]
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("seqcodec: error: ")]
+    assert len(lines) == 1 and err.strip().splitlines()[-1] == lines[0], err
+    return lines[0]
+
+
+def start_job(argv: list, home: Path, log: Path, **env: str) -> subprocess.Popen:
+    """``python -m seqcodec.pipeline.cli ARGV`` as a new user runs it: its own process and session."""
+    with open(log, "wb") as handle:
+        return subprocess.Popen([sys.executable, "-m", "seqcodec.pipeline.cli", *map(str, argv)], cwd=REPO,
+                                env={**child_env(home), **KEYS, **env}, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_dated_run_publishes_on_s3_and_the_readers_wait_for_success(s3, inputs):
+    code, _, err = run_seqcodec(encode_args(s3, inputs, f"s3://{BUCKET}/codes", "--num-shards", "2"))
+    assert code == 0, err
+    part = f"codes/dt={DATE}"
+    published = s3.objects(part)
+    assert sorted(k for k in published if k.startswith("codes/")) == [
+        "codes/part-00000-of-00002.parquet", "codes/part-00001-of-00002.parquet"]
+    assert {"_SUCCESS", "summary.json", "errors/part-00000-of-00001.parquet"} <= set(published)
+    assert s3.ids(f"{part}/codes") == inputs["ids"]
+    assert not s3.objects("codes/.dt=")  # staging removed after the publish
+
+    # The job's own readers: decode reads the codes of a published partition, report renders it.
+    codes = f"s3://{BUCKET}/{part}/codes/*.parquet"
+    decode = ["decode", "--input", codes, "--output", f"s3://{BUCKET}/decoded", "--model-dir", inputs["model"],
+              "--run-date", DATE, *s3.beam_args]
+    code, _, err = run_seqcodec(decode)
+    assert code == 0, err
+    assert s3.ids(f"decoded/dt={DATE}/decoded") == inputs["ids"]
+    code, _, err = run_seqcodec(["report", f"s3://{BUCKET}/{part}", *s3.beam_args])
+    assert code == 0, err
+    assert s3.objects(f"{part}/report.png")
+
+    # Without _SUCCESS (a publish in progress, or one that failed) both refuse, in one line.
+    s3.client.delete_object(Bucket=BUCKET, Key=f"{part}/_SUCCESS")
+    code, _, err = run_seqcodec(decode)
+    assert code == 2 and "is not published (no _SUCCESS)" in one_line(err)
+    code, _, err = run_seqcodec(["report", f"s3://{BUCKET}/{part}", *s3.beam_args])
+    assert code == 2 and "not published (no _SUCCESS)" in one_line(err)
+
+
+def test_rerun_with_other_shards_and_workers_replaces_the_partition(s3, inputs, tmp_path):
+    """The rerun runs as a separate launcher with two worker processes: they get the S3 options too."""
+    code, _, err = run_seqcodec(encode_args(s3, inputs, f"s3://{BUCKET}/rerun", "--num-shards", "3"))
+    assert code == 0, err
+    log = tmp_path / "rerun.log"
+    job = start_job(encode_args(s3, inputs, f"s3://{BUCKET}/rerun", "--num-shards", "1",
+                                "--direct_running_mode=multi_processing", "--direct_num_workers=2"), tmp_path, log)
+    try:
+        assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        stop_process_group(job)
+    published = s3.objects(f"rerun/dt={DATE}")
+    assert sorted(k for k in published if k.startswith("codes/")) == ["codes/part-00000-of-00001.parquet"]
+    assert s3.ids(f"rerun/dt={DATE}/codes") == inputs["ids"]  # no duplicate, no stale shard
+    assert "_SUCCESS" in published
+    assert sorted({key.split("/", 1)[0] for key in s3.objects("rerun")}) == [f"dt={DATE}"]
+
+
+def test_killed_run_leaves_the_published_partition_untouched(s3, inputs, tmp_path):
+    output = f"s3://{BUCKET}/killed"
+    code, _, err = run_seqcodec(encode_args(s3, inputs, output))
+    assert code == 0, err
+    before = s3.objects(f"killed/dt={DATE}")
+    assert "_SUCCESS" in before
+
+    # A long run (3000 rows, one model call per row), killed once it reports progress.
+    argv = ["encode", "--input", inputs["big"], "--output", output, "--model-dir", inputs["model"], "--run-date",
+            DATE, "--batch-size", "1", *s3.beam_args]
+    log = tmp_path / "killed.log"
+    job = start_job(argv, tmp_path, log, SEQCODEC_PROGRESS_SECONDS="0.2")
+    try:
+        deadline = time.monotonic() + 240
+        while "progress" not in log.read_text():
+            assert job.poll() is None, f"the job ended before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no progress line in time:\n{log.read_text()[-3000:]}"
+            time.sleep(0.1)
+        os.killpg(job.pid, signal.SIGKILL)
+        assert job.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        stop_process_group(job)
+
+    assert s3.objects(f"killed/dt={DATE}") == before  # same objects, same bytes: _SUCCESS is the old run's
+    leftovers = s3.objects("killed/.dt=")
+    assert not any(key.endswith("_SUCCESS") for key in leftovers)
+    code, _, err = run_seqcodec(encode_args(s3, inputs, output))
+    assert code == 0, err
+    assert sorted({key.split("/", 1)[0] for key in s3.objects("killed")}) == [f"dt={DATE}"]  # leftovers removed
+    assert s3.ids(f"killed/dt={DATE}/codes") == inputs["ids"]
+
+
+def test_bad_file_on_s3_is_one_line_and_writes_nothing(s3, inputs, tmp_path):
+    bad = tmp_path / "c.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    s3.put_file(bad, "tokens-bad/c.parquet")
+    s3.client.copy_object(Bucket=BUCKET, Key="tokens-bad/a.parquet",
+                          CopySource={"Bucket": BUCKET, "Key": f"tokens/dt={DATE}/a.parquet"})
+    argv = ["encode", "--input", f"s3://{BUCKET}/tokens-bad/*.parquet", "--output", f"s3://{BUCKET}/bad",
+            "--model-dir", inputs["model"], "--run-date", DATE, *s3.beam_args]
+    code, _, err = run_seqcodec(argv)
+    assert code == 2
+    assert f"s3://{BUCKET}/tokens-bad/c.parquet: not a readable Parquet file" in one_line(err)
+    assert s3.objects("bad") == {}
