@@ -45,6 +45,10 @@ def encode_task_kwargs(run_date: str = "{{ ds }}") -> dict[str, Any]:
     }
     if RUNNER == "DirectRunner":
         options.update({"direct_running_mode": "multi_processing", "direct_num_workers": 0})  # every core
+    # The task log gets every line the workers log: keep the job's own (progress, done) and Beam's
+    # warnings, not Beam's per-bundle INFO chatter.
+    options["default_sdk_harness_log_level"] = "WARNING"
+    options["sdk_harness_log_level_overrides"] = {"seqcodec": "INFO"}
     return {
         "task_id": "encode",
         "runner": RUNNER,
