@@ -9,7 +9,6 @@ through the same parsers; the --setup_file sdist is built the way Beam builds it
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import hashlib
 import importlib.util
@@ -211,59 +210,92 @@ def test_flex_template_parameters_are_accepted():
     assert required <= {name for name, p in params.items() if not p.get("isOptional")}
 
 
-# -- Airflow ---------------------------------------------------------------------------------------
+# -- Airflow (the real `airflow dags test` is in test_airflow.py) ---------------------------------
 
 
-def beam_options_to_args(options: dict) -> list[str]:
-    """apache-airflow-providers-apache-beam 6.x, hooks/beam.py ``beam_options_to_args``, for Python pipelines."""
-    args: list[str] = []
-    for attr, value in (options or {}).items():
-        if isinstance(value, bool):
-            if value:
-                args.append(f"--{attr}")
-        elif isinstance(value, list):
-            args.extend([f"--{attr}={v}" for v in value])
-        elif isinstance(value, dict):
-            args.append(f"--{attr}={json.dumps(value)}")
-        elif value is None:
-            continue
-        else:
-            args.append(f"--{attr}={value}")
-    return args
-
-
-def provider_command(kwargs: dict[str, Any], context: dict[str, str]) -> list[str]:
-    """The command BeamRunPythonPipelineOperator.execute + BeamHook.start_python_pipeline run (non-Dataflow).
-
-    Templated fields get ``{{ ds }}`` rendered; the operator adds an airflow-version label, snake-cases
-    option names (a no-op for lower-case names) and the hook turns labels into key=value items.
-    """
-    def render(value: Any) -> Any:
-        if isinstance(value, str):
-            return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: context[m.group(1)], value)
-        if isinstance(value, dict):
-            return {k: render(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [render(v) for v in value]
-        return value
-
-    options = render(copy.deepcopy(kwargs["pipeline_options"]))
-    options.setdefault("labels", {}).update({"airflow-version": "v3-3-2"})
-    options = {re.sub(r"(?!^)([A-Z]+)", r"_\1", key).lower(): value for key, value in options.items()}
-    options["labels"] = [f"{key}={value}" for key, value in options["labels"].items()]
-    return [kwargs["py_interpreter"], *kwargs.get("py_options", []), render(kwargs["py_file"]),
-            f"--runner={render(kwargs.get('runner', 'DirectRunner'))}", *beam_options_to_args(options)]
-
-
-def test_airflow_dag_arguments_are_accepted_by_the_job():
+def test_airflow_dag_file_imports_without_airflow():
+    """The DAG file is plain Python until Airflow is there: its task arguments are readable anywhere."""
     dag_module = load_module(DEPLOY / "airflow" / "seqcodec_nightly.py", "seqcodec_nightly_dag")
-    if importlib.util.find_spec("airflow") is None:
-        assert dag_module.dag is None  # the DAG file imports cleanly without Airflow
+    assert dag_module.dag is None
     kwargs = dag_module.encode_task_kwargs()
-    assert kwargs["pipeline_options"]["run-date"] == "{{ ds }}"
-    cmd = provider_command(kwargs, {"ds": DATE})
-    assert cmd[1:3] == ["-m", "seqcodec.pipeline.encode"]
-    args, beam = check_accepted(cmd[3:])
-    assert args.run_date == DATE and f"dt={DATE}" in args.input and args.max_error_rate == 0.01
-    assert beam["runner"] == "DirectRunner" and beam["labels"] == ["airflow-version=v3-3-2"]
-    assert beam["direct_running_mode"] == "multi_processing" and beam["direct_num_workers"] == 0
+    assert kwargs["py_file"] == "seqcodec.pipeline.encode" and kwargs["pipeline_options"]["run-date"] == "{{ ds }}"
+
+
+# -- launch.sh without its settings, the worker image ------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    ([], {}, "usage: deploy/launch.sh direct|dataflow|flink|spark"),
+    (["yarn"], {}, "unknown runner 'yarn'"),
+    (["direct"], {"SEQCODEC_OUTPUT": "/o"}, "set SEQCODEC_INPUT SEQCODEC_MODEL_DIR "),
+    (["dataflow"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m", "GCP_PROJECT": "p"},
+     "set GCP_REGION GCS_TEMP "),
+    (["spark"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m"}, "set SPARK_JOB_ENDPOINT "),
+])
+def test_launch_without_its_settings_is_one_line_and_exit_2(argv, env, message, tmp_path):
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SEQCODEC_", "GCP_", "GCS_", "FLINK_", "SPARK_", "BEAM_"))}
+    run = subprocess.run([str(DEPLOY / "launch.sh"), *argv], capture_output=True, text=True, timeout=30,
+                         env={**clean, **env, "SEQCODEC_BIN": str(tmp_path / "must-not-run")})
+    assert run.returncode == 2 and run.stdout == ""
+    assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("deploy/launch.sh: error: ")
+    assert message in run.stderr
+    assert "exit code" in (DEPLOY / "README.md").read_text() and "| 2 |" in (DEPLOY / "README.md").read_text()
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            word, _, rest = pending.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+            pending = ""
+    return out
+
+
+def test_worker_image_dockerfile_copies_what_exists_and_installs_the_package(tmp_path):
+    """docker cannot run here: check the Dockerfile against the repo, then do its install step on its COPY set."""
+    steps = dockerfile_instructions(DEPLOY / "docker" / "Dockerfile")
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    froms = [args for word, args in steps if word == "FROM"]
+    assert froms == [f"apache/beam_python{sys.version_info.major}.{sys.version_info.minor}_sdk:{pins['apache-beam']}"]
+    assert not any(word in ("ENTRYPOINT", "CMD") for word, _ in steps)  # the SDK image's boot must stay
+    context = tmp_path / "context"
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    for word, args in steps:
+        if word == "COPY":
+            *sources, dest = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+                assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
+                # Docker's rules: a directory's contents go to DEST; files go into DEST/ when it ends with "/".
+                target = context / dest
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    target = target / source if dest.endswith("/") else target
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, target)
+    runs = [args for word, args in steps if word == "RUN"]
+    assert any('pip install --no-cache-dir ".[aws]"' in run for run in runs), runs
+    # The RUN step, minus its dependencies (the base image has Beam; this venv has the rest): the
+    # copied files build a package that installs seqcodec and nothing else at the top level.
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path / "wheels"), str(context)],
+                           capture_output=True, text=True, timeout=180)
+    assert wheel.returncode == 0, wheel.stderr
+    (built,) = (tmp_path / "wheels").glob("seqcodec-*.whl")
+    with zipfile.ZipFile(built) as whl:
+        names = whl.namelist()
+        metadata = whl.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert {"seqcodec/pipeline/encode.py", "seqcodec/model/codec.py", "seqcodec/transforms/parquet_io.py"} <= set(names)
+    assert {n.split("/", 1)[0] for n in names if ".dist-info" not in n} == {"seqcodec"}
+    assert f"Requires-Dist: apache-beam[aws]=={pins['apache-beam']}; extra == \"aws\"" in metadata
+    assert f"Requires-Dist: apache-beam[gcp]=={pins['apache-beam']}; extra == \"gcp\"" in metadata
