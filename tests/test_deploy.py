@@ -299,3 +299,42 @@ def test_worker_image_dockerfile_copies_what_exists_and_installs_the_package(tmp
     assert {n.split("/", 1)[0] for n in names if ".dist-info" not in n} == {"seqcodec"}
     assert f"Requires-Dist: apache-beam[aws]=={pins['apache-beam']}; extra == \"aws\"" in metadata
     assert f"Requires-Dist: apache-beam[gcp]=={pins['apache-beam']}; extra == \"gcp\"" in metadata
+
+
+# -- Dataflow, as far as it goes offline ------------------------------------------------------------
+
+
+def test_dataflow_launch_translates_the_whole_job_into_a_job_request(tiny_model_dir, tmp_path):
+    """deploy/launch.sh dataflow's command, built by the job's own code and translated by Beam's DataflowRunner
+    into the Dataflow job request, with Beam's --dry_run (nothing submitted, no credentials, no network).
+
+    Needs apache-beam[gcp] (requirements-dev.txt); without it the job stops at once with Beam's
+    "Google Cloud Dataflow runner not available, please install apache_beam[gcp]".
+    """
+    from seqcodec.pipeline.encode import build
+
+    write_tokens_parquet(tmp_path / "a.parquet", range(20), [[1, 2, 3]] * 20)
+    env = {**os.environ, "SEQCODEC_DRY_RUN": "1", "RUN_DATE": DATE, "SEQCODEC_INPUT": str(tmp_path / "*.parquet"),
+           "SEQCODEC_OUTPUT": str(tmp_path / "codes"), "SEQCODEC_MODEL_DIR": str(tiny_model_dir),
+           "GCP_PROJECT": "seqcodec-test", "GCP_REGION": "europe-west1", "GCS_TEMP": "gs://seqcodec-test/tmp"}
+    run = subprocess.run([str(DEPLOY / "launch.sh"), "dataflow", "--no-wait", "--dry_run=True", "--no_auth"],
+                         capture_output=True, text=True, env=env, timeout=30, check=True)
+    argv = run.stdout.splitlines()[2:]
+    built = build(argv)
+    result = built.pipeline.run()  # what launch() does first; with --dry_run Beam stops before the service
+    request = json.loads(result.job.json())
+    assert request["name"] == f"seqcodec-encode-{DATE}" and request["type"] == "JOB_TYPE_BATCH"
+    assert result.job.google_cloud_options.project == "seqcodec-test"
+    assert result.job.root_staging_location.startswith("gs://seqcodec-test/tmp")
+    pipeline = result.job.proto_pipeline
+    names = {t.unique_name for t in pipeline.components.transforms.values()}
+    for step in ("Read", "Validate", "Encode", "Write codes", "Write errors", "Finalize"):
+        assert step in names, sorted(names)  # the whole job, its count-gate-publish stage included
+    # Workers run Beam's SDK image of this Python and install the sdist that --setup_file built.
+    (environment,) = {e.SerializeToString(): e for e in pipeline.components.environments.values()}.values()
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    image = f"/beam_python{sys.version_info.major}.{sys.version_info.minor}_sdk:{pins['apache-beam']}"
+    assert environment.payload.endswith(image.encode()), environment.payload
+    staged = {a.role_payload[2:].decode() for a in environment.dependencies}
+    assert "workflow.tar.gz" in staged, staged
+    assert not (tmp_path / "codes").exists()  # nothing ran, nothing was created

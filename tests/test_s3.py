@@ -9,6 +9,7 @@ SIGKILLed run). The server is started and stopped here; nothing leaves this mach
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -130,68 +131,67 @@ def start_job(argv: list, home: Path, log: Path, **env: str) -> subprocess.Popen
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def test_dated_run_publishes_on_s3_and_the_readers_wait_for_success(s3, inputs):
-    code, _, err = run_seqcodec(encode_args(s3, inputs, f"s3://{BUCKET}/codes", "--num-shards", "2"))
+@pytest.fixture(scope="module")
+def published(s3, inputs):
+    """A dated run published to s3://nightly/codes/dt=DATE in three shards (in-process, DirectRunner)."""
+    code, _, err = run_seqcodec(encode_args(s3, inputs, f"s3://{BUCKET}/codes", "--num-shards", "3"))
     assert code == 0, err
-    part = f"codes/dt={DATE}"
-    published = s3.objects(part)
-    assert sorted(k for k in published if k.startswith("codes/")) == [
-        "codes/part-00000-of-00002.parquet", "codes/part-00001-of-00002.parquet"]
-    assert {"_SUCCESS", "summary.json", "errors/part-00000-of-00001.parquet"} <= set(published)
-    assert s3.ids(f"{part}/codes") == inputs["ids"]
-    assert not s3.objects("codes/.dt=")  # staging removed after the publish
+    return f"codes/dt={DATE}"
 
-    # The job's own readers: decode reads the codes of a published partition, report renders it.
-    codes = f"s3://{BUCKET}/{part}/codes/*.parquet"
-    decode = ["decode", "--input", codes, "--output", f"s3://{BUCKET}/decoded", "--model-dir", inputs["model"],
-              "--run-date", DATE, *s3.beam_args]
-    code, _, err = run_seqcodec(decode)
+
+def test_dated_run_publishes_on_s3(s3, inputs, published):
+    objects = s3.objects(published)
+    shards = sorted(k for k in objects if k.startswith("codes/"))
+    assert shards == [f"codes/part-0000{i}-of-00003.parquet" for i in range(3)]
+    assert {"_SUCCESS", "summary.json", "errors/part-00000-of-00001.parquet"} <= set(objects)
+    summary = json.loads(objects["summary.json"])
+    assert objects["_SUCCESS"].decode() == summary["run_id"]  # the commit marker names the run
+    assert sorted(summary["files"]) == sorted(set(objects) - {"_SUCCESS"})
+    assert s3.ids(f"{published}/codes") == inputs["ids"]
+    assert sorted({key.split("/", 1)[0] for key in s3.objects("codes")}) == [f"dt={DATE}"]  # staging removed
+
+
+def test_decode_and_report_read_only_a_published_partition(s3, inputs, published):
+    decode = ["decode", "--input", f"s3://{BUCKET}/{published}/codes/*.parquet", "--output",
+              f"s3://{BUCKET}/decoded", "--model-dir", inputs["model"], "--run-date", DATE, *s3.beam_args]
+    report = ["report", f"s3://{BUCKET}/{published}", "--out", f"s3://{BUCKET}/report", *s3.beam_args]
+    # A shard its run did not write (left over, or from a publish in progress) is not read.
+    stray = f"{published}/codes/part-00007-of-00008.parquet"
+    s3.client.copy_object(Bucket=BUCKET, Key=stray, CopySource={"Bucket": BUCKET, "Key": f"tokens/dt={DATE}/a.parquet"})
+    try:
+        code, _, err = run_seqcodec(decode)
+        assert code == 0, err
+        assert "skipped 1 file(s) that the published runs did not write" in err
+        assert s3.ids(f"decoded/dt={DATE}/decoded") == inputs["ids"]
+    finally:
+        s3.client.delete_object(Bucket=BUCKET, Key=stray)
+    code, _, err = run_seqcodec(report)
     assert code == 0, err
-    assert s3.ids(f"decoded/dt={DATE}/decoded") == inputs["ids"]
-    code, _, err = run_seqcodec(["report", f"s3://{BUCKET}/{part}", *s3.beam_args])
-    assert code == 0, err
-    assert s3.objects(f"{part}/report.png")
+    assert set(s3.objects("report")) == {"report.png", "report.html"}
 
     # Without _SUCCESS (a publish in progress, or one that failed) both refuse, in one line.
-    s3.client.delete_object(Bucket=BUCKET, Key=f"{part}/_SUCCESS")
-    code, _, err = run_seqcodec(decode)
-    assert code == 2 and "is not published (no _SUCCESS)" in one_line(err)
-    code, _, err = run_seqcodec(["report", f"s3://{BUCKET}/{part}", *s3.beam_args])
-    assert code == 2 and "not published (no _SUCCESS)" in one_line(err)
-
-
-def test_rerun_with_other_shards_and_workers_replaces_the_partition(s3, inputs, tmp_path):
-    """The rerun runs as a separate launcher with two worker processes: they get the S3 options too."""
-    code, _, err = run_seqcodec(encode_args(s3, inputs, f"s3://{BUCKET}/rerun", "--num-shards", "3"))
-    assert code == 0, err
-    log = tmp_path / "rerun.log"
-    job = start_job(encode_args(s3, inputs, f"s3://{BUCKET}/rerun", "--num-shards", "1",
-                                "--direct_running_mode=multi_processing", "--direct_num_workers=2"), tmp_path, log)
+    success = s3.objects(f"{published}/_SUCCESS")[""]
+    s3.client.delete_object(Bucket=BUCKET, Key=f"{published}/_SUCCESS")
     try:
-        assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
+        code, _, err = run_seqcodec(decode)
+        assert code == 2 and "is not published (no _SUCCESS)" in one_line(err)
+        code, _, err = run_seqcodec(report)
+        assert code == 2 and "not published (no _SUCCESS)" in one_line(err)
     finally:
-        stop_process_group(job)
-    published = s3.objects(f"rerun/dt={DATE}")
-    assert sorted(k for k in published if k.startswith("codes/")) == ["codes/part-00000-of-00001.parquet"]
-    assert s3.ids(f"rerun/dt={DATE}/codes") == inputs["ids"]  # no duplicate, no stale shard
-    assert "_SUCCESS" in published
-    assert sorted({key.split("/", 1)[0] for key in s3.objects("rerun")}) == [f"dt={DATE}"]
+        s3.client.put_object(Bucket=BUCKET, Key=f"{published}/_SUCCESS", Body=success)
 
 
-def test_killed_run_leaves_the_published_partition_untouched(s3, inputs, tmp_path):
-    output = f"s3://{BUCKET}/killed"
-    code, _, err = run_seqcodec(encode_args(s3, inputs, output))
-    assert code == 0, err
-    before = s3.objects(f"killed/dt={DATE}")
-    assert "_SUCCESS" in before
-
-    # A long run (3000 rows, one model call per row), killed once it reports progress.
+def test_killed_run_changes_nothing_and_a_rerun_with_other_shards_and_workers_replaces_all(
+        s3, inputs, published, tmp_path):
+    before = s3.objects(published)
+    # A long run (3000 rows, one model call per row) of the same date, killed once it reports progress.
+    output = f"s3://{BUCKET}/codes"
     argv = ["encode", "--input", inputs["big"], "--output", output, "--model-dir", inputs["model"], "--run-date",
             DATE, "--batch-size", "1", *s3.beam_args]
     log = tmp_path / "killed.log"
     job = start_job(argv, tmp_path, log, SEQCODEC_PROGRESS_SECONDS="0.2")
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 300
         while "progress" not in log.read_text():
             assert job.poll() is None, f"the job ended before it could be killed:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"no progress line in time:\n{log.read_text()[-3000:]}"
@@ -200,14 +200,22 @@ def test_killed_run_leaves_the_published_partition_untouched(s3, inputs, tmp_pat
         assert job.wait(timeout=30) == -signal.SIGKILL
     finally:
         stop_process_group(job)
+    assert s3.objects(published) == before  # same objects, same bytes: _SUCCESS still names the old run
+    assert not any(key.endswith("_SUCCESS") for key in s3.objects("codes/.dt="))
 
-    assert s3.objects(f"killed/dt={DATE}") == before  # same objects, same bytes: _SUCCESS is the old run's
-    leftovers = s3.objects("killed/.dt=")
-    assert not any(key.endswith("_SUCCESS") for key in leftovers)
-    code, _, err = run_seqcodec(encode_args(s3, inputs, output))
-    assert code == 0, err
-    assert sorted({key.split("/", 1)[0] for key in s3.objects("killed")}) == [f"dt={DATE}"]  # leftovers removed
-    assert s3.ids(f"killed/dt={DATE}/codes") == inputs["ids"]
+    # The rerun: a separate launcher, two worker processes (they get the S3 options from the job), one shard.
+    log = tmp_path / "rerun.log"
+    job = start_job(encode_args(s3, inputs, output, "--num-shards", "1", "--direct_running_mode=multi_processing",
+                                "--direct_num_workers=2"), tmp_path, log)
+    try:
+        assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        stop_process_group(job)
+    after = s3.objects(published)
+    assert sorted(k for k in after if k.startswith("codes/")) == ["codes/part-00000-of-00001.parquet"]
+    assert s3.ids(f"{published}/codes") == inputs["ids"]  # no duplicate, no stale shard
+    assert after["_SUCCESS"] != before["_SUCCESS"]
+    assert sorted({key.split("/", 1)[0] for key in s3.objects("codes")}) == [f"dt={DATE}"]  # killed staging gone
 
 
 def test_bad_file_on_s3_is_one_line_and_writes_nothing(s3, inputs, tmp_path):
