@@ -100,8 +100,8 @@ def inputs(s3, tiny_model_dir, tmp_path_factory):
     seqs = random_sequences(120, 13, 12, seed=21)
     write_tokens_parquet(root / "a.parquet", range(0, 60), seqs[:60], row_group_size=20)
     write_tokens_parquet(root / "b.parquet", range(60, 120), seqs[60:], row_group_size=20)
-    big = random_sequences(3000, 13, 12, seed=22)
-    write_tokens_parquet(root / "big.parquet", range(3000), big, row_group_size=100)
+    big = random_sequences(20000, 13, 12, seed=22)
+    write_tokens_parquet(root / "big.parquet", range(20000), big, row_group_size=100)
     for name in ("a", "b"):
         s3.put_file(root / f"{name}.parquet", f"tokens/dt={DATE}/{name}.parquet")
     return {
@@ -184,7 +184,7 @@ def test_decode_and_report_read_only_a_published_partition(s3, inputs, published
 def test_killed_run_changes_nothing_and_a_rerun_with_other_shards_and_workers_replaces_all(
         s3, inputs, published, tmp_path):
     before = s3.objects(published)
-    # A long run (3000 rows, one model call per row) of the same date, killed once it reports progress.
+    # A long run (20,000 rows) of the same date, killed once it reports progress or has staged files.
     output = f"s3://{BUCKET}/codes"
     argv = ["encode", "--input", inputs["big"], "--output", output, "--model-dir", inputs["model"], "--run-date",
             DATE, "--batch-size", "1", *s3.beam_args]
@@ -192,7 +192,8 @@ def test_killed_run_changes_nothing_and_a_rerun_with_other_shards_and_workers_re
     job = start_job(argv, tmp_path, log, SEQCODEC_PROGRESS_SECONDS="0.2")
     try:
         deadline = time.monotonic() + 300
-        while "progress" not in log.read_text():
+        while "progress" not in log.read_text() and not s3.client.list_objects_v2(
+                Bucket=BUCKET, Prefix="codes/.dt=").get("KeyCount"):  # progress, or its first staged files
             assert job.poll() is None, f"the job ended before it could be killed:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"no progress line in time:\n{log.read_text()[-3000:]}"
             time.sleep(0.1)
