@@ -54,6 +54,19 @@ def write_tokens_parquet(
     return Path(path)
 
 
+def token_file(path: Path, n: int, bad_every: int = 0, seed: int = 0, row_group_size: int = 50):
+    """A token Parquet file of ids 0..n-1; every ``bad_every``-th row has an out-of-range token.
+
+    Returns (path, ids of valid rows, ids of rejected rows).
+    """
+    seqs = random_sequences(n, 13, 12, seed)
+    bad = list(range(0, n, bad_every)) if bad_every else []
+    for i in bad:
+        seqs[i] = [99]
+    write_tokens_parquet(path, list(range(n)), seqs, row_group_size=row_group_size)
+    return path, sorted(set(range(n)) - set(bad)), bad
+
+
 def random_sequences(n: int, vocab: int, max_len: int, seed: int) -> list[np.ndarray]:
     """``n`` int64 sequences with lengths uniform in [1, max_len] and ids uniform in [0, vocab)."""
     rng = np.random.default_rng(seed)

@@ -14,7 +14,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from conftest import random_sequences, write_tokens_parquet
+from conftest import token_file
 
 from seqcodec.pipeline import encode
 from seqcodec.pipeline.errors import TooManyRejects
@@ -25,22 +25,14 @@ from seqcodec.pipeline.run import finalize
 DATE = "2026-11-26"
 
 
-def token_file(path: Path, n: int, bad_every: int = 0, seed: int = 0) -> tuple[Path, list[int], list[int]]:
-    """Ids 0..n-1; every ``bad_every``-th row has an out-of-range token. (path, valid ids, rejected ids)."""
-    seqs = random_sequences(n, 13, 12, seed)
-    bad = list(range(0, n, bad_every)) if bad_every else []
-    for i in bad:
-        seqs[i] = [99]
-    write_tokens_parquet(path, list(range(n)), seqs, row_group_size=25)
-    return path, sorted(set(range(n)) - set(bad)), bad
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("finalize-data")
     return {
-        "clean": token_file(root / "clean.parquet", 100, seed=1),
-        "dirty": token_file(root / "dirty.parquet", 100, bad_every=10, seed=2),  # 10 of 100 rejected
+        "clean": token_file(root / "clean.parquet", 100, seed=1, row_group_size=25),
+        "dirty": token_file(root / "dirty.parquet", 100, bad_every=10, seed=2, row_group_size=25),  # 10 of 100 rejected
     }
 
 

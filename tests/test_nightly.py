@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import random_sequences, write_tokens_parquet
+from conftest import token_file
 
 from seqcodec.pipeline.outputs import SUCCESS, SUMMARY, Partition
 
@@ -27,17 +26,6 @@ DATE = "2026-11-26"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def token_file(path: Path, n: int, bad_every: int = 0, seed: int = 0, row_group_size: int = 50):
-    """A token Parquet file of ids 0..n-1; every ``bad_every``-th row has an out-of-range token.
-
-    Returns (path, ids of valid rows, ids of rejected rows).
-    """
-    seqs = random_sequences(n, 13, 12, seed)
-    bad = list(range(0, n, bad_every)) if bad_every else []
-    for i in bad:
-        seqs[i] = np.array([99])
-    write_tokens_parquet(path, list(range(n)), seqs, row_group_size=row_group_size)
-    return path, sorted(set(range(n)) - set(bad)), bad
 
 
 @pytest.fixture(scope="module")
