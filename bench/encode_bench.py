@@ -255,7 +255,7 @@ def variant_main(argv: list[str]) -> int:
 
     from seqcodec.model.manifest import read_manifest
     from seqcodec.pipeline.options import make_pipeline
-    from seqcodec.transforms.parquet_io import code_schema
+    from seqcodec.transforms.formats import code_schema
 
     manifest = read_manifest(args.model_dir)
     schema = code_schema(pa.int64(), manifest.code_size, {"fingerprint": manifest.fingerprint})
@@ -459,8 +459,8 @@ class Bench:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from seqcodec.transforms.inference import codes_table, flat_tokens
-        from seqcodec.transforms.parquet_io import code_schema
+        from seqcodec.transforms.formats import code_schema, codes_table
+        from seqcodec.transforms.inference import flat_tokens
         from seqcodec.transforms.validate import split_rows
 
         cfg = self.codec.config

@@ -25,8 +25,9 @@ from seqcodec.pipeline.options import (
 )
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
+from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes
-from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes, code_error_schema
+from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes
 
 log = logging.getLogger("seqcodec")
 

@@ -22,8 +22,9 @@ from seqcodec.model.config import Batching
 from seqcodec.model.data import read_vocab, token_text
 from seqcodec.model.figures import percent
 from seqcodec.model.manifest import Manifest
+from seqcodec.transforms.formats import decoded_schema
 from seqcodec.transforms.inference import DecodeTables
-from seqcodec.transforms.parquet_io import WriteTables, decoded_schema
+from seqcodec.transforms.parquet_io import WriteTables
 from seqcodec.transforms.roundtrip import (
     KeepExamples,
     LengthStats,

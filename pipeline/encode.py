@@ -22,18 +22,10 @@ from seqcodec.pipeline.options import (
 )
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
-from seqcodec.transforms.parquet_io import (
-    CODE_DTYPES,
-    FLOAT16_EXACT_LENGTH,
-    InputFiles,
-    ReadBatches,
-    WriteTables,
-    check_code_dtype,
-    code_schema,
-    inspect_inputs,
-)
+from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
+from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs
 from seqcodec.transforms.sequences import EncodeSequences
-from seqcodec.transforms.validate import TOO_LONG_CHOICES, error_schema
+from seqcodec.transforms.validate import TOO_LONG_CHOICES
 
 log = logging.getLogger("seqcodec")
 

@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that
 from conftest import TINY, random_sequences, write_tokens_parquet
 
 import seqcodec
-from seqcodec.transforms.parquet_io import schema_metadata
+from seqcodec.transforms.formats import schema_metadata
 
 
 def test_float16_job_codes_decode_back(tmp_path, tiny_model_dir, tiny_codec, seqcodec):

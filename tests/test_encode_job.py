@@ -34,7 +34,7 @@ from helpers_beam import (
 )
 
 from seqcodec.model.storage import load_codec
-from seqcodec.transforms.parquet_io import schema_metadata
+from seqcodec.transforms.formats import schema_metadata
 from seqcodec.transforms.validate import REASONS
 
 ROWS = mixed_rows(n_valid=30, seed=5)

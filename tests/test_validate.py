@@ -31,16 +31,10 @@ from helpers_beam import (
 
 from seqcodec.model.config import Batching
 from seqcodec.pipeline.options import direct_runner
+from seqcodec.transforms.formats import error_schema
 from seqcodec.transforms.parquet_io import ReadBatches, slice_tables
 from seqcodec.transforms.sequences import EncodeSequences
-from seqcodec.transforms.validate import (
-    ERRORS_TAG,
-    METRICS_NAMESPACE,
-    REASONS,
-    ValidateTokens,
-    error_schema,
-    split_rows,
-)
+from seqcodec.transforms.validate import ERRORS_TAG, METRICS_NAMESPACE, REASONS, ValidateTokens, split_rows
 
 ROWS = mixed_rows(n_valid=30, seed=5)
 

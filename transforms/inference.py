@@ -23,6 +23,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 
 from seqcodec.model.config import Batching
+from seqcodec.transforms.formats import codes_table, tokens_array
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 # Seconds between two progress lines of one worker (SEQCODEC_PROGRESS_SECONDS overrides).
@@ -45,17 +46,6 @@ def flat_tokens(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndar
     values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
     return values, offsets
 
-
-def codes_table(ids: pa.Array, codes: np.ndarray) -> pa.Table:
-    """(id, length, code) rows from ids and the (N, H+1) code matrix (float32 or float16)."""
-    width = codes.shape[1]
-    return pa.table(
-        {
-            "id": ids,
-            "length": pa.array(codes[:, 0].astype(np.int32)),
-            "code": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), width),
-        }
-    )
 
 
 class Progress:
@@ -187,10 +177,6 @@ def code_matrix(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> 
     values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
     return (values if dtype is None else values.astype(dtype, copy=False)).reshape(-1, width)
 
-
-def tokens_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
-    """(values, offsets) in Arrow's list layout -> list<int32>."""
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=pa.int32()))
 
 
 def correct_per_row(same: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -18,9 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.data import InputDataError, directory_pattern, first_line, require_columns, token_list_type_error
 from seqcodec.model.manifest import Manifest
+from seqcodec.transforms.formats import schema_metadata
 from seqcodec.transforms.validate import CODE_VALUE_TYPES
 
-METADATA_PREFIX = "seqcodec."
 SUCCESS = "_SUCCESS"  # a published partition's commit marker, written last; it holds the publishing run's id
 SUMMARY = "summary.json"  # names the run (run_id) and, since runs publish from the job, its files
 DATA_FOLDERS = ("codes", "decoded", "errors")
@@ -280,47 +280,11 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: Mani
     return CodeFiles(tuple(paths), total, id_type, tuple(unmarked))
 
 
-def _with_facts(fields: list[tuple[str, pa.DataType]], facts: dict[str, object]) -> pa.Schema:
-    """A schema whose metadata holds the model's facts as ``seqcodec.<name>`` JSON entries."""
-    return pa.schema(fields, metadata={f"{METADATA_PREFIX}{k}": json.dumps(v) for k, v in facts.items()})
 
 
-# Code value types that encode writes. float16 holds every integer up to 2048 exactly, so the length
-# field (code[0]) stays exact for models with max_length <= 2048; the state values keep ~3 digits.
-CODE_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
-FLOAT16_EXACT_LENGTH = 2048
 
 
-def check_code_dtype(code_dtype: str, max_length: int) -> None:
-    """ValueError (one line) for an unknown dtype or a model whose lengths float16 cannot hold exactly."""
-    if code_dtype not in CODE_DTYPES:
-        raise ValueError(f"--code-dtype must be one of {', '.join(CODE_DTYPES)}, got {code_dtype!r}")
-    if code_dtype == "float16" and max_length > FLOAT16_EXACT_LENGTH:
-        raise ValueError(f"--code-dtype float16 keeps lengths exact up to {FLOAT16_EXACT_LENGTH}; "
-                         f"this model's max_length is {max_length}")
 
-
-def code_schema(id_type: pa.DataType, code_size: int, metadata: dict[str, object],
-                code_dtype: str = "float32") -> pa.Schema:
-    """Code shards: id, length and the length-prefixed code; model facts and the code dtype in the metadata."""
-    fields = [("id", id_type), ("length", pa.int32()), ("code", pa.list_(CODE_DTYPES[code_dtype], code_size))]
-    return _with_facts(fields, {**metadata, "code_dtype": code_dtype})
-
-
-def decoded_schema(id_type: pa.DataType, metadata: dict[str, object]) -> pa.Schema:
-    """Decoded shards: id and tokens (int32); the decoding model's facts in the schema metadata."""
-    return _with_facts([("id", id_type), ("tokens", pa.list_(pa.int32()))], metadata)
-
-
-def schema_metadata(schema: pa.Schema) -> dict[str, object]:
-    """The ``seqcodec.*`` entries of a schema's metadata, decoded (empty if there are none)."""
-    raw = schema.metadata or {}
-    out = {}
-    for key, value in raw.items():
-        key = key.decode()
-        if key.startswith(METADATA_PREFIX):
-            out[key[len(METADATA_PREFIX) :]] = json.loads(value)
-    return out
 
 
 def slice_tables(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:

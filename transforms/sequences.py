@@ -22,6 +22,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from seqcodec.model.config import Batching
 from seqcodec.model.manifest import Manifest, read_manifest
+from seqcodec.transforms.formats import check_code_dtype
 from seqcodec.transforms.inference import (
     CodecDecoderHandler,
     CodecEncoderHandler,
@@ -30,7 +31,6 @@ from seqcodec.transforms.inference import (
     code_matrix,
     for_pipeline,
 )
-from seqcodec.transforms.parquet_io import check_code_dtype
 from seqcodec.transforms.validate import (
     ERRORS_TAG,
     METRICS_NAMESPACE,

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from seqcodec.transforms.formats import code_error_schema, error_schema
+
 METRICS_NAMESPACE = "seqcodec"
 ERRORS_TAG = "errors"
 
@@ -39,18 +41,6 @@ NOT_A_CODE = "not_a_code"  # the code is not a list of numbers
 CODE_VALUE_TYPES = (pa.float16(), pa.float32(), pa.float64())
 
 
-def error_schema(id_type: pa.DataType) -> pa.Schema:
-    """Dead-letter rows: the id, why, a sentence for people, and the tokens as they were read."""
-    return pa.schema(
-        [("id", id_type), ("reason", pa.string()), ("detail", pa.string()), ("tokens", pa.list_(pa.int64()))]
-    )
-
-
-def code_error_schema(id_type: pa.DataType) -> pa.Schema:
-    """Dead-letter code rows: the id, why, a sentence for people, and the code as it was read."""
-    return pa.schema(
-        [("id", id_type), ("reason", pa.string()), ("detail", pa.string()), ("code", pa.list_(pa.float64()))]
-    )
 
 
 def _first_per_row(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, dict[int, int]]:
