@@ -22,13 +22,6 @@ log = logging.getLogger("seqcodec.train")
 DEFAULTS = {"hidden_size": CodecConfig.hidden_size, "embedding_size": CodecConfig.embedding_size}
 
 
-def _train_settings_defaults() -> dict:
-    from seqcodec.model.train import TrainSettings  # imports TensorFlow: only when training
-
-    return {f: getattr(TrainSettings, f) for f in
-            ("epochs", "time_budget", "validation_fraction", "batch_size", "learning_rate", "seed")}
-
-
 def train(
     input: str | Sequence[Sequence[int]] | Sequence[np.ndarray],
     model_dir: str | os.PathLike,
