@@ -129,3 +129,27 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("apache_beam", "absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    relay = logging.getLogger(WORKER_RELAY)
+    relay.setLevel(logging.INFO)
+    relay.addFilter(worker_line)
+
+
+# Beam's local job service relays each line a worker process logs (multi-process DirectRunner) as
+# "Worker: <the LogEntry protobuf as text>" through this logger.
+WORKER_RELAY = "apache_beam.runners.portability.local_job_service"
+
+
+def worker_line(record: logging.LogRecord) -> bool:
+    """Show a relayed worker line as ``worker: MESSAGE``; drop Beam's INFO lines, the workers' and the relay's."""
+    if record.msg == "Worker: %s" and len(record.args or ()) == 1:
+        from apache_beam.portability.api import beam_fn_api_pb2
+        from google.protobuf import text_format
+
+        try:
+            entry = text_format.Parse(str(record.args[0]), beam_fn_api_pb2.LogEntry())
+        except text_format.ParseError:
+            return True
+        record.msg, record.args = "worker: %s", (entry.message,)
+        # Beam's own INFO lines (logged before the worker applies its log levels) are chatter.
+        return record.levelno >= logging.WARNING or "apache_beam" not in entry.log_location
+    return record.levelno >= logging.WARNING

@@ -6,7 +6,7 @@ import argparse
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, WorkerOptions
 
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
 from seqcodec.model.data import first_line
@@ -134,6 +134,18 @@ def check_beam_arguments(beam_args: list[str]) -> None:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither the job's nor Beam's)")
 
 
+def quiet_workers(options: PipelineOptions) -> None:
+    """Workers log Beam's warnings and the job's own lines (progress), not Beam's per-bundle INFO chatter.
+
+    Runners copy worker log lines into the job's log (the Dataflow console, the launcher's stderr
+    with multi-process workers, hence an Airflow task log). Explicit Beam options win.
+    """
+    worker = options.view_as(WorkerOptions)
+    if worker.default_sdk_harness_log_level is None:
+        worker.default_sdk_harness_log_level = "WARNING"
+    worker.sdk_harness_log_level_overrides = {"seqcodec": "INFO", **(worker.sdk_harness_log_level_overrides or {})}
+
+
 def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
     """A Pipeline for the remaining (Beam) arguments; the DirectRunner skips its Prism attempt.
 
@@ -141,6 +153,7 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
     """
     check_beam_arguments(beam_args)
     options = PipelineOptions(beam_args)
+    quiet_workers(options)
     runner = options.view_as(StandardOptions).runner
     if runner in DIRECT_RUNNERS:
         return beam.Pipeline(runner=direct_runner(options), options=options)

@@ -176,11 +176,12 @@ def run_encode_subprocess(args: Sequence, home: Path, timeout: float = 240) -> s
     )
 
 
-def start_encode_subprocess(args: Sequence, home: Path, log: Path) -> subprocess.Popen:
+def start_encode_subprocess(args: Sequence, home: Path, log: Path, **env: str) -> subprocess.Popen:
     """Start ``python -m seqcodec.pipeline.encode ARGS`` in its own session (output to ``log``) and return it."""
     with open(log, "wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "seqcodec.pipeline.encode", *map(str, args)], cwd=REPO, env=child_env(home),
+            [sys.executable, "-m", "seqcodec.pipeline.encode", *map(str, args)], cwd=REPO,
+            env={**child_env(home), **env},
             stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 

@@ -9,6 +9,7 @@ metadata database in a temporary AIRFLOW_HOME. Nothing is mocked: the provider b
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def test_dags_test_runs_the_nightly_encode_and_publishes(airflow_bin, tiny_model
         "SEQCODEC_OUTPUT": str(tmp_path / "codes"),
         "SEQCODEC_MODEL_DIR": str(tiny_model_dir),
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        "SEQCODEC_PROGRESS_SECONDS": "0",  # a progress line per batch: this job is seconds long
     }
     migrate = subprocess.run([str(airflow_bin / "airflow"), "db", "migrate"], env=env, capture_output=True,
                              text=True, timeout=300, cwd=tmp_path)
@@ -77,11 +79,13 @@ def test_dags_test_runs_the_nightly_encode_and_publishes(airflow_bin, tiny_model
     assert ids == list(range(ROWS))
     assert sorted(os.listdir(tmp_path / "codes")) == [f"dt={DATE}"]
 
-    # The task log carries the job's own lines (the provider's command, the start and the summary) ...
-    # (not yet the workers' progress lines: with multi-process workers the launcher drops their INFO lines)
+    # The task log carries the job's own lines (the provider's command, the start, the workers' progress
+    # relayed through the launcher, the summary) ...
     assert "-m seqcodec.pipeline.encode" in log and f"--run-date={DATE}" in log
     assert f"encoding {ROWS} rows" in log
+    assert re.search(r"INFO worker: progress: \d+ rows encoded by this worker in \d+s", log), log[-5000:]
     assert f"done: {ROWS} rows read" in log and "Process exited with return code: 0" in log
     # ... and not Beam's per-bundle INFO chatter from the SDK workers.
-    chatter = [line for line in log.splitlines() if "INFO:apache_beam" in line]
+    chatter = [line for line in log.splitlines()
+               if "INFO:apache_beam" in line or "Worker: severity" in line or "Logging handler created" in line]
     assert not chatter, chatter[:5]

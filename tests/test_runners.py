@@ -12,6 +12,7 @@ Every process we start gets a fresh HOME: Beam caches anything it downloads (the
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import WorkerOptions
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from conftest import random_sequences, root_logging_restored, run_seqcodec
 from helpers_beam import (
@@ -90,6 +92,17 @@ def test_direct_runner_is_fnapi_runner_without_prism():
     assert not isinstance(make_pipeline(["--runner", "PortableRunner"]).runner, FnApiRunner)
 
 
+def test_workers_log_warnings_and_the_jobs_own_lines_unless_told_otherwise():
+    worker = make_pipeline([]).options.view_as(WorkerOptions)
+    assert (worker.default_sdk_harness_log_level, worker.sdk_harness_log_level_overrides) == (
+        "WARNING", {"seqcodec": "INFO"})
+    worker = make_pipeline(["--default_sdk_harness_log_level=DEBUG",
+                            '--sdk_harness_log_level_overrides={"seqcodec": "DEBUG", "grpc": "ERROR"}'],
+                           ).options.view_as(WorkerOptions)
+    assert (worker.default_sdk_harness_log_level, worker.sdk_harness_log_level_overrides) == (
+        "DEBUG", {"seqcodec": "DEBUG", "grpc": "ERROR"})
+
+
 def test_in_memory_direct_runner(runs, tiny_model_dir):
     in_memory = runs["in-memory"]
     s = summary(in_memory)
@@ -113,6 +126,10 @@ def test_multi_processing_direct_runner(runs):
     # through the driver as the one warning every worker gives at start-up
     started = run["log"].count("Python sdk harness starting") or run["log"].count("No semi_persistent_directory")
     assert started == 2, run["log"][-4000:]
+    # the workers' own progress lines reach the launcher's log, readable; Beam's INFO chatter does not
+    assert re.search(r"INFO worker: progress: \d+ rows encoded by this worker in \d+s", run["log"]), run["log"][-4000:]
+    assert "Worker: severity" not in run["log"] and "INFO:apache_beam" not in run["log"]
+    assert "Logging handler created" not in run["log"]
     assert_same_output(run["out"], runs["in-memory"])
     assert not (run["home"] / ".apache_beam").exists(), "Beam tried to fetch Prism"
 
@@ -268,7 +285,7 @@ def runs(dataset, tiny_model_dir, portable_services, tmp_path_factory, request):
         out = root / name / "out"
         out.parent.mkdir()
         process = start_encode_subprocess([*job_args(dataset, out, tiny_model_dir), *extra[name]], home,
-                                          root / f"{name}.log")
+                                          root / f"{name}.log", SEQCODEC_PROGRESS_SECONDS="0")  # every batch
         request.addfinalizer(lambda: stop_process_group(process))
         jobs[name] = {"process": process, "out": out, "home": home, "started": time.monotonic()}
 

@@ -8,12 +8,11 @@ log). Reruns and retries of a date are safe: they replace ``OUTPUT/dt={{ ds }}``
 
 Settings come from the environment of the DAG processor and workers (SEQCODEC_* below).
 
-Runners: the provider waits for the subprocess with DirectRunner, FlinkRunner, SparkRunner and
-PortableRunner, so the job counts its rows and publishes at the end as usual. With
-``runner="DataflowRunner"`` the provider stops reading the launcher once the Dataflow job id appears
-and then only watches the Dataflow job, so the launcher's publish step is not guaranteed to run:
-launch Dataflow from cron (deploy/launch.sh dataflow) or from a task that waits for the whole
-command instead (see deploy/README.md).
+Runners: the job counts its rows, applies the error-rate gate and publishes in its own last stage,
+whoever waits for it. The provider waits for the subprocess with DirectRunner, FlinkRunner,
+SparkRunner and PortableRunner, so the task fails with the job. With ``runner="DataflowRunner"`` it
+stops reading the launcher once the Dataflow job id appears, so the task's success means
+"submitted": downstream tasks wait on ``OUTPUT/dt={{ ds }}/_SUCCESS`` (see deploy/README.md).
 
 ``encode_task_kwargs`` is plain Python, so tests check it without Airflow installed.
 """
@@ -45,10 +44,6 @@ def encode_task_kwargs(run_date: str = "{{ ds }}") -> dict[str, Any]:
     }
     if RUNNER == "DirectRunner":
         options.update({"direct_running_mode": "multi_processing", "direct_num_workers": 0})  # every core
-    # The task log gets every line the workers log: keep the job's own (progress, done) and Beam's
-    # warnings, not Beam's per-bundle INFO chatter.
-    options["default_sdk_harness_log_level"] = "WARNING"
-    options["sdk_harness_log_level_overrides"] = {"seqcodec": "INFO"}
     return {
         "task_id": "encode",
         "runner": RUNNER,
