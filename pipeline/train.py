@@ -18,9 +18,6 @@ from seqcodec.pipeline.errors import ArgumentParser, HelpFormatter, exit_process
 
 log = logging.getLogger("seqcodec.train")
 
-# The defaults of both the command and seqcodec.train(), from the classes that own them.
-DEFAULTS = {"hidden_size": CodecConfig.hidden_size, "embedding_size": CodecConfig.embedding_size}
-
 
 def train(
     input: str | Sequence[Sequence[int]] | Sequence[np.ndarray],
@@ -28,7 +25,7 @@ def train(
     *,
     tokens_column: str = "tokens",
     hidden_size: int = CodecConfig.hidden_size,
-    embedding_size: int = CodecConfig.embedding_size,
+    embedding_size: int | None = None,
     vocab_size: int | None = None,
     max_length: int | None = None,
     bidirectional: bool = True,
@@ -41,7 +38,7 @@ def train(
     epochs: int = 200,
     time_budget: float | None = 600.0,
     validation_fraction: float = 0.1,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     learning_rate: float = 2e-3,
     seed: int = 0,
 ) -> Manifest:
@@ -49,15 +46,16 @@ def train(
 
     ``input`` is a glob (or a directory) of Parquet files with a ``tokens_column``, or the token
     sequences themselves (lists or int arrays). The options are those of ``seqcodec train``,
-    with the same defaults; ``time_budget`` 0 or None means no limit. ``decoder`` and the
-    regularization options left None take the measured default for the vocabulary's size. ``model_dir`` is checked
+    with the same defaults; ``time_budget`` 0 or None means no limit. ``decoder``, ``embedding_size``,
+    ``batch_size`` and the regularization options left None take the measured default for the
+    vocabulary's size (``seqcodec.model.train.defaults_for``). ``model_dir`` is checked
     before anything is read or trained. ValueError (one line) for bad options or data.
     """
     from seqcodec.model.storage import check_model_dir
     from seqcodec.model.train import TrainSettings, defaults_for, train_codec  # TensorFlow is imported here
 
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if value < 1:
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("embedding_size", embedding_size)):
+        if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not learning_rate > 0:
         raise ValueError(f"--learning-rate must be positive, got {learning_rate}")
@@ -80,15 +78,15 @@ def train(
         keep = data.lengths <= max_length
         log.warning("skipping %d sequences longer than --max-length %d", int((~keep).sum()), max_length)
         data = data.take(keep.nonzero()[0])
-    given = {"decoder": decoder, "dropout": dropout, "word_dropout": word_dropout,
-             "label_smoothing": label_smoothing, "weight_decay": weight_decay}
+    given = {"decoder": decoder, "embedding_size": embedding_size, "batch_size": batch_size, "dropout": dropout,
+             "word_dropout": word_dropout, "label_smoothing": label_smoothing, "weight_decay": weight_decay}
     # Options left unset take the measured default for this kind of data (letters or words).
     chosen = {k: default if given[k] is None else given[k] for k, default in defaults_for(vocab_size).items()}
     config = CodecConfig(
         vocab_size=vocab_size,
         max_length=max_length,
         hidden_size=hidden_size,
-        embedding_size=embedding_size,
+        embedding_size=chosen.pop("embedding_size"),
         bidirectional=bidirectional,
         position_signal=position_signal,
         decoder=chosen.pop("decoder"),
@@ -97,7 +95,7 @@ def train(
         epochs=epochs,
         time_budget=time_budget or None,
         validation_fraction=validation_fraction,
-        batch_size=batch_size,
+        batch_size=chosen.pop("batch_size"),
         learning_rate=learning_rate,
         seed=seed,
         **chosen,
@@ -116,8 +114,18 @@ def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray]) -> Toke
     return TokenSequences(values, offsets)
 
 
+def by_vocab(name: str) -> str:
+    """A by-vocabulary default for --help: "A up to 256 tokens in the vocabulary, B above" (or just A)."""
+    from seqcodec.model.train import CHARACTER_VOCAB, defaults_for
+
+    small, large = defaults_for(CHARACTER_VOCAB)[name], defaults_for(CHARACTER_VOCAB + 1)[name]
+    if small == large:
+        return f"{small:g}" if isinstance(small, float) else str(small)
+    return f"{small} up to {CHARACTER_VOCAB} tokens in the vocabulary (letters), {large} above (words)"
+
+
 def parser() -> argparse.ArgumentParser:
-    from seqcodec.model.train import CHARACTER_VOCAB, TrainSettings
+    from seqcodec.model.train import TrainSettings
 
     p = ArgumentParser(prog="seqcodec train", description="Train a sequence codec on Parquet token files.",
                                 formatter_class=HelpFormatter)
@@ -127,8 +135,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens-column", default="tokens", help="name of the tokens column (default: %(default)s)")
     p.add_argument("--hidden-size", type=int, default=CodecConfig.hidden_size,
                    help="encoder state size; codes are hidden_size + 1 wide (default: %(default)s)")
-    p.add_argument("--embedding-size", type=int, default=CodecConfig.embedding_size,
-                   help="token embedding size (default: %(default)s)")
+    p.add_argument("--embedding-size", type=int, help=f"token embedding size (default: {by_vocab('embedding_size')})")
     p.add_argument("--vocab-size", type=int, help="default: largest token id seen + 1")
     p.add_argument("--max-length", type=int, help="default: longest sequence seen")
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
@@ -137,21 +144,21 @@ def parser() -> argparse.ArgumentParser:
                    help="learned position and steps-to-go signals added to the decoder input (default: on)")
     p.add_argument("--decoder", choices=DECODERS,
                    help="repeat: h and position signals at every step; autoregressive: also the previous token "
-                        f"(default: repeat up to {CHARACTER_VOCAB} tokens in the vocabulary, autoregressive above)")
-    p.add_argument("--dropout", type=float, help="on embeddings and decoder outputs (default: by vocabulary size)")
+                        f"(default: {by_vocab('decoder')})")
+    p.add_argument("--dropout", type=float, help=f"on embeddings and decoder outputs (default: {by_vocab('dropout')})")
     p.add_argument("--word-dropout", type=float,
                    help="share of the autoregressive decoder's previous tokens hidden in training "
-                        "(default: by vocabulary size)")
-    p.add_argument("--label-smoothing", type=float, help="default: by vocabulary size")
-    p.add_argument("--weight-decay", type=float, help="decoupled weight decay, AdamW (default: by vocabulary size)")
+                        f"(default: {by_vocab('word_dropout')})")
+    p.add_argument("--label-smoothing", type=float, help=f"default: {by_vocab('label_smoothing')}")
+    p.add_argument("--weight-decay", type=float,
+                   help=f"decoupled weight decay, AdamW (default: {by_vocab('weight_decay')})")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,
                    help="seconds; stop cleanly when spent and keep the best model (default: %(default)g; 0: no limit)")
     p.add_argument("--validation-fraction", type=float, default=TrainSettings.validation_fraction,
                    help="held out: half picks the checkpoint, half is the reported test set (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=TrainSettings.batch_size,
-                   help="sequences per training step (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, help=f"sequences per training step (default: {by_vocab('batch_size')})")
     p.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate,
                    help="starting rate, annealed (cosine) to 1/50 of it over the run's epochs or time budget "
                         "(default: %(default)g)")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 
+import seqcodec
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.network import hidden_id, start_id
 from seqcodec.model.storage import load_codec, save_codec
@@ -79,15 +80,24 @@ def test_teacher_inputs_shift_by_one_and_hide_only_real_tokens():
     assert (teacher_inputs(ids, config, 0.99, np.random.default_rng(0))[1, 3] == 0)  # padding stays padding
 
 
-def test_defaults_depend_on_the_kind_of_vocabulary():
+def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
     assert defaults_for(26)["decoder"] == "repeat" == defaults_for(CHARACTER_VOCAB)["decoder"]
     assert defaults_for(CHARACTER_VOCAB + 1)["decoder"] == "autoregressive"
-    for value in defaults_for(4000).values():
-        assert value is not None
     with pytest.raises(ValueError, match="word-dropout"):
         TrainSettings(word_dropout=1.0)
     with pytest.raises(ValueError, match="weight-decay"):
         TrainSettings(weight_decay=-1)
+    # seqcodec.train() (and so `seqcodec train`) takes them for every option left out
+    for vocab in (26, 4000):
+        rows = random_sequences(40, vocab, 6, seed=vocab)
+        rows[0][0] = vocab - 1  # the vocabulary's size is the largest id + 1
+        manifest = seqcodec.train(rows, tmp_path / f"m{vocab}", hidden_size=8, epochs=1, time_budget=0)
+        chosen = defaults_for(vocab)
+        assert (manifest.config.decoder, manifest.config.embedding_size) == (chosen["decoder"],
+                                                                              chosen["embedding_size"])
+        settings = manifest.metrics["settings"]
+        for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay"):
+            assert settings[name] == chosen[name], (vocab, name)
 
 
 def test_train_autoregressive_with_every_regularizer_learns(tmp_path):
