@@ -10,7 +10,7 @@ import numpy as np
 
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig
 from seqcodec.model.fused import fused_decoder, fused_encoder
-from seqcodec.model.network import greedy_decoder
+from seqcodec.model.network import beam_decoder, greedy_decoder
 from seqcodec.model.tfenv import keras, tf
 
 DEFAULT_BATCH_SIZE = 512
@@ -151,6 +151,7 @@ class SequenceCodec:
         token_budget: int = DEFAULT_TOKEN_BUDGET,
         xla: bool = False,
         fused: bool = True,
+        beam_width: int = 1,
     ) -> None:
         self.encoder = encoder
         self.decoder = decoder
@@ -160,12 +161,19 @@ class SequenceCodec:
         self.manifest = None  # the model directory's Manifest, when loaded from one
         self.token_budget = token_budget
         self.xla = xla
+        if beam_width < 1:
+            raise ValueError(f"beam width must be >= 1, got {beam_width}")
+        # A repeat decoder's steps don't see each other's choices: its greedy tokens are already the
+        # most likely sequence, so beam search only applies to the autoregressive decoder.
+        self.beam_width = beam_width if config.decoder == "autoregressive" else 1
 
         def encode_step(ids: Any) -> Any:
             return encoder(ids, training=False)
 
         autoregressive = config.decoder == "autoregressive"
-        if autoregressive:
+        if autoregressive and self.beam_width > 1:
+            decode_step = beam_decoder(decoder, config, self.beam_width)
+        elif autoregressive:
             decode_step = greedy_decoder(decoder, config)
         else:
             def decode_step(codes: Any) -> Any:
@@ -174,7 +182,7 @@ class SequenceCodec:
         fused_encode = fused_decode = None
         if fused:  # networks of another structure keep their Keras steps
             fused_encode = fused_encoder(encoder, config)
-            # The autoregressive decoder has its own step loop (network.greedy_decoder).
+            # The autoregressive decoder has its own step loop (network.greedy_decoder, beam_decoder).
             fused_decode = None if autoregressive else fused_decoder(decoder, config)
             encode_step, decode_step = fused_encode or encode_step, fused_decode or decode_step
         self.fused = fused_encode is not None
@@ -268,13 +276,15 @@ class SequenceCodec:
 
     def _decode_batches(self, codes: np.ndarray, lengths: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(row indices, decoded token matrix) per batch, through XLA or the graph function."""
+        # Beam search runs beam_width rows per code: the same budget of padded tokens holds fewer codes.
+        budget = max(1, self.token_budget // self.beam_width)
         if not self._use_xla():
-            for rows in token_batches(lengths, self.token_budget, self.batch_size):
+            for rows in token_batches(lengths, budget, self.batch_size):
                 yield rows, self._decode_fn(tf.constant(codes[rows], dtype=tf.float32)).numpy()
             return
         # The decoder runs as many steps as the longest length field in the batch, so one spare
         # row always carries the bucket's width: the shape XLA sees is (rows, width) exactly.
-        for rows, width, padded in shape_plan(lengths, self.token_budget, WIDTH_STEP, self.config.max_length, spare=1):
+        for rows, width, padded in shape_plan(lengths, budget, WIDTH_STEP, self.config.max_length, spare=1):
             if not padded:
                 yield rows, self._decode_fn(tf.constant(codes[rows], dtype=tf.float32)).numpy()
                 continue

@@ -68,7 +68,7 @@ DEFAULT_TOKEN_BUDGET = 16384
 
 @dataclasses.dataclass(frozen=True)
 class Batching:
-    """How a worker runs the codec: batch size in padded tokens (and rows), XLA or not, TF threads.
+    """How a worker runs the codec: batch size in padded tokens (and rows), XLA or not, TF threads, beam width.
 
     ``batch_size`` caps the rows per model call (and turns XLA off). ``tf_threads`` 0 means one
     share of the machine's cores per worker process (``workers``); see ``tfenv.configure_threads``.
@@ -79,7 +79,9 @@ class Batching:
     xla: bool = False
     tf_threads: int = 0
     workers: int = 1
+    beam_width: int = 1
 
     def codec_options(self) -> dict[str, Any]:
         """Keyword arguments for SequenceCodec / load_codec."""
-        return {"token_budget": self.token_budget, "batch_size": self.batch_size, "xla": self.xla}
+        return {"token_budget": self.token_budget, "batch_size": self.batch_size, "xla": self.xla,
+                "beam_width": self.beam_width}

@@ -1,4 +1,4 @@
-"""Build the encoder, the decoders (repeat and autoregressive), the autoencoder, and greedy decoding."""
+"""Build the encoder, the decoders (repeat and autoregressive), the autoencoder, and greedy or beam decoding."""
 
 from __future__ import annotations
 
@@ -81,6 +81,12 @@ def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model
     return keras.Model(ids, decoder(encoder(ids)), name="autoencoder")
 
 
+def _decoder_parts(decoder: keras.Model) -> tuple:
+    """The autoregressive decoder's layers that one decoding step runs by hand."""
+    return (decoder.get_layer("steps"), decoder.get_layer("previous_embedding"), decoder.get_layer("initial_h"),
+            decoder.get_layer("initial_c"), decoder.get_layer("decoder_lstm").cell, decoder.get_layer("token_probs"))
+
+
 def greedy_decoder(decoder: keras.Model, config: CodecConfig) -> Callable[[tf.Tensor], tf.Tensor]:
     """codes (batch, hidden + 1) -> token ids (batch, longest length), int32, for a tf.function.
 
@@ -88,11 +94,7 @@ def greedy_decoder(decoder: keras.Model, config: CodecConfig) -> Callable[[tf.Te
     chose at the step before (argmax). Every row's steps use only that row, so a batch padded to
     its longest length gives each row the tokens it would get alone.
     """
-    steps_layer = decoder.get_layer("steps")
-    embedding = decoder.get_layer("previous_embedding")
-    initial_h, initial_c = decoder.get_layer("initial_h"), decoder.get_layer("initial_c")
-    cell = decoder.get_layer("decoder_lstm").cell
-    out = decoder.get_layer("token_probs")
+    steps_layer, embedding, initial_h, initial_c, cell, out = _decoder_parts(decoder)
 
     def run(codes: tf.Tensor) -> tf.Tensor:
         inputs = steps_layer(codes)
@@ -109,5 +111,47 @@ def greedy_decoder(decoder: keras.Model, config: CodecConfig) -> Callable[[tf.Te
             tokens = tokens.write(t, token)
             previous = token + 1
         return tf.transpose(tokens.stack())
+
+    return run
+
+
+def beam_decoder(decoder: keras.Model, config: CodecConfig, width: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """codes (batch, hidden + 1) -> token ids (batch, longest length): beam search over ``width`` beams.
+
+    Each row keeps the ``width`` most likely prefixes (sum of log-probabilities) and returns the
+    best one of exactly its own length. Past a row's length its beams are frozen (only "token 0",
+    at no cost, so they neither reorder nor duplicate), which keeps rows independent: a padded
+    batch gives each row what it would get alone. ``width`` 1 chooses what greedy decoding does.
+    """
+    steps_layer, embedding, initial_h, initial_c, cell, out = _decoder_parts(decoder)
+    vocab, units = config.vocab_size, config.hidden_size
+
+    def run(codes: tf.Tensor) -> tf.Tensor:
+        rows = tf.shape(codes)[0]
+        lengths = tf.cast(codes[:, 0], tf.int32)
+        beams = tf.repeat(codes, width, axis=0)  # (rows * width, code): beam j of row i at i * width + j
+        inputs = steps_layer(beams)
+        state = beams[:, 1:]
+        h, c = initial_h(state), initial_c(state)
+        count = tf.shape(inputs)[1]
+        # Only beam 0 is alive at the start, or the first step would pick the same token width times.
+        scores = tf.tile(tf.concat([[0.0], tf.fill([width - 1], -float("inf"))], 0)[None], [rows, 1])
+        previous = tf.fill([rows * width], start_id(config))
+        chosen = tf.zeros([rows, width, count], tf.int32)
+        frozen = tf.concat([[0.0], tf.fill([vocab - 1], -float("inf"))], 0)  # a finished beam's only "choice"
+        for t in tf.range(count):
+            x = tf.concat([inputs[:, t], embedding(previous)], axis=-1)
+            y, (h, c) = cell(x, [h, c], training=False)
+            log_p = tf.reshape(tf.nn.log_softmax(tf.matmul(y, out.kernel) + out.bias), [rows, width, vocab])
+            active = (t < lengths)[:, None, None]
+            total = scores[:, :, None] + tf.where(active, log_p, frozen)
+            scores, best = tf.math.top_k(tf.reshape(total, [rows, width * vocab]), k=width)
+            parent, token = best // vocab, best % vocab
+            chosen = tf.gather(chosen, parent, batch_dims=1)
+            chosen += token[:, :, None] * tf.one_hot(t, count, dtype=tf.int32)[None, None]
+            h = tf.reshape(tf.gather(tf.reshape(h, [rows, width, units]), parent, batch_dims=1), [-1, units])
+            c = tf.reshape(tf.gather(tf.reshape(c, [rows, width, units]), parent, batch_dims=1), [-1, units])
+            previous = tf.reshape(token, [-1]) + 1
+        return chosen[:, 0]  # top_k sorts: beam 0 is the most likely
 
     return run

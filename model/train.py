@@ -39,9 +39,10 @@ class TrainSettings:
     word_dropout: float = 0.0  # share of the autoregressive decoder's previous tokens hidden in training
     label_smoothing: float = 0.0
     weight_decay: float = 0.0  # decoupled (AdamW); 0 is plain Adam
+    splice: float = 0.0  # share of training rows replaced, each batch, by a splice of two of equal length
 
     def __post_init__(self) -> None:
-        for name in ("dropout", "word_dropout", "label_smoothing"):
+        for name in ("dropout", "word_dropout", "label_smoothing", "splice"):
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1), got {value}")
@@ -63,12 +64,12 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
         # Dropout 0.2: on 57k training words the model memorized (100% of training words, 96.6% of
         # held-out ones); dropout gave 98.3%.
         return {"decoder": "repeat", "embedding_size": 64, "batch_size": 128, "dropout": 0.2, "word_dropout": 0.0,
-                "label_smoothing": 0.0, "weight_decay": 0.0}
+                "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0}
     # Words: the decoder that sees its last token, a wider embedding, 1.6x the updates (batch 64), and
     # word dropout so that it leans on the code rather than on its own (possibly wrong) last token:
     # 12.7% of held-out sentences and 48.5% of tokens, against 1.4% and 33.9% for the letters' settings.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
-            "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0}
+            "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0}
 
 
 class SmoothedSparseCrossEntropy(keras.losses.Loss):
@@ -124,18 +125,41 @@ def teacher_inputs(ids: np.ndarray, config: CodecConfig, word_dropout: float, rn
     return previous
 
 
+def splice_rows(ids: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Padded ids with about ``share`` of the rows spliced: a row's head, from a random cut, joined
+    to the tail of another row of the same length in the batch.
+
+    Splices keep the data's local statistics (letters next to letters that follow them in real
+    words) but are sequences the model has never seen whole, so it cannot pass by memorizing rows.
+    """
+    if not share:
+        return ids
+    lengths = (ids > 0).sum(axis=1)
+    order = np.lexsort((rng.random(lengths.size), lengths))  # by length, random within a length
+    partner = np.empty_like(order)
+    partner[order] = np.roll(order, -1)
+    alone = lengths[partner] != lengths  # the last row of a length has no partner of its own length
+    cut = rng.integers(1, np.maximum(lengths, 2))
+    columns = np.arange(ids.shape[1])
+    take = (rng.random(lengths.size) < share) & ~alone & (lengths > 1)
+    mask = take[:, None] & (columns >= cut[:, None])
+    return np.where(mask, ids[partner], ids)
+
+
 def bucketed_dataset(
     data: TokenSequences,
     batch_size: int,
     seed: int,
     config: CodecConfig | None = None,
     word_dropout: float = 0.0,
+    splice: float = 0.0,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches of similar length, padded to their own longest row, reshuffled every epoch.
 
     Yields (shifted ids, targets, weights) forever, or ((shifted ids, previous tokens), targets,
     weights) for an autoregressive ``config``; the weights are 0 on padding, so padding costs
-    nothing. Returns the dataset and the number of batches in one epoch.
+    nothing. ``splice``: the share of rows replaced by splices (``splice_rows``). Returns the dataset
+    and the number of batches in one epoch.
     """
     feed_previous = config is not None and config.decoder == "autoregressive"
     lengths = data.lengths
@@ -149,7 +173,7 @@ def bucketed_dataset(
         order = order[np.argsort(lengths[order], kind="stable")]
         chunks = [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
         for k in rng.permutation(len(chunks)):
-            ids = pad_shifted(data.values, data.offsets, chunks[k])
+            ids = splice_rows(pad_shifted(data.values, data.offsets, chunks[k]), splice, rng)
             inputs = (ids, teacher_inputs(ids, config, word_dropout, rng)) if feed_previous else ids
             yield inputs, np.maximum(ids - 1, 0), (ids > 0).astype(np.float32)
 
@@ -294,7 +318,8 @@ def train_codec(
         jit_compile=False,
     )
     codec = SequenceCodec(encoder, decoder, config)
-    dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed, config, settings.word_dropout)
+    dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed, config, settings.word_dropout,
+                                      settings.splice)
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
     best = BestExactMatch(codec, validation, model_dir, budget)
     anneal = AnnealLearningRate(settings.learning_rate, budget)

@@ -47,6 +47,10 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tf-threads", type=int, default=0, metavar="N",
                         help="TensorFlow threads per op in each worker process (default 0: the machine's cores "
                              "divided by the worker processes the runner starts on it)")
+    parser.add_argument("--beam-width", type=int, default=1, metavar="K",
+                        help="decoding only: keep the K most likely sentences while decoding with an autoregressive "
+                             "decoder (default 1: greedy; a repeat decoder's greedy choice is already the most "
+                             "likely, so it ignores K; docs/MODEL.md has what K costs and gains)")
     parser.add_argument("--num-shards", type=int, default=0, help="output shards (default: the runner decides)")
     parser.add_argument("--max-batch-rows", type=int, default=65536,
                         help="largest Arrow batch handed to the model at once; bigger row groups are sliced "
@@ -75,7 +79,7 @@ def check_run_options(args: argparse.Namespace) -> None:
 
 def check_io_arguments(args: argparse.Namespace) -> None:
     """ValueError (one line, exit 2) for any bad shared option, before anything runs."""
-    check_positive(args, "batch_tokens", "max_batch_rows")
+    check_positive(args, "batch_tokens", "max_batch_rows", "beam_width")
     if args.batch_size is not None:
         check_positive(args, "batch_size")
     if args.tf_threads < 0:

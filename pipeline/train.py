@@ -35,6 +35,7 @@ def train(
     word_dropout: float | None = None,
     label_smoothing: float | None = None,
     weight_decay: float | None = None,
+    splice: float | None = None,
     epochs: int = 200,
     time_budget: float | None = 600.0,
     validation_fraction: float = 0.1,
@@ -79,7 +80,8 @@ def train(
         log.warning("skipping %d sequences longer than --max-length %d", int((~keep).sum()), max_length)
         data = data.take(keep.nonzero()[0])
     given = {"decoder": decoder, "embedding_size": embedding_size, "batch_size": batch_size, "dropout": dropout,
-             "word_dropout": word_dropout, "label_smoothing": label_smoothing, "weight_decay": weight_decay}
+             "word_dropout": word_dropout, "label_smoothing": label_smoothing, "weight_decay": weight_decay,
+             "splice": splice}
     # Options left unset take the measured default for this kind of data (letters or words).
     chosen = {k: default if given[k] is None else given[k] for k, default in defaults_for(vocab_size).items()}
     config = CodecConfig(
@@ -152,6 +154,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, help=f"default: {by_vocab('label_smoothing')}")
     p.add_argument("--weight-decay", type=float,
                    help=f"decoupled weight decay, AdamW (default: {by_vocab('weight_decay')})")
+    p.add_argument("--splice", type=float,
+                   help="share of each batch's rows replaced by a splice of two rows of equal length (the head "
+                        "of one, the tail of the other), so the model cannot memorize rows "
+                        f"(default: {by_vocab('splice')})")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,

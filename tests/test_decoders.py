@@ -10,11 +10,12 @@ import pytest
 from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 
 import seqcodec
+from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.network import hidden_id, start_id
 from seqcodec.model.storage import load_codec, save_codec
 from seqcodec.model.tfenv import keras
-from seqcodec.model.train import CHARACTER_VOCAB, TrainSettings, defaults_for, teacher_inputs
+from seqcodec.model.train import CHARACTER_VOCAB, TrainSettings, defaults_for, splice_rows, teacher_inputs
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,25 @@ def test_teacher_inputs_shift_by_one_and_hide_only_real_tokens():
     assert (teacher_inputs(ids, config, 0.99, np.random.default_rng(0))[1, 3] == 0)  # padding stays padding
 
 
+def test_splices_join_two_rows_of_one_length_and_keep_every_length():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 9, size=200)
+    ids = np.zeros((200, 8), dtype=np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = 100 * (row + 1) + np.arange(1, n + 1)  # every token names its row and position
+    spliced = splice_rows(ids, 0.5, np.random.default_rng(4))
+    np.testing.assert_array_equal((spliced > 0).sum(axis=1), lengths)  # padding and lengths untouched
+    changed = (spliced != ids).any(axis=1)
+    assert 0.3 < changed.mean() < 0.5  # about half, less the rows without a partner of their length
+    for row in np.flatnonzero(changed):
+        n, head = lengths[row], np.flatnonzero(spliced[row] != ids[row])[0]
+        assert 1 <= head < n and (spliced[row, :head] == ids[row, :head]).all()
+        donor = spliced[row, head] // 100 - 1  # the tail is one other row's, position for position
+        assert donor != row and lengths[donor] == n
+        np.testing.assert_array_equal(spliced[row, head:n], ids[donor, head:n])
+    assert splice_rows(ids, 0.0, rng) is ids
+
+
 def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
     assert defaults_for(26)["decoder"] == "repeat" == defaults_for(CHARACTER_VOCAB)["decoder"]
     assert defaults_for(CHARACTER_VOCAB + 1)["decoder"] == "autoregressive"
@@ -87,6 +107,8 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
         TrainSettings(word_dropout=1.0)
     with pytest.raises(ValueError, match="weight-decay"):
         TrainSettings(weight_decay=-1)
+    with pytest.raises(ValueError, match="splice"):
+        TrainSettings(splice=1.0)
     # seqcodec.train() (and so `seqcodec train`) takes them for every option left out
     for vocab in (26, 4000):
         rows = random_sequences(40, vocab, 6, seed=vocab)
@@ -96,13 +118,13 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
         assert (manifest.config.decoder, manifest.config.embedding_size) == (chosen["decoder"],
                                                                               chosen["embedding_size"])
         settings = manifest.metrics["settings"]
-        for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay"):
+        for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice"):
             assert settings[name] == chosen[name], (vocab, name)
 
 
 def test_train_autoregressive_with_every_regularizer_learns(tmp_path):
     """Rows of one repeated token: learnable in a few epochs. Teacher forcing with dropout, word
-    dropout, label smoothing and weight decay must still produce a model whose greedy decoding
+    dropout, label smoothing, weight decay and splices must still produce a model whose greedy decoding
     rebuilds held-out rows far above chance (1/10 per token)."""
     rng = np.random.default_rng(4)
     rows = [np.full(int(rng.integers(1, 9)), int(rng.integers(0, 10))) for _ in range(600)]
@@ -112,14 +134,14 @@ def test_train_autoregressive_with_every_regularizer_learns(tmp_path):
         ["train", "--input", tmp_path / "rows.parquet", "--model-dir", model_dir, "--hidden-size", "16",
          "--embedding-size", "8", "--epochs", "8", "--batch-size", "32", "--seed", "3", "--time-budget", "0",
          "--decoder", "autoregressive", "--dropout", "0.1", "--word-dropout", "0.2", "--label-smoothing", "0.1",
-         "--weight-decay", "0.01"]
+         "--weight-decay", "0.01", "--splice", "0.2"]
     )  # fmt: skip
     assert code == 0, err
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["decoder"] == "autoregressive"
     settings = manifest["metrics"]["settings"]
     assert (settings["dropout"], settings["word_dropout"]) == (0.1, 0.2)
-    assert (settings["label_smoothing"], settings["weight_decay"]) == (0.1, 0.01)
+    assert (settings["label_smoothing"], settings["weight_decay"], settings["splice"]) == (0.1, 0.01, 0.2)
     assert manifest["metrics"]["test"]["token_accuracy"] > 0.6
     codec = load_codec(model_dir)
     assert any(isinstance(layer, keras.layers.Dropout) for layer in codec.decoder.layers)
@@ -136,3 +158,58 @@ def test_bad_regularization_options_are_one_line_errors(args, words, seqcodec, t
     code, _, err = seqcodec(["train", "--input", tmp_path / "rows.parquet", "--model-dir", tmp_path / "m", *args])
     assert code == 2
     assert words in err and "Traceback" not in err
+
+
+def sequence_log_likelihood(codec, codes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """log p(tokens | code) per row under teacher forcing: what beam search maximizes."""
+    previous = np.concatenate([np.full((len(tokens), 1), start_id(codec.config)), tokens[:, :-1] + 1], axis=1)
+    probs = np.asarray(codec.decoder([codes.astype(np.float32), previous.astype(np.int32)], training=False))
+    picked = np.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+    return np.log(picked.astype(np.float64)).sum(axis=1)
+
+
+def test_beam_search_finds_the_most_likely_sequence_when_wide_enough(tiny_ar_codec):
+    """Length 3 over 13 tokens: 2,197 sentences in all, and a beam of 13² keeps every prefix, so it must
+    return the exact maximum found by scoring every sentence; width 1 must return greedy's tokens."""
+    config = tiny_ar_codec.config
+    codes = tiny_ar_codec.encode(random_sequences(6, config.vocab_size, 3, seed=5))
+    codes[:, 0] = 3
+    grid = np.stack(np.meshgrid(*[np.arange(config.vocab_size)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    wide = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=config.vocab_size**2)
+    found = np.stack(wide.decode(codes))
+    greedy = np.stack(tiny_ar_codec.decode(codes))
+    for code, got, first in zip(codes, found, greedy, strict=True):
+        scores = sequence_log_likelihood(tiny_ar_codec, np.repeat(code[None], len(grid), 0), grid)
+        best = scores.max()
+        got_score = sequence_log_likelihood(tiny_ar_codec, code[None], got[None])[0]
+        assert got_score == pytest.approx(best, abs=1e-4)
+        assert got_score >= sequence_log_likelihood(tiny_ar_codec, code[None], first[None])[0] - 1e-4
+    one = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=1)
+    assert one.beam_width == 1
+    from seqcodec.model.network import beam_decoder
+    from seqcodec.model.tfenv import tf
+
+    np.testing.assert_array_equal(beam_decoder(tiny_ar_codec.decoder, config, 1)(tf.constant(codes)).numpy(), greedy)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_beam_search_is_batch_invariant_and_keeps_lengths(tiny_ar_codec, sequences, xla):
+    """Rows of mixed lengths decoded together equal each decoded alone, exactly ``length`` tokens each."""
+    config = tiny_ar_codec.config
+    beam = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=4, xla=xla)
+    codes = tiny_ar_codec.encode(sequences)
+    together = beam.decode(codes)
+    assert [t.size for t in together] == [s.size for s in sequences]
+    for i in range(0, len(codes), 7):
+        np.testing.assert_array_equal(beam.decode(codes[i : i + 1])[0], together[i])
+    assert SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=4).beam_width == 4
+    with pytest.raises(ValueError, match="beam width"):
+        SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=0)
+
+
+def test_beam_width_is_ignored_by_the_repeat_decoder_and_checked_on_the_command_line(tiny_codec, seqcodec, tmp_path):
+    assert SequenceCodec(tiny_codec.encoder, tiny_codec.decoder, tiny_codec.config, beam_width=5).beam_width == 1
+    write_tokens_parquet(tmp_path / "rows.parquet", range(4), random_sequences(4, 5, 4, seed=1))
+    code, _, err = seqcodec(["encode", "--input", tmp_path / "rows.parquet", "--output", tmp_path / "out",
+                             "--model-dir", tmp_path / "none", "--decode", "--beam-width", "0"])
+    assert code == 2 and "--beam-width must be at least 1" in err and "Traceback" not in err

@@ -323,14 +323,16 @@ class DecodeCodes(_CodecTransform):
     ``(id, tokens)`` with ``tokens`` an int32 numpy array of exactly ``code[0]`` tokens, or
     dicts/Rows with ``id`` and ``tokens``. ``errors``: dicts ``{id, reason, detail}`` with the
     decode job's reasons (``seqcodec.CODE_REASONS``, plus ``not_a_code`` for a value that is not
-    a list of numbers).
+    a list of numbers). ``beam_width`` > 1 decodes an autoregressive model by beam search.
     """
 
     def __init__(self, model_dir: str, *, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int | None = None,
                  id_field: str = "id", code_field: str = "code", manifest: Manifest | None = None,
-                 batching: Batching | None = None) -> None:
+                 batching: Batching | None = None, beam_width: int = 1) -> None:
         super().__init__(model_dir, manifest, batch_tokens, id_field, code_field)
-        self.batching = batching or batch_size
+        if beam_width < 1:
+            raise ValueError(f"beam_width must be at least 1, got {beam_width}")
+        self.batching = batching or Batching(batch_size=batch_size, beam_width=beam_width)
 
     def parts(self):
         m = self.manifest
