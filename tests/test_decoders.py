@@ -213,3 +213,30 @@ def test_beam_width_is_ignored_by_the_repeat_decoder_and_checked_on_the_command_
     code, _, err = seqcodec(["encode", "--input", tmp_path / "rows.parquet", "--output", tmp_path / "out",
                              "--model-dir", tmp_path / "none", "--decode", "--beam-width", "0"])
     assert code == 2 and "--beam-width must be at least 1" in err and "Traceback" not in err
+
+
+def test_beam_width_reaches_the_decode_job_and_the_beam_transform(tiny_ar_codec, ar_model_dir, sequences, tmp_path):
+    """`encode --decode --beam-width 3` and `DecodeCodes(beam_width=3)` decode exactly as the codec does."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+    from helpers_beam import read_folder
+
+    beam3 = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, tiny_ar_codec.config, beam_width=3)
+    codes = tiny_ar_codec.encode(sequences)
+    expected = {i: t.tolist() for i, t in enumerate(beam3.decode(codes))}
+    assert expected != {i: t.tolist() for i, t in enumerate(tiny_ar_codec.decode(codes))}  # a beam changes some
+    write_tokens_parquet(tmp_path / "rows.parquet", range(len(sequences)), sequences)
+    code, _, err = run_seqcodec(["encode", "--input", tmp_path / "rows.parquet", "--output", tmp_path / "run",
+                                 "--model-dir", ar_model_dir, "--decode", "--beam-width", "3"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["beam_width"] == 3
+    decoded = read_folder(tmp_path / "run" / "decoded")
+    assert dict(zip(decoded.column("id").to_pylist(), decoded.column("tokens").to_pylist(), strict=True)) == expected
+
+    def check(pairs):
+        assert {i: t.tolist() for i, t in pairs} == expected
+
+    with TestPipeline() as p:
+        out = p | beam.Create(list(enumerate(codes))) | seqcodec.DecodeCodes(str(ar_model_dir), beam_width=3)
+        assert_that(out.main, check)
