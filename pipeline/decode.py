@@ -26,7 +26,7 @@ from seqcodec.pipeline.options import (
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, beam_width, make_plan, model_dir_fact, row_count
 from seqcodec.transforms.formats import code_error_schema
-from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes
+from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
 from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes
 
 log = logging.getLogger("seqcodec")
@@ -44,7 +44,8 @@ class DecodeJob(Job):
 def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
     """Read codes -> validate -> decode -> write tokens; rejected rows -> errors. Returns what finalize waits for."""
     m = job.manifest
-    tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.code_column, job.max_batch_rows)
+    tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.code_column, job.max_batch_rows,
+                                              split_bytes(job.inputs, job.max_batch_rows))
     checked = tables | "Validate" >> beam.ParDo(
         ValidateCodes(m.code_size, m.max_length, job.id_column, job.code_column)
     ).with_outputs(ERRORS_TAG, main="valid")

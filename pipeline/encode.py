@@ -23,7 +23,7 @@ from seqcodec.pipeline.options import (
 from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, beam_width, make_plan, model_dir_fact, row_count
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
-from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs
+from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
 from seqcodec.transforms.sequences import EncodeSequences
 from seqcodec.transforms.validate import TOO_LONG_CHOICES
 
@@ -49,7 +49,8 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     Returns what finalize waits for.
     """
     m = job.manifest
-    tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column, job.max_batch_rows)
+    tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column, job.max_batch_rows,
+                                              split_bytes(job.inputs, job.max_batch_rows))
     # The library's transform, on Arrow tables; with decode the codes keep their tokens so decoding can compare.
     encoded = tables | "Encode" >> EncodeSequences(
         job.model_dir, manifest=m, too_long=job.too_long, batching=job.batching, id_field=job.id_column,

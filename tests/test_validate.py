@@ -5,6 +5,8 @@ way pipeline/options.py does) with assert_that; inputs are real Arrow tables and
 the model is the tiny saved codec from conftest.
 """
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,7 +34,7 @@ from helpers_beam import (
 from seqcodec.model.config import Batching
 from seqcodec.pipeline.options import direct_runner
 from seqcodec.transforms.formats import error_schema
-from seqcodec.transforms.parquet_io import ReadBatches, slice_tables
+from seqcodec.transforms.parquet_io import MIN_SPLIT_BYTES, InputFiles, ReadBatches, slice_tables, split_bytes
 from seqcodec.transforms.sequences import EncodeSequences
 from seqcodec.transforms.validate import ERRORS_TAG, METRICS_NAMESPACE, REASONS, ValidateTokens, split_rows
 
@@ -332,6 +334,29 @@ def test_read_batches_coalesces_small_files_and_row_groups(tmp_path):
     p = make_pipeline()
     assert_that(p | ReadBatches(tuple(paths), "id", "tokens", max_rows=16), check_tables)
     p.run()
+
+
+def test_a_file_split_into_many_reads_gives_every_row_once(tmp_path):
+    """A file cut into splits of a few hundred bytes (so that several workers can share it): every
+    row group is read by exactly one split."""
+    seqs = [s.tolist() for s in random_sequences(300, VOCAB, MAX_LEN, seed=12)]
+    path = write_table(tmp_path / "a.parquet", range(300), seqs, row_group_size=20)
+    size = path.stat().st_size
+    assert pq.ParquetFile(path).metadata.num_row_groups == 15 and size > 15 * 300
+
+    def check_tables(tables):
+        rows = sorted(row for t in tables for row in zip(t.column("id").to_pylist(), t.column("tokens").to_pylist(),
+                                                         strict=True))
+        check(rows == list(zip(range(300), seqs, strict=True)), "every row exactly once")
+
+    p = make_pipeline()
+    assert_that(p | ReadBatches((str(path),), "id", "tokens", max_rows=64, split_bytes=300), check_tables)
+    p.run()
+    # The job's split: about max_rows rows' worth of the files, between 1 MiB and 64 MiB.
+    files = InputFiles(("x",), rows=1_000_000, id_type=pa.int64(), bytes=10_000_000)
+    assert split_bytes(files, 65536) == MIN_SPLIT_BYTES
+    assert split_bytes(dataclasses.replace(files, bytes=1_000_000_000), 65536) == 65_536_000
+    assert split_bytes(dataclasses.replace(files, bytes=10**12), 65536) == 64 << 20
 
 
 def test_read_token_batches_other_column_names(tmp_path):

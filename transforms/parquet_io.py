@@ -29,6 +29,9 @@ SHARD_NAME = re.compile(r"part-\d{5}-of-\d{5}\.parquet")
 log = logging.getLogger("seqcodec")
 
 
+MIN_SPLIT_BYTES, MAX_SPLIT_BYTES = 1 << 20, 64 << 20
+
+
 @dataclasses.dataclass(frozen=True)
 class InputFiles:
     """What the up-front check learned: the files, their total rows and the id column's type."""
@@ -36,10 +39,11 @@ class InputFiles:
     paths: tuple[str, ...]
     rows: int
     id_type: pa.DataType
+    bytes: int = 0  # the files' sizes, for splitting the read
 
 
-def match_files(pattern: str) -> list[str]:
-    """Files matching ``pattern`` (or the Parquet files of a directory) on any Beam filesystem, sorted.
+def match_files(pattern: str) -> dict[str, int]:
+    """Files matching ``pattern`` (or the Parquet files of a directory) on any Beam filesystem: path -> bytes, sorted.
 
     InputDataError if none.
     """
@@ -48,10 +52,10 @@ def match_files(pattern: str) -> list[str]:
         results = FileSystems.match([pattern])
     except Exception as exc:  # a bad scheme or unreachable bucket: report it, do not crash
         raise InputDataError(f"{pattern}: cannot list files ({first_line(exc)})") from None
-    paths = sorted(m.path for m in results[0].metadata_list)
-    if not paths:
+    sizes = {m.path: m.size_in_bytes for m in sorted(results[0].metadata_list, key=lambda m: m.path)}
+    if not sizes:
         raise InputDataError(f"{pattern}: no file matches")
-    return paths
+    return sizes
 
 
 def is_directory(path: str) -> bool:
@@ -180,7 +184,8 @@ def check_id_type(
 
 def inspect_inputs(pattern: str, id_column: str, tokens_column: str) -> InputFiles:
     """Check every input file before the job starts, so a bad file stops it before anything is written."""
-    paths = match_files(pattern)
+    sizes = match_files(pattern)
+    paths = list(sizes)
     total = 0
     id_type: pa.DataType | None = None
     for path in paths:
@@ -192,7 +197,7 @@ def inspect_inputs(pattern: str, id_column: str, tokens_column: str) -> InputFil
         id_type = check_id_type(path, schema, id_column, id_type, paths[0])
         total += rows
     assert id_type is not None
-    return InputFiles(tuple(paths), total, id_type)
+    return InputFiles(tuple(paths), total, id_type, sum(sizes.values()))
 
 
 def code_type_error(field_type: pa.DataType) -> str | None:
@@ -213,6 +218,7 @@ class CodeFiles:
     rows: int
     id_type: pa.DataType
     unmarked: tuple[str, ...]  # files without a model fingerprint in their metadata
+    bytes: int = 0  # the files' sizes, for splitting the read
 
 
 def _first_rows_width(file: pq.ParquetFile, column: str) -> int | None:
@@ -233,7 +239,8 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: Mani
     the model: the fixed width of the column, or else the usual width of its first rows.
     """
     fingerprint, code_size = manifest.fingerprint, manifest.code_size
-    paths = published_only(match_files(pattern))
+    sizes = match_files(pattern)
+    paths = published_only(list(sizes))
     total = 0
     id_type: pa.DataType | None = None
     unmarked = []
@@ -277,14 +284,7 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: Mani
             "accepted because their code width matches the model's %d", len(unmarked), len(paths), unmarked[0],
             code_size,
         )
-    return CodeFiles(tuple(paths), total, id_type, tuple(unmarked))
-
-
-
-
-
-
-
+    return CodeFiles(tuple(paths), total, id_type, tuple(unmarked), sum(sizes[p] for p in paths))
 
 
 def slice_tables(table: pa.Table, max_rows: int) -> Iterable[pa.Table]:
@@ -333,22 +333,37 @@ class CoalesceTables(beam.DoFn):
         self.pending = {}
 
 
+def split_bytes(files: InputFiles | CodeFiles, rows: int) -> int:
+    """Bytes of input per read split: about ``rows`` rows' worth, between 1 MiB and Beam's 64 MiB default.
+
+    Token lists compress so well (about 10 bytes a word) that with Beam's default a file of a
+    million rows is one split, read and encoded by one worker however many the runner has.
+    """
+    if not files.rows or not files.bytes:
+        return MAX_SPLIT_BYTES
+    return int(min(MAX_SPLIT_BYTES, max(MIN_SPLIT_BYTES, files.bytes * rows / files.rows)))
+
+
 class ReadBatches(beam.PTransform):
     """Read the checked files' row groups as Arrow tables of at most ``max_rows`` rows, projected to two columns.
 
-    Row groups smaller than ``max_rows`` are merged (within a bundle) up to ``max_rows`` rows.
+    Row groups smaller than ``max_rows`` are merged (within a bundle) up to ``max_rows`` rows. Files
+    are split for parallel reading every ``split_bytes`` (a row group belongs to the split it starts in).
     """
 
-    def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str, max_rows: int = 65536) -> None:
+    def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str, max_rows: int = 65536,
+                 split_bytes: int = MAX_SPLIT_BYTES) -> None:
         super().__init__()
-        self.paths, self.columns, self.max_rows = paths, [id_column, data_column], max_rows
+        self.paths, self.columns = paths, [id_column, data_column]
+        self.max_rows, self.split_bytes = max_rows, split_bytes
 
     def expand(self, pbegin):
         # The checked list, not the glob again: a file that appears mid-run must not break the row count.
         return (
             pbegin
             | "Files" >> beam.Create(self.paths)
-            | "Row groups" >> beam.io.ReadAllFromParquetBatched(columns=self.columns)
+            | "Row groups" >> beam.io.ReadAllFromParquetBatched(columns=self.columns,
+                                                                desired_bundle_size=self.split_bytes)
             | "Slice" >> beam.FlatMap(slice_tables, self.max_rows)
             | "Coalesce" >> beam.ParDo(CoalesceTables(self.max_rows))
         )
