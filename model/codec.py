@@ -139,6 +139,7 @@ class SequenceCodec:
     graph function of the fused steps (``model/fused.py``; with ``fused=False`` the Keras layers as
     they are). With ``xla`` batches are padded to a few fixed shapes instead and run through
     XLA-compiled steps. Results come back in input order and equal one-at-a-time results (within 1e-5).
+    ``beam_width`` > 1 decodes an autoregressive model by beam search (``network.beam_decoder``).
     """
 
     def __init__(

@@ -104,7 +104,7 @@ def localize_model_dir(model_dir: str) -> str:
 def load_codec(model_dir: str | os.PathLike, **options: Any) -> SequenceCodec:
     """Load a model directory written by ``save_codec`` (on any Beam filesystem) and verify its fingerprint.
 
-    ``options`` go to SequenceCodec (``batch_size``, ``token_budget``, ``xla``).
+    ``options`` go to SequenceCodec (``batch_size``, ``token_budget``, ``xla``, ``beam_width``).
     """
     model_dir = os.fspath(model_dir)
     manifest = read_manifest(model_dir)
