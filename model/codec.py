@@ -164,9 +164,7 @@ class SequenceCodec:
         self.xla = xla
         if beam_width < 1:
             raise ValueError(f"beam width must be >= 1, got {beam_width}")
-        # A repeat decoder's steps don't see each other's choices: its greedy tokens are already the
-        # most likely sequence, so beam search only applies to the autoregressive decoder.
-        self.beam_width = beam_width if config.decoder == "autoregressive" else 1
+        self.beam_width = config.beam_width(beam_width)
 
         def encode_step(ids: Any) -> Any:
             return encoder(ids, training=False)

@@ -44,6 +44,11 @@ class CodecConfig:
         """Width of a code: the length field plus the encoder state."""
         return self.hidden_size + 1
 
+    def beam_width(self, asked: int) -> int:
+        """The beam width decoding uses when ``asked`` for one: a repeat decoder's steps don't see each
+        other's choices, so its greedy tokens already are the most likely sequence and it stays at 1."""
+        return asked if self.decoder == "autoregressive" else 1
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -24,7 +24,7 @@ from seqcodec.pipeline.options import (
     use_filesystem_options,
 )
 from seqcodec.pipeline.outputs import Partition, partition_path
-from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, beam_width, make_plan, model_dir_fact, row_count
+from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
 from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
 from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes
@@ -94,7 +94,8 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     graph = build_pipeline(pipeline, job)
     facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size,
              "model_dir": model_dir_fact(args.model_dir), "input_files": len(inputs.paths),
-             "input_files_without_fingerprint": len(inputs.unmarked), "beam_width": beam_width(args, manifest)}
+             "input_files_without_fingerprint": len(inputs.unmarked),
+             "beam_width": manifest.config.beam_width(args.beam_width)}
     plan = make_plan(args, pipeline, partition, inputs.rows, "decoded", "decoded", facts, started,
                      roundtrip="lengths")
     return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)

@@ -21,7 +21,7 @@ from seqcodec.pipeline.options import (
     use_filesystem_options,
 )
 from seqcodec.pipeline.outputs import Partition, partition_path
-from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, beam_width, make_plan, model_dir_fact, row_count
+from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
 from seqcodec.transforms.sequences import EncodeSequences
@@ -135,7 +135,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size, "code_dtype": args.code_dtype,
              "input_files": len(inputs.paths), "model_dir": model_dir_fact(args.model_dir)}
     if args.decode:
-        facts.update(training_facts(manifest), beam_width=beam_width(args, manifest))
+        facts.update(training_facts(manifest), beam_width=manifest.config.beam_width(args.beam_width))
     roundtrip = {"roundtrip": "compare", "expected_folder": "codes"} if args.decode else {}
     plan = make_plan(args, pipeline, partition, inputs.rows, "codes", "encoded", facts, started, **roundtrip)
     return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)

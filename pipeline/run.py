@@ -63,11 +63,6 @@ class Job:
         return self.manifest.facts()
 
 
-def beam_width(args: argparse.Namespace, manifest: Manifest) -> int:
-    """The beam width decoding will use: a repeat decoder is always greedy (its greedy choice is the most likely)."""
-    return args.beam_width if manifest.config.decoder == "autoregressive" else 1
-
-
 def model_dir_fact(model_dir: str) -> str:
     """The model directory as summary.json records it: absolute if local, so `seqcodec report` finds it."""
     return model_dir if "://" in model_dir else os.path.abspath(model_dir)

@@ -332,7 +332,8 @@ class DecodeCodes(_CodecTransform):
         super().__init__(model_dir, manifest, batch_tokens, id_field, code_field)
         if beam_width < 1:
             raise ValueError(f"beam_width must be at least 1, got {beam_width}")
-        self.batching = batching or Batching(batch_size=batch_size, beam_width=beam_width)
+        batching = batching or Batching(batch_size=batch_size)
+        self.batching = dataclasses.replace(batching, beam_width=beam_width) if beam_width > 1 else batching
 
     def parts(self):
         m = self.manifest
