@@ -403,7 +403,7 @@ class Bench:
 
     def per_sequence(self) -> None:
         """(a) batch sweep, (b) predict per sequence and (c) a compiled call per sequence, round-robin."""
-        from seqcodec.model.codec import pad_shifted
+        from seqcodec.model.batches import pad_shifted
 
         tf, codec = self.tf, self.codec
         rng = np.random.default_rng(1)

@@ -3,8 +3,9 @@
 One run measures, as ratios within the run (the machine is shared: medians of alternating rounds):
 
   peak     a large float32 matmul, GFLOP/s: the machine's ceiling, next to every codec figure
-  memory   in memory, encode and decode: today's path (graph function, batch 512) against the new one
-           (XLA on fixed shapes, token budget), same rows; codes within 1e-5, identical lengths and tokens;
+  memory   in memory, encode and decode: today's path (graph function, batch 512) against the new ones
+           (token budget, fused steps, the numpy encoder, XLA on fixed shapes), same rows; codes within
+           1e-5, identical lengths and tokens;
            XLA compiles counted and timed; the codec's achieved GFLOP/s
   budget   in-memory encode (XLA) per token budget, to pick the default
   jobs     ``seqcodec encode`` on 1M rows against the new in-memory rate (before and after it), peak RSS
@@ -174,23 +175,24 @@ def jobs(model_dir: Path, work: Path, big_rows: int, small_rows: int, repeats: i
     groups = make_or_reuse(data / f"perf-{small_rows}-rg100.parquet", small_rows, 100)
     files = write_split(small, data / f"perf-{small_rows}-files400", 400)
     out: dict[str, Any] = {"big": [], "memory": [], "small": [], "workers": []}
-    log("whole job on the big input, between in-memory runs of the new path")
+    two = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    log("whole job on the big input, 1 and 2 worker processes, between in-memory runs of the new path")
     for i in range(repeats):
-        before = new_rate(model_dir, big, min(big_rows, 300_000))
-        run = job(f"big-{i}", str(big), model_dir, work)
-        after = new_rate(model_dir, big, min(big_rows, 300_000))
-        out["big"].append({**run, "in_memory_before": before, "in_memory_after": after,
-                           "ratio": run["rows_per_second"] / ((before + after) / 2)})
+        for workers, extra in ((1, []), (2, two)):
+            before = new_rate(model_dir, big, min(big_rows, 300_000))
+            run = job(f"big-{i}-w{workers}", str(big), model_dir, work, extra)
+            after = new_rate(model_dir, big, min(big_rows, 300_000))
+            out["big"].append({**run, "workers": workers, "in_memory_before": before, "in_memory_after": after,
+                               "ratio": run["rows_per_second"] / ((before + after) / 2)})
     log("peak memory: 100k vs the big input")
     out["memory"].append(job("mem-100k", str(hundred_k), model_dir, work))
-    out["memory"].append(out["big"][-1])
+    out["memory"].append(next(run for run in out["big"] if run["workers"] == 1))
     log("small row groups and small files against large row groups, same rows, alternating")
     variants = [("large", str(small)), ("rg100", str(groups)), ("files400", files)]
     for i in range(repeats):
         for name, inputs in variants if i % 2 == 0 else variants[::-1]:
             out["small"].append(job(f"{name}-{i}", inputs, model_dir, work))
     log("1 vs 2 worker processes; threads from the policy (auto) or oversubscribed (2 per worker)")
-    two = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     setups = [("1 worker, auto (2 threads)", []), ("2 workers, auto (1 thread each)", two),
               ("2 workers, 2 threads each", [*two, "--tf-threads", "2"])]
     for i in range(repeats):
@@ -234,7 +236,8 @@ def main() -> None:
         result["memory"] = in_memory(model_dir, data, args.rows, args.rounds, {
             "Keras steps, token budget (default 16384)": {"fused": False},
             "fused, batch 512": {"batch_size": 512},
-            "fused, token budget (new default)": {},
+            "fused TensorFlow graph, token budget": {"numpy": False},
+            "fused, token budget (new default: numpy encoder)": {},
             **({"fused + XLA, token budget": {"xla": True}} if args.xla_variant else {}),
         })
     if "budget" in parts:

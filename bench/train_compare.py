@@ -18,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqcodec.model.codec import SequenceCodec, pad_shifted  # noqa: E402
+from seqcodec.model.batches import pad_shifted  # noqa: E402
+from seqcodec.model.codec import SequenceCodec  # noqa: E402
 from seqcodec.model.config import CodecConfig  # noqa: E402
 from seqcodec.model.data import read_token_sequences  # noqa: E402
 from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder  # noqa: E402

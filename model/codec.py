@@ -8,71 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from seqcodec.model.batches import check_sequences, flatten, pad_shifted, ragged_positions, token_batches
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig
-from seqcodec.model.fused import fused_decoder, fused_encoder
+from seqcodec.model.fused import fused_decoder, fused_encoder, numpy_weights
 from seqcodec.model.network import beam_decoder, greedy_decoder
+from seqcodec.model.numpy_encoder import NumpyEncoder
 from seqcodec.model.tfenv import keras, tf
 
 DEFAULT_BATCH_SIZE = 512
 # Lengths are padded up to a multiple of this for XLA, so it compiles a few widths, not every length.
 WIDTH_STEP = 4
-
-
-def flatten(sequences: Sequence[np.ndarray] | Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """List of token sequences -> (values, offsets) in Arrow's list layout; rejects non-integer tokens."""
-    arrays = [np.asarray(s) for s in sequences]
-    for i, a in enumerate(arrays):
-        if a.ndim != 1:
-            raise ValueError(f"sequence {i}: expected a 1-D list of token ids, got shape {a.shape}")
-        if a.size and not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"sequence {i}: token ids must be integers, got {a.dtype}")
-    lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.concatenate(arrays).astype(np.int64) if arrays else np.zeros(0, np.int64)
-    return values, offsets
-
-
-def ragged_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For rows of the given lengths, the (row, column) of every element in row-major order."""
-    row_of = np.repeat(np.arange(lengths.size), lengths)
-    col_of = np.arange(row_of.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return row_of, col_of
-
-
-def pad_shifted(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Right-pad the given rows into an int32 matrix of ids + 1 (0 marks padding), as wide as the longest."""
-    starts = offsets[rows]
-    lengths = offsets[rows + 1] - starts
-    out = np.zeros((rows.size, int(lengths.max(initial=0))), dtype=np.int32)
-    row_of, col_of = ragged_positions(lengths)
-    out[row_of, col_of] = values[starts[row_of] + col_of] + 1
-    return out
-
-
-def token_batches(lengths: np.ndarray, token_budget: int, max_rows: int | None = None) -> list[np.ndarray]:
-    """Row indices sorted by length (stable), cut into batches of at most ``token_budget`` padded tokens.
-
-    A batch's padded size is its row count times its longest row; ``max_rows`` also caps the rows.
-    A row longer than the whole budget still gets a batch of its own.
-    """
-    order = np.argsort(lengths, kind="stable")
-    widths = np.maximum(lengths[order], 1)
-    batches, start, n = [], 0, order.size
-    while start < n:
-        # Widths grow along the sorted rows, so rows x widest grows with the row count: the batch
-        # is the longest prefix that fits (at least one row).
-        most = min(n - start, max(1, token_budget // int(widths[start])), max_rows or n)
-        padded = np.arange(1, most + 1) * widths[start : start + most]
-        rows = max(1, int(np.searchsorted(padded, token_budget, side="right")))
-        batches.append(order[start : start + rows])
-        start += rows
-    return batches
-
-
-def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped into batches of ``batch_size`` rows of similar length (stable sort)."""
-    return token_batches(lengths, np.iinfo(np.int64).max, max_rows=batch_size)
 
 
 class XlaSteps:
@@ -135,10 +80,12 @@ class SequenceCodec:
 
     ``encode(sequences) -> float32 (N, hidden + 1)`` and ``decode(codes) -> list of int arrays``.
     Inputs are sorted by length and cut into batches of at most ``token_budget`` padded tokens
-    (and ``batch_size`` rows, if given). Each batch is padded to its longest row and run through a
-    graph function of the fused steps (``model/fused.py``; with ``fused=False`` the Keras layers as
-    they are). With ``xla`` batches are padded to a few fixed shapes instead and run through
-    XLA-compiled steps. Results come back in input order and equal one-at-a-time results (within 1e-5).
+    (and ``batch_size`` rows, if given). Each batch is padded to its longest row. The standard
+    encoder runs as numpy, ``threads`` batches at once (``model/numpy_encoder.py``; 0: one per core);
+    decoding runs a graph function of the fused steps (``model/fused.py``; with ``fused=False``
+    both run the Keras layers as they are). With ``xla`` batches are padded to a few fixed shapes
+    instead and run through XLA-compiled steps. Results come back in input order and equal
+    one-at-a-time results (within 1e-5).
     ``beam_width`` > 1 decodes an autoregressive model by beam search (``network.beam_decoder``).
     """
 
@@ -153,6 +100,8 @@ class SequenceCodec:
         xla: bool = False,
         fused: bool = True,
         beam_width: int = 1,
+        threads: int = 0,
+        numpy: bool = True,
     ) -> None:
         self.encoder = encoder
         self.decoder = decoder
@@ -185,6 +134,11 @@ class SequenceCodec:
             fused_decode = None if autoregressive else fused_decoder(decoder, config)
             encode_step, decode_step = fused_encode or encode_step, fused_decode or decode_step
         self.fused = fused_encode is not None
+        # Outside XLA the standard encoder runs as numpy, batches in parallel threads (numpy_encoder.py);
+        # numpy=False keeps the TensorFlow graph of the fused step (benchmarks compare the two).
+        weights = numpy_weights(encoder) if self.fused and numpy else None
+        self.numpy_encoder = None if weights is None else NumpyEncoder(
+            weights, config, fingerprint, token_budget, batch_size, threads)
 
         # One trace each for any batch shape: keras' predict() costs milliseconds per call.
         self._encode_fn = tf.function(encode_step, input_signature=[tf.TensorSpec([None, None], tf.int32)])
@@ -212,6 +166,8 @@ class SequenceCodec:
 
     def encode_flat(self, values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Like ``encode`` for sequences in Arrow's list layout (flat ``values``, N + 1 ``offsets``)."""
+        if self.numpy_encoder is not None and not self._use_xla():
+            return self.numpy_encoder.encode_flat(values, offsets)
         values = np.asarray(values)
         offsets = np.asarray(offsets, dtype=np.int64)
         lengths = np.diff(offsets)
@@ -234,24 +190,7 @@ class SequenceCodec:
 
     def check_sequences(self, values: np.ndarray, offsets: np.ndarray) -> None:
         """Raise ValueError naming the first bad sequence: empty, too long, or an id out of range."""
-        if values.size and not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"token ids must be integers, got {values.dtype}")
-        lengths = np.diff(offsets)
-        if (lengths == 0).any():
-            raise ValueError(f"sequence {int(np.argmax(lengths == 0))}: empty sequence")
-        too_long = lengths > self.config.max_length
-        if too_long.any():
-            i = int(np.argmax(too_long))
-            raise ValueError(
-                f"sequence {i}: length {int(lengths[i])} is over the model's max_length {self.config.max_length}"
-            )
-        bad = (values < 0) | (values >= self.config.vocab_size)
-        if bad.any():
-            pos = int(np.argmax(bad))
-            row = int(np.searchsorted(offsets, pos, side="right") - 1)
-            raise ValueError(
-                f"sequence {row}: token id {int(values[pos])} is outside [0, {self.config.vocab_size})"
-            )
+        check_sequences(values, offsets, self.config)
 
     # -- decode ---------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 # "repeat": h (plus position signals) at every step, nothing else: the first design, and what a
@@ -67,16 +68,27 @@ class CodecConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def threads_per_process(threads: int = 0, workers: int = 1) -> int:
+    """Threads one worker process runs its model with: ``threads`` if > 0, else its share of the cores.
+
+    The share is the cores this process may use divided by the ``workers`` processes on the machine
+    (0 workers: one per core), so N workers do not each start a pool as wide as the machine.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return threads or max(1, cores // (workers or cores))
+
+
 # Padded tokens (rows x longest row) per model call; measured in docs/BENCHMARKS.md.
 DEFAULT_TOKEN_BUDGET = 16384
 
 
 @dataclasses.dataclass(frozen=True)
 class Batching:
-    """How a worker runs the codec: batch size in padded tokens (and rows), XLA or not, TF threads, beam width.
+    """How a worker runs the codec: batch size in padded tokens (and rows), XLA or not, threads, beam width.
 
-    ``batch_size`` caps the rows per model call (and turns XLA off). ``tf_threads`` 0 means one
-    share of the machine's cores per worker process (``workers``); see ``tfenv.configure_threads``.
+    ``batch_size`` caps the rows per model call (and turns XLA off). ``tf_threads`` (``--tf-threads``)
+    sizes both the numpy encoder's thread pool and TensorFlow's; 0 means one share of the
+    machine's cores per worker process (``workers``): ``threads_per_process``.
     """
 
     token_budget: int = DEFAULT_TOKEN_BUDGET
@@ -89,4 +101,4 @@ class Batching:
     def codec_options(self) -> dict[str, Any]:
         """Keyword arguments for SequenceCodec / load_codec."""
         return {"token_budget": self.token_budget, "batch_size": self.batch_size, "xla": self.xla,
-                "beam_width": self.beam_width}
+                "beam_width": self.beam_width, "threads": threads_per_process(self.tf_threads, self.workers)}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from seqcodec.model.config import CodecConfig
+from seqcodec.model.numpy_encoder import EncoderWeights
 from seqcodec.model.tfenv import keras, tf
 
 Step = Callable[[Any], Any]
@@ -53,8 +54,8 @@ def _layer(model: keras.Model, name: str) -> Any:
         return None
 
 
-def fused_encoder(encoder: keras.Model, config: CodecConfig) -> Step | None:
-    """ids (batch, steps) int32, shifted and right-padded with 0 -> codes; None if not the standard encoder."""
+def _encoder_parts(encoder: keras.Model) -> tuple[Any, list[tuple[Any, Any, Any]]] | None:
+    """(embedding layer, each direction's LSTM variables) of the standard encoder; None for another structure."""
     embedding, lstm = _layer(encoder, "embedding"), _layer(encoder, "encoder_lstm")
     if embedding is None or lstm is None:
         return None
@@ -64,8 +65,25 @@ def fused_encoder(encoder: keras.Model, config: CodecConfig) -> Step | None:
         parts = [_lstm_parts(lstm.forward_layer), _lstm_parts(lstm.backward_layer)]
     else:
         parts = [_lstm_parts(lstm)]
-    if any(p is None for p in parts):
+    return None if any(p is None for p in parts) else (embedding, parts)
+
+
+def numpy_weights(encoder: keras.Model) -> Callable[[], EncoderWeights] | None:
+    """The standard encoder's weights for ``numpy_encoder``, read afresh at each call; None if not standard."""
+    found = _encoder_parts(encoder)
+    if found is None:
         return None
+    embedding, parts = found
+    return lambda: EncoderWeights.from_arrays(
+        embedding.embeddings.numpy(), [tuple(v.numpy() for v in part) for part in parts])
+
+
+def fused_encoder(encoder: keras.Model, config: CodecConfig) -> Step | None:
+    """ids (batch, steps) int32, shifted and right-padded with 0 -> codes; None if not the standard encoder."""
+    found = _encoder_parts(encoder)
+    if found is None:
+        return None
+    embedding, parts = found
     units = int(parts[0][1].shape[0])
 
     def step(ids: Any) -> Any:

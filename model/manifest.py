@@ -9,12 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from seqcodec.model.config import CodecConfig
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+ENCODER_FILE = "encoder.keras"
+DECODER_FILE = "decoder.keras"
 # What the output files' schema metadata records about the model that wrote them.
 FACT_NAMES = ("fingerprint", "code_size", "vocab_size", "max_length")
 
@@ -128,3 +132,22 @@ def read_manifest(model_dir: str | os.PathLike) -> Manifest:
             raise ModelDirError(f"{where}: does not exist") from None
         raise ModelDirError(f"{where}: no readable {MANIFEST} ({first_line(exc)})") from None
     return parse_manifest(text, where)
+
+
+def localize_model_dir(model_dir: str, names: tuple[str, ...]) -> str:
+    """A local directory holding the model's files ``names``: the path itself if local, else copies in a temp dir."""
+    if "://" not in model_dir:
+        return model_dir
+    from apache_beam.io.filesystems import FileSystems
+
+    from seqcodec.model.data import first_line
+
+    local = tempfile.mkdtemp(prefix="seqcodec-model-")
+    for name in names:
+        try:
+            with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as src:
+                with open(os.path.join(local, name), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except Exception as exc:  # FileSystems raises its own types per scheme
+            raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
+    return local

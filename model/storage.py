@@ -16,12 +16,17 @@ import seqcodec.model.layers  # noqa: F401  (registers the custom layers before 
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import first_line
-from seqcodec.model.manifest import MANIFEST, Manifest, ModelDirError, read_manifest
+from seqcodec.model.manifest import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    MANIFEST,
+    Manifest,
+    ModelDirError,
+    localize_model_dir,
+    read_manifest,
+)
+from seqcodec.model.numpy_encoder import file_digest
 from seqcodec.model.tfenv import keras, tf
-
-ENCODER_FILE = "encoder.keras"
-DECODER_FILE = "decoder.keras"
-MODEL_FILES = (MANIFEST, ENCODER_FILE, DECODER_FILE)
 
 
 def fingerprint(config: CodecConfig, encoder: keras.Model, decoder: keras.Model) -> str:
@@ -70,7 +75,12 @@ def save_codec(
         codec.config,
         fingerprint(codec.config, codec.encoder, codec.decoder),
         metrics or {},
-        extra={"versions": {"keras": keras.__version__, "tensorflow": tf.__version__}, **(extra or {})},
+        extra={
+            "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
+            # What lets numpy_encoder.load_encoder trust encoder.keras without TensorFlow to check the weights.
+            "files": {name: file_digest(staging / name) for name in (ENCODER_FILE, DECODER_FILE)},
+            **(extra or {}),
+        },
     )
     (staging / MANIFEST).write_text(manifest.to_json())
     if target.exists():
@@ -84,23 +94,6 @@ def save_codec(
     return manifest
 
 
-def localize_model_dir(model_dir: str) -> str:
-    """A local directory holding the model: the path itself if local, else a fresh copy in a temp dir."""
-    if "://" not in model_dir:
-        return model_dir
-    from apache_beam.io.filesystems import FileSystems
-
-    local = tempfile.mkdtemp(prefix="seqcodec-model-")
-    for name in MODEL_FILES:
-        try:
-            with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as src:
-                with open(os.path.join(local, name), "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        except Exception as exc:  # FileSystems raises its own types per scheme
-            raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
-    return local
-
-
 def load_codec(model_dir: str | os.PathLike, **options: Any) -> SequenceCodec:
     """Load a model directory written by ``save_codec`` (on any Beam filesystem) and verify its fingerprint.
 
@@ -109,7 +102,7 @@ def load_codec(model_dir: str | os.PathLike, **options: Any) -> SequenceCodec:
     model_dir = os.fspath(model_dir)
     manifest = read_manifest(model_dir)
     config = manifest.config
-    path = Path(localize_model_dir(model_dir))
+    path = Path(localize_model_dir(model_dir, (MANIFEST, ENCODER_FILE, DECODER_FILE)))
     nets = []
     for name in (ENCODER_FILE, DECODER_FILE):
         file = path / name

@@ -54,6 +54,8 @@ _import_quietly()
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from seqcodec.model.config import threads_per_process  # noqa: E402
+
 __all__ = ["configure_threads", "keras", "tf"]
 
 
@@ -65,13 +67,12 @@ def configure_threads(threads: int = 0, workers: int = 1) -> int:
     as wide as the machine. TensorFlow fixes its pools when it first runs an op: after that
     this only reports (and warns if the pools differ from the request).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    want = threads or max(1, cores // (workers or cores))
+    want = threads_per_process(threads, workers)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(want)
         tf.config.threading.set_inter_op_parallelism_threads(want)
     except RuntimeError:  # already initialised in this process (e.g. the model was loaded before)
-        current = tf.config.threading.get_intra_op_parallelism_threads() or cores
+        current = tf.config.threading.get_intra_op_parallelism_threads() or threads_per_process(0, 1)
         if current != want:
             logging.getLogger("seqcodec").warning(
                 "TensorFlow already runs %d threads per op in this process; %d requested", current, want)

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from seqcodec.model.codec import SequenceCodec, pad_shifted
+from seqcodec.model.batches import pad_shifted
+from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.figures import baseline_scores, most_frequent_token, percent

@@ -45,8 +45,9 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the model through XLA-compiled steps of a few fixed shapes; each shape costs "
                              "seconds of compiling per worker (default off, see docs/BENCHMARKS.md)")
     parser.add_argument("--tf-threads", type=int, default=0, metavar="N",
-                        help="TensorFlow threads per op in each worker process (default 0: the machine's cores "
-                             "divided by the worker processes the runner starts on it)")
+                        help="threads each worker process runs the model with: batches the numpy encoder runs "
+                             "at once, TensorFlow's threads per op (default 0: the machine's cores divided by the "
+                             "worker processes the runner starts on it)")
     parser.add_argument("--beam-width", type=int, default=1, metavar="K",
                         help="decoding only: keep the K most likely sentences while decoding with an autoregressive "
                              "decoder (default 1: greedy; a repeat decoder's greedy choice is already the most "

@@ -107,7 +107,7 @@ def train(
 
 def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray]) -> TokenSequences:
     """Token sequences given in Python as TokenSequences; empty ones are skipped, as from files."""
-    from seqcodec.model.codec import flatten
+    from seqcodec.model.batches import flatten
 
     kept = [s for s in sequences if len(s)]
     values, offsets = flatten(kept)

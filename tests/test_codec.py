@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 from conftest import build_codec, random_sequences
 
-from seqcodec.model.codec import (
-    SequenceCodec,
-    length_batches,
-    pad_shifted,
-    ragged_positions,
-    shape_plan,
-    token_batches,
-)
+from seqcodec.model.batches import length_batches, pad_shifted, ragged_positions, token_batches
+from seqcodec.model.codec import SequenceCodec, shape_plan
 from seqcodec.model.network import start_id
 
 VOCAB, MAX_LEN = 13, 12

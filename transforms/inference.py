@@ -22,7 +22,7 @@ from apache_beam.ml.inference import base as _beam_base
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 
-from seqcodec.model.config import Batching
+from seqcodec.model.config import Batching, threads_per_process
 from seqcodec.transforms.formats import codes_table, tokens_array
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
@@ -94,6 +94,9 @@ def worker_processes(options: PipelineOptions) -> int:
 class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
     """What both codec handlers share: one Arrow table per call, the model loaded once per worker."""
 
+    # A handler that only encodes loads the numpy encoder where it can: no TensorFlow in the worker.
+    encodes_only = False
+
     def __init__(self, model_dir: str, batching: Batching | int | None, done: str,
                  total_rows: int | None = None) -> None:
         # Each element is already a batch of rows (a row group or a slice): RunInference must not add another.
@@ -110,12 +113,21 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
         self.progress.add(rows)
 
     def load_model(self) -> Any:
+        batching = self.batching
+        if self.encodes_only and not batching.xla:
+            from seqcodec.model.numpy_encoder import load_encoder
+
+            threads = threads_per_process(batching.tf_threads, batching.workers)
+            encoder = load_encoder(self.model_dir, batching.token_budget, batching.batch_size, threads)
+            if encoder is not None:
+                log.debug("encoding with numpy in %d thread(s), TensorFlow not loaded", threads)
+                return encoder
         from seqcodec.model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
         from seqcodec.model.tfenv import configure_threads
 
-        threads = configure_threads(self.batching.tf_threads, self.batching.workers)
-        log.debug("TensorFlow threads per op: %d (%d worker process(es) per machine)", threads, self.batching.workers)
-        return load_codec(self.model_dir, **self.batching.codec_options())
+        threads = configure_threads(batching.tf_threads, batching.workers)
+        log.debug("TensorFlow threads per op: %d (%d worker process(es) per machine)", threads, batching.workers)
+        return load_codec(self.model_dir, **batching.codec_options())
 
     def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
         return sum(table.nbytes for table in batch)
@@ -128,6 +140,8 @@ class CodecEncoderHandler(CodecHandler):
     is told not to batch further; inside, the codec sorts the rows by length, pads per bucket
     and runs its compiled encoder. The model directory may be on any Beam filesystem.
     """
+
+    encodes_only = True
 
     def __init__(self, model_dir: str, batching: Batching | None = None, total_rows: int | None = None,
                  code_dtype: str = "float32") -> None:

@@ -1,0 +1,91 @@
+"""Token sequences as flat numpy arrays: flattening, validation, padding and length-sorted batches.
+
+Nothing here imports TensorFlow, so the numpy encoder and a job's launcher can use it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from seqcodec.model.config import CodecConfig
+
+
+def flatten(sequences: Sequence[np.ndarray] | Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """List of token sequences -> (values, offsets) in Arrow's list layout; rejects non-integer tokens."""
+    arrays = [np.asarray(s) for s in sequences]
+    for i, a in enumerate(arrays):
+        if a.ndim != 1:
+            raise ValueError(f"sequence {i}: expected a 1-D list of token ids, got shape {a.shape}")
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"sequence {i}: token ids must be integers, got {a.dtype}")
+    lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(arrays).astype(np.int64) if arrays else np.zeros(0, np.int64)
+    return values, offsets
+
+
+def ragged_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows of the given lengths, the (row, column) of every element in row-major order."""
+    row_of = np.repeat(np.arange(lengths.size), lengths)
+    col_of = np.arange(row_of.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return row_of, col_of
+
+
+def pad_shifted(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Right-pad the given rows into an int32 matrix of ids + 1 (0 marks padding), as wide as the longest."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    out = np.zeros((rows.size, int(lengths.max(initial=0))), dtype=np.int32)
+    row_of, col_of = ragged_positions(lengths)
+    out[row_of, col_of] = values[starts[row_of] + col_of] + 1
+    return out
+
+
+def token_batches(lengths: np.ndarray, token_budget: int, max_rows: int | None = None) -> list[np.ndarray]:
+    """Row indices sorted by length (stable), cut into batches of at most ``token_budget`` padded tokens.
+
+    A batch's padded size is its row count times its longest row; ``max_rows`` also caps the rows.
+    A row longer than the whole budget still gets a batch of its own.
+    """
+    order = np.argsort(lengths, kind="stable")
+    widths = np.maximum(lengths[order], 1)
+    batches, start, n = [], 0, order.size
+    while start < n:
+        # Widths grow along the sorted rows, so rows x widest grows with the row count: the batch
+        # is the longest prefix that fits (at least one row).
+        most = min(n - start, max(1, token_budget // int(widths[start])), max_rows or n)
+        padded = np.arange(1, most + 1) * widths[start : start + most]
+        rows = max(1, int(np.searchsorted(padded, token_budget, side="right")))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of ``batch_size`` rows of similar length (stable sort)."""
+    return token_batches(lengths, np.iinfo(np.int64).max, max_rows=batch_size)
+
+
+def check_sequences(values: np.ndarray, offsets: np.ndarray, config: CodecConfig) -> None:
+    """Raise ValueError naming the first bad sequence: empty, too long, or an id out of range."""
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got {values.dtype}")
+    lengths = np.diff(offsets)
+    if (lengths == 0).any():
+        raise ValueError(f"sequence {int(np.argmax(lengths == 0))}: empty sequence")
+    too_long = lengths > config.max_length
+    if too_long.any():
+        i = int(np.argmax(too_long))
+        raise ValueError(
+            f"sequence {i}: length {int(lengths[i])} is over the model's max_length {config.max_length}"
+        )
+    bad = (values < 0) | (values >= config.vocab_size)
+    if bad.any():
+        pos = int(np.argmax(bad))
+        row = int(np.searchsorted(offsets, pos, side="right") - 1)
+        raise ValueError(
+            f"sequence {row}: token id {int(values[pos])} is outside [0, {config.vocab_size})"
+        )

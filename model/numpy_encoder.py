@@ -1,0 +1,230 @@
+"""The standard encoder's inference step in numpy: codes from the saved weights alone, without TensorFlow.
+
+The arithmetic is ``model/fused.py``'s encoder: the embedding folded into each direction's input
+kernel (one ``(vocab + 1, 4U)`` table, a row gathered per token), only ``h @ U`` left in the loop,
+padding keeping the state. Written with numpy, whose ufuncs and matmul release the GIL, so batches
+run in parallel threads of one process. Two uses:
+
+- ``SequenceCodec.encode`` runs it on the Keras layers' current weights (faster than the TensorFlow
+  graph on 2 cores: ``docs/BENCHMARKS.md``);
+- ``load_encoder`` builds it straight from ``encoder.keras``, so a job whose workers only encode
+  never imports TensorFlow (about 5 s less start-up per worker process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from seqcodec.model.batches import check_sequences, flatten, pad_shifted, token_batches
+from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig, threads_per_process
+from seqcodec.model.manifest import ENCODER_FILE, Manifest, localize_model_dir, read_manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderWeights:
+    """Per direction (forward, then backward if bidirectional): the input table and the recurrent kernel.
+
+    Gate columns are reordered from Keras' (i, f, c, o) to (i, f, o, c), so one sigmoid covers the
+    first three quarters of the pre-activations and one tanh the last.
+    """
+
+    tables: tuple[np.ndarray, ...]
+    recurrent: tuple[np.ndarray, ...]
+
+    @classmethod
+    def from_arrays(cls, embedding: np.ndarray, lstms: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> (
+            EncoderWeights):
+        """From the embedding matrix and each direction's (kernel, recurrent kernel, bias), as Keras keeps them."""
+        units = lstms[0][1].shape[0]
+        order = np.r_[0 : 2 * units, 3 * units : 4 * units, 2 * units : 3 * units]
+        embedding = np.asarray(embedding, np.float32)
+        tables = tuple(np.ascontiguousarray((embedding @ kernel + bias)[:, order], np.float32)
+                       for kernel, _, bias in lstms)
+        recurrent = tuple(np.ascontiguousarray(np.asarray(rec, np.float32)[:, order]) for _, rec, _ in lstms)
+        return cls(tables, recurrent)
+
+    @property
+    def hidden_size(self) -> int:
+        return sum(rec.shape[0] for rec in self.recurrent)
+
+
+def _sigmoid_(x: np.ndarray) -> None:
+    """In place: 1 / (1 + exp(-x)); exp overflows to inf for very negative x, giving the right 0."""
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1.0
+    np.reciprocal(x, out=x)
+
+
+def encode_ids(weights: EncoderWeights, ids: np.ndarray) -> np.ndarray:
+    """ids (batch, steps) int32, shifted and right-padded with 0 -> codes (batch, hidden + 1) float32."""
+    rows, steps = ids.shape
+    mask = ids > 0
+    codes = np.empty((rows, 1 + weights.hidden_size), np.float32)
+    codes[:, 0] = mask.sum(axis=1)
+    column = 1
+    with np.errstate(over="ignore"):
+        for direction, (table, rec) in enumerate(zip(weights.tables, weights.recurrent, strict=True)):
+            units = rec.shape[0]
+            h = np.zeros((rows, units), np.float32)
+            c = np.zeros((rows, units), np.float32)
+            z = np.empty((rows, 4 * units), np.float32)
+            gates, candidate = z[:, : 3 * units], z[:, 3 * units :]
+            for step in range(steps):
+                # The backward direction reads the sequence from its end; padding keeps the state.
+                at = step if direction == 0 else steps - 1 - step
+                np.matmul(h, rec, out=z)
+                z += table[ids[:, at]]
+                _sigmoid_(gates)
+                np.tanh(candidate, out=candidate)
+                c_new = gates[:, units : 2 * units] * c
+                c_new += gates[:, :units] * candidate
+                h_new = np.tanh(c_new)
+                h_new *= gates[:, 2 * units :]
+                keep = mask[:, at]
+                if keep.all():
+                    h, c = h_new, c_new
+                else:
+                    keep = keep[:, None]
+                    h, c = np.where(keep, h_new, h), np.where(keep, c_new, c)
+            codes[:, column : column + units] = h
+            column += units
+    return codes
+
+
+class NumpyEncoder:
+    """Token sequences -> length-prefixed codes with the numpy step, as ``SequenceCodec.encode`` returns them.
+
+    Rows are sorted by length and cut into batches of at most ``token_budget`` padded tokens (and
+    ``batch_size`` rows, if given); ``threads`` batches run at once (0: one per core). BLAS is held
+    to one thread meanwhile, so the threads do not each start a pool as wide as the machine.
+    ``weights`` is called once per ``encode`` call, so an encoder built on live Keras variables
+    follows training.
+    """
+
+    def __init__(self, weights: Callable[[], EncoderWeights], config: CodecConfig, fingerprint: str = "",
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, batch_size: int | None = None, threads: int = 0) -> None:
+        self.weights, self.config, self.fingerprint = weights, config, fingerprint
+        self.token_budget, self.batch_size = token_budget, batch_size
+        self.threads = threads_per_process(threads, 1)
+        self.manifest: Manifest | None = None
+
+    def encode(self, sequences: Sequence[np.ndarray] | Sequence[Sequence[int]]) -> np.ndarray:
+        """Token sequences -> length-prefixed codes, float32 of shape (N, hidden + 1)."""
+        return self.encode_flat(*flatten(sequences))
+
+    def encode_flat(self, values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Like ``encode`` for sequences in Arrow's list layout (flat ``values``, N + 1 ``offsets``)."""
+        values = np.asarray(values)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        check_sequences(values, offsets, self.config)
+        lengths = np.diff(offsets)
+        codes = np.empty((lengths.size, self.config.code_size), dtype=np.float32)
+        weights = self.weights()
+        batches = token_batches(lengths, self.token_budget, self.batch_size)
+
+        def run(rows: np.ndarray) -> None:
+            codes[rows] = encode_ids(weights, pad_shifted(values, offsets, rows))
+
+        with threadpool_limits(1, user_api="blas"):
+            if self.threads > 1 and len(batches) > 1:
+                with ThreadPoolExecutor(min(self.threads, len(batches))) as pool:
+                    list(pool.map(run, batches))
+            else:
+                for rows in batches:
+                    run(rows)
+        return codes
+
+
+# -- loading from a model directory without TensorFlow ----------------------------------------------
+
+_LAYERS = {"InputLayer", "Embedding", "Dropout", "NotEqual", "TokenCount", "Bidirectional", "LSTM", "Concatenate"}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file, as ``save_codec`` records it in the manifest's ``files``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _standard_lstm(config: dict[str, Any]) -> bool:
+    return (config.get("activation") == "tanh" and config.get("recurrent_activation") == "sigmoid"
+            and config.get("use_bias") is True)
+
+
+def _is_standard(model_config: dict[str, Any], bidirectional: bool) -> bool:
+    """Whether a saved encoder is ``network.build_encoder``'s: the structure this step computes."""
+    layers = model_config.get("config", {}).get("layers", [])
+    if not layers or any(layer.get("class_name") not in _LAYERS for layer in layers):
+        return False
+    lstms = [layer for layer in layers if layer["class_name"] in ("LSTM", "Bidirectional")]
+    if len(lstms) != 1 or (lstms[0]["class_name"] == "Bidirectional") != bidirectional:
+        return False
+    inner = lstms[0]["config"]
+    if bidirectional:
+        backward = inner.get("backward_layer", {}).get("config", {})
+        return (inner.get("merge_mode") == "concat" and _standard_lstm(inner.get("layer", {}).get("config", {}))
+                and _standard_lstm(backward) and backward.get("go_backwards") is True)
+    return _standard_lstm(inner) and inner.get("go_backwards") is False
+
+
+def read_encoder_weights(path: str | os.PathLike, config: CodecConfig) -> EncoderWeights | None:
+    """The weights of a saved standard encoder (``encoder.keras``), or None if it is another structure."""
+    import h5py  # Keras' own weights format; h5py comes with Keras
+
+    with zipfile.ZipFile(path) as archive:
+        if not _is_standard(json.loads(archive.read("config.json")), config.bidirectional):
+            return None
+        weights_file = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+    with weights_file:
+        lstm = "layers/bidirectional/{}_layer/cell/vars/{}" if config.bidirectional else "layers/lstm/cell/vars/{1}"
+        directions = ("forward", "backward") if config.bidirectional else ("",)
+        try:
+            embedding = weights_file["layers/embedding/vars/0"][()]
+            lstms = [tuple(weights_file[lstm.format(d, i)][()] for i in range(3)) for d in directions]
+        except KeyError:
+            return None
+    units = config.hidden_size // len(directions)
+    shapes_ok = embedding.shape == (config.vocab_size + 1, config.embedding_size) and all(
+        kernel.shape == (config.embedding_size, 4 * units) and rec.shape == (units, 4 * units)
+        and bias.shape == (4 * units,) for kernel, rec, bias in lstms)
+    return EncoderWeights.from_arrays(embedding, lstms) if shapes_ok else None
+
+
+def load_encoder(model_dir: str | os.PathLike, token_budget: int = DEFAULT_TOKEN_BUDGET,
+                 batch_size: int | None = None, threads: int = 0) -> NumpyEncoder | None:
+    """A model directory's encoder as a NumpyEncoder, without TensorFlow; None where that cannot be done.
+
+    Only for a manifest that records ``encoder.keras``'s sha256 (``save_codec`` does) and a file
+    that still has it: that is what stands in for the weights fingerprint ``load_codec`` checks.
+    None (older models, other structures, changed files): load with ``load_codec``, which checks
+    everything and says what is wrong.
+    """
+    manifest = read_manifest(model_dir)
+    recorded = manifest.extra.get("files", {})
+    if not isinstance(recorded, dict) or ENCODER_FILE not in recorded:
+        return None
+    path = Path(localize_model_dir(os.fspath(model_dir), (ENCODER_FILE,))) / ENCODER_FILE
+    if not path.is_file() or file_digest(path) != recorded[ENCODER_FILE]:
+        return None
+    weights = read_encoder_weights(path, manifest.config)
+    if weights is None:
+        return None
+    encoder = NumpyEncoder(lambda: weights, manifest.config, manifest.fingerprint, token_budget, batch_size, threads)
+    encoder.manifest = manifest
+    return encoder
