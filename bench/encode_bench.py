@@ -141,7 +141,10 @@ def snapshot_model(model_dir: Path, work: Path) -> Path:
 
     fingerprint = read_manifest(model_dir).fingerprint
     copy = work / f"model-{fingerprint}"
-    if not (copy / "manifest.json").is_file():
+    # A manifest that changed since (e.g. file digests added) makes a fresh copy.
+    current = (copy / MANIFEST).read_bytes() if (copy / MANIFEST).is_file() else None
+    if current != (model_dir / MANIFEST).read_bytes():
+        shutil.rmtree(copy, ignore_errors=True)
         staging = work / f".model-{fingerprint}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)

@@ -120,14 +120,15 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
             threads = threads_per_process(batching.tf_threads, batching.workers)
             encoder = load_encoder(self.model_dir, batching.token_budget, batching.batch_size, threads)
             if encoder is not None:
-                log.debug("encoding with numpy in %d thread(s), TensorFlow not loaded", threads)
+                log.info("model %s loaded: numpy encoder, %d thread(s), no TensorFlow", encoder.fingerprint, threads)
                 return encoder
         from seqcodec.model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
         from seqcodec.model.tfenv import configure_threads
 
         threads = configure_threads(batching.tf_threads, batching.workers)
-        log.debug("TensorFlow threads per op: %d (%d worker process(es) per machine)", threads, batching.workers)
-        return load_codec(self.model_dir, **batching.codec_options())
+        codec = load_codec(self.model_dir, **batching.codec_options())
+        log.info("model %s loaded: TensorFlow, %d thread(s)", codec.fingerprint, threads)
+        return codec
 
     def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
         return sum(table.nbytes for table in batch)
