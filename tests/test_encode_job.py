@@ -225,6 +225,7 @@ def test_python_m_pipeline_encode(mixed_file, mixed_run, tiny_model_dir, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert (out / "_SUCCESS").exists()
+    assert "loaded: numpy encoder" in proc.stderr and "no TensorFlow" in proc.stderr
     ids, _, codes = codes_by_id(out)
     want_ids, _, want = codes_by_id(mixed_run)
     assert ids == want_ids and np.abs(codes - want).max() <= ATOL
@@ -232,6 +233,22 @@ def test_python_m_pipeline_encode(mixed_file, mixed_run, tiny_model_dir, tmp_pat
     # the DirectRunner path goes straight to FnApiRunner: no Prism download attempt (it caches in ~/.apache_beam)
     assert not (home / ".apache_beam").exists()
     assert "prism" not in proc.stderr.lower()
+
+
+def test_a_model_without_file_digests_encodes_through_tensorflow(mixed_file, mixed_run, tiny_model_dir, tmp_path):
+    """A model saved before manifests recorded encoder.keras's sha256: the job loads it with TensorFlow, same codes."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    del manifest["files"]
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    code, _, err = run_seqcodec(encode_args(mixed_file, out, model))
+    assert code == 0, err
+    assert "loaded: TensorFlow" in err and "numpy encoder" not in err
+    ids, _, codes = codes_by_id(out)
+    want_ids, _, want = codes_by_id(mixed_run)
+    assert ids == want_ids and np.abs(codes - want).max() <= ATOL
 
 
 # -- file-level failures: exit 2, one line naming the file, nothing written -------------------------

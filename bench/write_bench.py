@@ -1,0 +1,58 @@
+"""What writing codes to Parquet costs: pyarrow's writer per compression and encoding, on real codes.
+
+Encodes the first 65,536 rows of a token file with a model, then writes that codes table four
+times per variant into memory, three rounds; prints the best seconds and the size per 1M rows.
+
+    .venv/bin/python -m bench.write_bench [--model-dir models/default] [--input FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+
+import pyarrow.parquet as pq
+
+from seqcodec.model.numpy_encoder import load_encoder
+from seqcodec.transforms.formats import codes_table
+from seqcodec.transforms.inference import flat_tokens
+
+VARIANTS = {
+    "zstd, dictionary (the job's writer)": {"compression": "zstd"},
+    "zstd, no dictionary": {"compression": "zstd", "use_dictionary": False},
+    "snappy, no dictionary": {"compression": "snappy", "use_dictionary": False},
+    "lz4, no dictionary": {"compression": "lz4", "use_dictionary": False},
+    "uncompressed, no dictionary": {"compression": "none", "use_dictionary": False},
+    "zstd, byte stream split": {"compression": "zstd", "use_dictionary": False, "use_byte_stream_split": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default="models/default")
+    parser.add_argument("--input", default="/tmp/seqcodec-bench/data/perf-1000000.parquet")
+    args = parser.parse_args()
+    rows = pq.ParquetFile(args.input).read_row_group(0).slice(0, 65_536)
+    encoder = load_encoder(args.model_dir)
+    if encoder is None:
+        raise SystemExit(f"{args.model_dir}: no file digests in its manifest; save it again with this version")
+    codes = encoder.encode_flat(*flat_tokens(rows.column("tokens")))
+    table = codes_table(rows.column("id").combine_chunks(), codes)
+    per_million = 1e6 / (4 * table.num_rows)
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in VARIANTS}
+    for _ in range(3):
+        for name, options in VARIANTS.items():
+            buffer = io.BytesIO()
+            start = time.perf_counter()
+            with pq.ParquetWriter(buffer, table.schema, **options) as writer:
+                for _ in range(4):
+                    writer.write_table(table)
+            results[name].append((time.perf_counter() - start, buffer.tell()))
+    for name, runs in results.items():
+        seconds = min(s for s, _ in runs)
+        print(f"{name:38s} {seconds * per_million:5.2f} s and {runs[0][1] * per_million / 1e6:6.1f} MB per 1M rows")
+
+
+if __name__ == "__main__":
+    main()
