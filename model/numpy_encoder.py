@@ -8,7 +8,7 @@ run in parallel threads of one process. Two uses:
 - ``SequenceCodec.encode`` runs it on the Keras layers' current weights (faster than the TensorFlow
   graph on 2 cores: ``docs/BENCHMARKS.md``);
 - ``load_encoder`` builds it straight from ``encoder.keras``, so a job whose workers only encode
-  never imports TensorFlow (about 5 s less start-up per worker process).
+  never imports TensorFlow (a 30k-row job: 3.5 s instead of 6.5 s, half the memory).
 """
 
 from __future__ import annotations
