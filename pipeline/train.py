@@ -36,6 +36,7 @@ def train(
     label_smoothing: float | None = None,
     weight_decay: float | None = None,
     splice: float | None = None,
+    sampled_softmax: int | None = None,
     epochs: int = 200,
     time_budget: float | None = 600.0,
     validation_fraction: float = 0.1,
@@ -81,7 +82,7 @@ def train(
         data = data.take(keep.nonzero()[0])
     given = {"decoder": decoder, "embedding_size": embedding_size, "batch_size": batch_size, "dropout": dropout,
              "word_dropout": word_dropout, "label_smoothing": label_smoothing, "weight_decay": weight_decay,
-             "splice": splice}
+             "splice": splice, "sampled_softmax": sampled_softmax}
     # Options left unset take the measured default for this kind of data (letters or words).
     chosen = {k: default if given[k] is None else given[k] for k, default in defaults_for(vocab_size).items()}
     config = CodecConfig(
@@ -158,6 +159,10 @@ def parser() -> argparse.ArgumentParser:
                    help="share of each batch's rows replaced by a splice of two rows of equal length (the head "
                         "of one, the tail of the other), so the model cannot memorize rows "
                         f"(default: {by_vocab('splice')})")
+    p.add_argument("--sampled-softmax", type=int, metavar="N",
+                   help="training scores the true token and N sampled ones instead of the whole vocabulary "
+                        "(cheaper steps for large vocabularies; decoding is unchanged; N at or above the "
+                        f"vocabulary's size, or 0: the whole vocabulary; default: {by_vocab('sampled_softmax')})")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,

@@ -118,7 +118,8 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
         assert (manifest.config.decoder, manifest.config.embedding_size) == (chosen["decoder"],
                                                                               chosen["embedding_size"])
         settings = manifest.metrics["settings"]
-        for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice"):
+        for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice",
+                     "sampled_softmax"):
             assert settings[name] == chosen[name], (vocab, name)
 
 
@@ -148,10 +149,37 @@ def test_train_autoregressive_with_every_regularizer_learns(tmp_path):
     assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
 
 
+@pytest.mark.parametrize("decoder", ["repeat", "autoregressive"])
+def test_sampled_softmax_training_learns_and_decodes_with_the_whole_vocabulary(decoder, tmp_path):
+    """Training that scores 5 sampled tokens of 20 per step must still learn the rows of one repeated
+    token; the saved decoder keeps its full softmax, so decoding is as without sampling."""
+    rng = np.random.default_rng(5)
+    rows = [np.full(int(rng.integers(1, 9)), int(rng.integers(0, 20))) for _ in range(800)]
+    write_tokens_parquet(tmp_path / "rows.parquet", range(len(rows)), rows)
+    model_dir = tmp_path / "model"
+    code, out, err = run_seqcodec(
+        ["train", "--input", tmp_path / "rows.parquet", "--model-dir", model_dir, "--hidden-size", "16",
+         "--embedding-size", "8", "--epochs", "12", "--batch-size", "32", "--seed", "3", "--time-budget", "0",
+         "--decoder", decoder, "--sampled-softmax", "5", "--learning-rate", "0.01"]
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["metrics"]["settings"]["sampled_softmax"] == 5
+    losses = json.loads((model_dir / "history.json").read_text())["loss"]
+    assert losses[-1] < 0.9 * losses[0]
+    # Chance is 1/20 per token, the most frequent token ~1/20 too.
+    assert manifest["metrics"]["test"]["token_accuracy"] > 0.3
+    codec = load_codec(model_dir)
+    assert codec.decoder.get_layer("token_probs").units == 20
+    assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
+
+
 @pytest.mark.parametrize(
     "args, words",
     [(["--dropout", "1.5"], "dropout"), (["--label-smoothing", "1"], "label-smoothing"),
-     (["--word-dropout", "-0.1"], "word-dropout"), (["--weight-decay", "-1"], "weight-decay")],
+     (["--word-dropout", "-0.1"], "word-dropout"), (["--weight-decay", "-1"], "weight-decay"),
+     (["--sampled-softmax", "-1"], "sampled-softmax"),
+     (["--sampled-softmax", "8", "--label-smoothing", "0.1"], "cannot be combined")],
 )  # fmt: skip
 def test_bad_regularization_options_are_one_line_errors(args, words, seqcodec, tmp_path):
     write_tokens_parquet(tmp_path / "rows.parquet", range(8), random_sequences(8, 5, 4, seed=1))
