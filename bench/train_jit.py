@@ -22,16 +22,25 @@ from seqcodec.model.train import bucketed_dataset
 BATCH = 64
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def word_step_setup(description: str, extra: dict[str, dict] | None = None) -> tuple[argparse.Namespace, CodecConfig,
+                                                                                      tuple]:
+    """Command line, the word default's configuration and one training batch of ``--width`` words."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--input", default="data/words/sentences.parquet")
     parser.add_argument("--width", type=int, default=16, help="sentence length of the timed batch")
     parser.add_argument("--steps", type=int, default=30)
+    for flag, options in (extra or {}).items():
+        parser.add_argument(flag, **options)
     args = parser.parse_args()
     config = CodecConfig(vocab_size=4000, max_length=40, hidden_size=192, embedding_size=128,
                          decoder="autoregressive")
     dataset, _ = bucketed_dataset(read_token_sequences(args.input), BATCH, 0, config, 0.3, 0.0)
     batch = next(b for b in dataset.take(500) if tuple(b[0][0].shape) == (BATCH, args.width))
+    return args, config, batch
+
+
+def main() -> None:
+    args, config, batch = word_step_setup(__doc__.splitlines()[0])
     for jit in (False, True, False, True):
         keras.utils.set_random_seed(0)
         model = build_autoencoder(build_encoder(config, 0.1), build_decoder(config, 0.1))

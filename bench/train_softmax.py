@@ -11,16 +11,12 @@ sampled words. Alternating, twice. A measuring tool for issue 10: nothing here c
 
 from __future__ import annotations
 
-import argparse
 import time
 
+from bench.train_jit import word_step_setup
 from seqcodec.model.config import CodecConfig
-from seqcodec.model.data import read_token_sequences
 from seqcodec.model.network import build_decoder, build_encoder
 from seqcodec.model.tfenv import keras, tf
-from seqcodec.model.train import bucketed_dataset
-
-BATCH = 64
 
 
 def timed_step(config: CodecConfig, batch, samples: int, steps: int) -> float:
@@ -60,16 +56,8 @@ def timed_step(config: CodecConfig, batch, samples: int, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", default="data/words/sentences.parquet")
-    parser.add_argument("--width", type=int, default=16, help="sentence length of the timed batch")
-    parser.add_argument("--samples", default="256,1024", help="sampled words per step, comma-separated")
-    parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
-    config = CodecConfig(vocab_size=4000, max_length=40, hidden_size=192, embedding_size=128,
-                         decoder="autoregressive")
-    dataset, _ = bucketed_dataset(read_token_sequences(args.input), BATCH, 0, config, 0.3, 0.0)
-    batch = next(b for b in dataset.take(500) if tuple(b[0][0].shape) == (BATCH, args.width))
+    args, config, batch = word_step_setup(__doc__.splitlines()[0], {
+        "--samples": {"default": "256,1024", "help": "sampled words per step, comma-separated"}})
     variants = [0, *(int(s) for s in args.samples.split(","))]
     for round_ in range(2):
         for samples in variants if round_ == 0 else variants[::-1]:

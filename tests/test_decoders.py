@@ -123,22 +123,27 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
             assert settings[name] == chosen[name], (vocab, name)
 
 
+def train_on_rows(tmp_path, rows: list[np.ndarray], *args) -> dict:
+    """``seqcodec train`` on ``rows`` with a tiny network and a fixed number of epochs; the manifest."""
+    write_tokens_parquet(tmp_path / "rows.parquet", range(len(rows)), rows)
+    code, _, err = run_seqcodec(
+        ["train", "--input", tmp_path / "rows.parquet", "--model-dir", tmp_path / "model", "--hidden-size", "16",
+         "--embedding-size", "8", "--batch-size", "32", "--seed", "3", "--time-budget", "0", *args]
+    )  # fmt: skip
+    assert code == 0, err
+    return json.loads((tmp_path / "model" / "manifest.json").read_text())
+
+
 def test_train_autoregressive_with_every_regularizer_learns(tmp_path):
     """Rows of one repeated token: learnable in a few epochs. Teacher forcing with dropout, word
     dropout, label smoothing, weight decay and splices must still produce a model whose greedy decoding
     rebuilds held-out rows far above chance (1/10 per token)."""
     rng = np.random.default_rng(4)
     rows = [np.full(int(rng.integers(1, 9)), int(rng.integers(0, 10))) for _ in range(600)]
-    write_tokens_parquet(tmp_path / "rows.parquet", range(len(rows)), rows)
+    manifest = train_on_rows(
+        tmp_path, rows, "--epochs", "8", "--decoder", "autoregressive", "--dropout", "0.1", "--word-dropout", "0.2",
+        "--label-smoothing", "0.1", "--weight-decay", "0.01", "--splice", "0.2")
     model_dir = tmp_path / "model"
-    code, out, err = run_seqcodec(
-        ["train", "--input", tmp_path / "rows.parquet", "--model-dir", model_dir, "--hidden-size", "16",
-         "--embedding-size", "8", "--epochs", "8", "--batch-size", "32", "--seed", "3", "--time-budget", "0",
-         "--decoder", "autoregressive", "--dropout", "0.1", "--word-dropout", "0.2", "--label-smoothing", "0.1",
-         "--weight-decay", "0.01", "--splice", "0.2"]
-    )  # fmt: skip
-    assert code == 0, err
-    manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["decoder"] == "autoregressive"
     settings = manifest["metrics"]["settings"]
     assert (settings["dropout"], settings["word_dropout"]) == (0.1, 0.2)
@@ -155,15 +160,9 @@ def test_sampled_softmax_training_learns_and_decodes_with_the_whole_vocabulary(d
     token; the saved decoder keeps its full softmax, so decoding is as without sampling."""
     rng = np.random.default_rng(5)
     rows = [np.full(int(rng.integers(1, 9)), int(rng.integers(0, 20))) for _ in range(800)]
-    write_tokens_parquet(tmp_path / "rows.parquet", range(len(rows)), rows)
+    manifest = train_on_rows(tmp_path, rows, "--epochs", "12", "--decoder", decoder, "--sampled-softmax", "5",
+                             "--learning-rate", "0.01")
     model_dir = tmp_path / "model"
-    code, out, err = run_seqcodec(
-        ["train", "--input", tmp_path / "rows.parquet", "--model-dir", model_dir, "--hidden-size", "16",
-         "--embedding-size", "8", "--epochs", "12", "--batch-size", "32", "--seed", "3", "--time-budget", "0",
-         "--decoder", decoder, "--sampled-softmax", "5", "--learning-rate", "0.01"]
-    )  # fmt: skip
-    assert code == 0, err
-    manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["metrics"]["settings"]["sampled_softmax"] == 5
     losses = json.loads((model_dir / "history.json").read_text())["loss"]
     assert losses[-1] < 0.9 * losses[0]
