@@ -301,7 +301,9 @@ class SampledSoftmaxTraining(keras.Model):
 
     Each step scores the true token and ``samples`` sampled ones instead of the whole vocabulary:
     on 4,000 words a step costs ~0.64x (``bench/train_softmax.py``). Only training changes: the
-    decoder keeps its full softmax layer, whose weights this trains, for decoding.
+    decoder keeps its full softmax layer, whose weights this trains, for decoding. TensorFlow's
+    default sampler is log-uniform, so small ids are drawn most: it suits vocabularies numbered by
+    frequency (as the word sample's is) best, and works, less efficiently, for any other numbering.
     """
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, samples: int, vocab_size: int) -> None:
