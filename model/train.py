@@ -75,7 +75,7 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
     # Words: the decoder that sees its last token, a wider embedding, 1.6x the updates (batch 64), word
     # dropout so that it leans on the code rather than on its own (possibly wrong) last token, and a
     # softmax sampled over 256 words in training (twice the epochs in a time budget): over five seeds
-    # 9.1-11.8% of held-out sentences and 45-50% of tokens, against 1.3-2.7% and 34-39% for the letters.
+    # 9.1-11.8% of held-out sentences and 45-50% of tokens, against 1.3-2.7% and 34-39% for the letters'
     # settings.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
             "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0, "sampled_softmax": 256}
