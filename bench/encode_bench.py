@@ -17,7 +17,7 @@ CPU-time ratios, which other people's load on a shared machine disturbs far less
   c  one compiled ``tf.function`` call per sequence (subset)
   d  the whole job, ``seqcodec encode`` Parquet -> Parquet on the DirectRunner, as a subprocess:
      rows/s from its summary.json, wall time and peak RSS (via /usr/bin/time); optional variants run
-     the same job with a proposed patch applied by monkeypatching (see PATCHES)
+     the same job with a patch applied by monkeypatching (see PATCHES)
   e  a seed-style per-element DoFn pipeline (rows as dicts, one encoder call per row), smaller subset
   f  RunInference per row (KeyedModelHandler) with batches padded to the global max length
   g  per-stage costs of the job's own steps on real row groups (read, validate, Arrow->numpy,
@@ -180,48 +180,23 @@ def resolve_model(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
     return path, f"random init, hidden {args.hidden_size}"
 
 
-# -- proposed patches, applied by monkeypatching inside a child process (see `_job`) ------------------
+# -- patches, applied by monkeypatching inside a child process (see `_job`) ------------------
 
 
-def patch_write_nodict() -> None:
-    """transforms/parquet_io.py: write the code shards without Parquet dictionary encoding.
+def patch_write_dict() -> None:
+    """transforms/parquet_sink.py: dictionary-encode every column of the code shards, as the job did until
+    2026-11-28 (pyarrow's default; the float codes overflow their dictionaries and fall back to plain)."""
+    from seqcodec.transforms import parquet_sink
 
-    pyarrow dictionary-encodes every column by default; float codes are all distinct, so it builds
-    a dictionary per column chunk until it overflows and then falls back to plain encoding.
-    """
-    import apache_beam as beam
-    import pyarrow.parquet as pq
-    from apache_beam.io import filebasedsink
-    from apache_beam.io.filesystem import CompressionTypes
+    init = parquet_sink.ParquetTableSink.__init__
 
-    from seqcodec.transforms import parquet_io
+    def __init__(self, prefix, schema, num_shards=0, plain_columns=()):
+        init(self, prefix, schema, num_shards, ())
 
-    class ParquetTableSink(filebasedsink.FileBasedSink):
-        def __init__(self, prefix, schema, num_shards, use_dictionary):
-            super().__init__(prefix, coder=None, file_name_suffix=".parquet", num_shards=num_shards,
-                             mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED)
-            self.schema, self.use_dictionary = schema, use_dictionary
-
-        def open(self, temp_path):
-            handle = super().open(temp_path)
-            return handle, pq.ParquetWriter(handle, self.schema, compression="zstd", use_dictionary=self.use_dictionary)
-
-        def write_record(self, file_handle, value):
-            file_handle[1].write_table(value)
-
-        def close(self, file_handle):
-            handle, writer = file_handle
-            writer.close()
-            super().close(handle)
-
-    def expand(self, tables):
-        use_dictionary = False if "code" in self.schema.names else True
-        return tables | beam.io.Write(ParquetTableSink(self.prefix, self.schema, self.num_shards, use_dictionary))
-
-    parquet_io.WriteTables.expand = expand
+    parquet_sink.ParquetTableSink.__init__ = __init__
 
 
-PATCHES: dict[str, Callable[[], None]] = {"nodict": patch_write_nodict}
+PATCHES: dict[str, Callable[[], None]] = {"dict": patch_write_dict}
 
 
 def job_main(argv: list[str]) -> int:
@@ -704,7 +679,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--predict-rows", type=int, default=300, help="(b) sequences, one predict() each")
     p.add_argument("--call-rows", type=int, default=3000, help="(c) sequences, one compiled call each")
     p.add_argument("--stage-groups", type=int, default=6, help="(g) row groups to time step by step")
-    p.add_argument("--jobs", default="job,job+nodict,job-bs2048,job-bs2048+nodict",
+    p.add_argument("--jobs", default="job,job+dict,job-bs2048,job-bs2048+dict",
                    help="(d) variants: job, job-bsN, and +PATCH (patches: " + ", ".join(PATCHES) + ")")
     p.add_argument("--seed-rows", type=int, default=20_000, help="(e) rows (0 skips)")
     p.add_argument("--padmax-rows", type=int, default=50_000, help="(f) rows (0 skips)")

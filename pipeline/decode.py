@@ -27,6 +27,7 @@ from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
 from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
+from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes
 
 log = logging.getLogger("seqcodec")
@@ -49,12 +50,13 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
     checked = tables | "Validate" >> beam.ParDo(
         ValidateCodes(m.code_size, m.max_length, job.id_column, job.code_column)
     ).with_outputs(ERRORS_TAG, main="valid")
-    stage = add_decode_stage(checked.valid, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
+    valid, rejected = of_tables(checked.valid), of_tables(checked[ERRORS_TAG])
+    stage = add_decode_stage(valid, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
                              job.batching, job.num_shards, total_rows=job.progress_total, vocab=job.vocab)
-    errors_written = checked[ERRORS_TAG] | "Write errors" >> WriteTables(
+    errors_written = rejected | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), code_error_schema(job.inputs.id_type), 1
     )
-    counts = {"read": row_count(tables, "read"), "valid": row_count(checked.valid, "valid"),
+    counts = {"read": row_count(tables, "read"), "valid": row_count(valid, "valid"),
               "decoded": row_count(stage.decoded, "decoded")}
     return Graph([stage.written, errors_written], counts, stage.stats)
 

@@ -78,7 +78,7 @@ def add_decode_stage(
         schema = schema.append(pa.field("text", pa.string()))
     written = (
         decoded
-        | "Decoded columns" >> beam.Map(decoded_columns, vocab)
+        | "Decoded columns" >> beam.Map(decoded_columns, vocab).with_output_types(pa.Table)
         | "Write decoded" >> WriteTables(FileSystems.join(staging, "decoded", "part"), schema, num_shards)
     )
     stats = (

@@ -8,6 +8,7 @@ import logging
 import time
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.manifest import read_manifest
@@ -58,7 +59,8 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
         code_dtype=job.code_dtype,
     )
     if job.decode:
-        codes = encoded.main | "Code columns" >> beam.Map(lambda t: t.select(["id", "length", "code"]))
+        codes = encoded.main | "Code columns" >> beam.Map(
+            lambda t: t.select(["id", "length", "code"])).with_output_types(pa.Table)
         stage = add_decode_stage(encoded.main, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
                                  job.batching, job.num_shards, compare=True, mismatches=job.mismatches,
                                  total_rows=job.progress_total, vocab=job.vocab)
@@ -67,6 +69,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     codes_written = codes | "Write codes" >> WriteTables(
         FileSystems.join(job.staging, "codes", "part"),
         code_schema(job.inputs.id_type, m.code_size, job.model_facts(), job.code_dtype), job.num_shards,
+        plain_columns=["code"],  # floats that never repeat: a dictionary would only be built and dropped
     )
     errors_written = encoded.errors | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1

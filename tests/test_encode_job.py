@@ -117,6 +117,9 @@ def test_mixed_run_code_rows(mixed_run, tiny_model_dir, loaded_codec):
         meta = schema_metadata(pq.read_schema(path))
         assert meta["fingerprint"] == manifest["fingerprint"]
         assert (meta["code_size"], meta["vocab_size"], meta["max_length"]) == (CODE_SIZE, VOCAB, MAX_LEN)
+        chunks = pq.ParquetFile(path).metadata.row_group(0)
+        encodings = {chunks.column(i).path_in_schema: chunks.column(i).encodings for i in range(chunks.num_columns)}
+        assert "RLE_DICTIONARY" not in encodings["code.list.element"]  # floats never repeat: no dictionary
     ids, lengths, codes = codes_by_id(mixed_run)
     assert ids == [i for i, _ in VALID]  # valid ids are 0..29, so sorted == file order
     sequences = [t for _, t in VALID]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -71,15 +73,20 @@ def test_pairs_dicts_rows_give_the_codecs_codes_and_the_jobs_dead_letters(tiny_m
     run(build)
 
 
-def test_tables_take_the_jobs_path(tiny_model_dir, tiny_codec):
+@pytest.mark.parametrize("declared", [True, False], ids=["declared-tables", "untyped-tables"])
+def test_tables_take_the_jobs_path(tiny_model_dir, tiny_codec, declared):
+    """Tables declared as such take the short typed path; untyped ones (any element) the general one: same output."""
     sequences = random_sequences(20, VOCAB, MAX_LEN, seed=4)
     table = pa.table({"key": pa.array(range(20), pa.int64()),
                       "toks": pa.array([s.tolist() for s in sequences[:19]] + [[VOCAB]], pa.list_(pa.int32()))})
     expected = tiny_codec.encode(sequences[:19])
 
     def build(p):
-        codes, errors = p | beam.Create([table]) | seqcodec.EncodeSequences(
-            str(tiny_model_dir), id_field="key", tokens_field="toks")
+        tables = p | beam.Create([table])
+        if not declared:
+            tables = tables | beam.Map(lambda t: t).with_output_types(typing.Any)
+        codes, errors = tables | seqcodec.EncodeSequences(str(tiny_model_dir), id_field="key", tokens_field="toks")
+        assert (codes.element_type == pa.Table) == declared
 
         def check(tables):
             (out,) = tables

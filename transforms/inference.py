@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from seqcodec.model.config import Batching, threads_per_process
 from seqcodec.transforms.formats import codes_table, tokens_array
+from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 # Seconds between two progress lines of one worker (SEQCODEC_PROGRESS_SECONDS overrides).
@@ -246,4 +247,4 @@ class DecodeTables(beam.PTransform):
         self.handler = CodecDecoderHandler(model_dir, batching, compare, total_rows)
 
     def expand(self, tables):
-        return run_codec(tables, self.handler)
+        return of_tables(run_codec(tables, self.handler))

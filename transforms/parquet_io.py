@@ -19,6 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 from seqcodec.model.data import InputDataError, directory_pattern, first_line, require_columns, token_list_type_error
 from seqcodec.model.manifest import Manifest
 from seqcodec.transforms.formats import schema_metadata
+from seqcodec.transforms.parquet_sink import ParquetTableSink
+from seqcodec.transforms.table_coder import ArrowTableCoder  # noqa: F401 - registers the coder of pa.Table
 from seqcodec.transforms.validate import CODE_VALUE_TYPES
 
 SUCCESS = "_SUCCESS"  # a published partition's commit marker, written last; it holds the publishing run's id
@@ -364,26 +366,24 @@ class ReadBatches(beam.PTransform):
             | "Files" >> beam.Create(self.paths)
             | "Row groups" >> beam.io.ReadAllFromParquetBatched(columns=self.columns,
                                                                 desired_bundle_size=self.split_bytes)
-            | "Slice" >> beam.FlatMap(slice_tables, self.max_rows)
-            | "Coalesce" >> beam.ParDo(CoalesceTables(self.max_rows))
+            | "Slice" >> beam.FlatMap(slice_tables, self.max_rows).with_output_types(pa.Table)
+            | "Coalesce" >> beam.ParDo(CoalesceTables(self.max_rows)).with_output_types(pa.Table)
         )
 
 
 class WriteTables(beam.PTransform):
-    """Write Arrow tables as Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet`` (zstd)."""
+    """Write Arrow tables as Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet`` (zstd); their file names out.
 
-    def __init__(self, prefix: str, schema: pa.Schema, num_shards: int = 0) -> None:
+    Each table is written by a background thread (``parquet_sink``); ``plain_columns`` get no
+    dictionary encoding.
+    """
+
+    def __init__(self, prefix: str, schema: pa.Schema, num_shards: int = 0, plain_columns: Iterable[str] = ()) -> None:
         super().__init__()
-        self.prefix, self.schema, self.num_shards = prefix, schema, num_shards
+        self.sink = ParquetTableSink(prefix, schema, num_shards, plain_columns)
 
     def expand(self, tables):
-        return tables | beam.io.WriteToParquetBatched(
-            self.prefix,
-            schema=self.schema,
-            codec="zstd",
-            file_name_suffix=".parquet",
-            num_shards=self.num_shards,
-        )
+        return tables | "Write" >> beam.io.Write(self.sink)
 
 
 def count_rows(pattern: str) -> int:

@@ -31,6 +31,7 @@ from seqcodec.transforms.inference import (
     code_matrix,
     for_pipeline,
 )
+from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import (
     ERRORS_TAG,
     METRICS_NAMESPACE,
@@ -241,6 +242,8 @@ class _CodecTransform(beam.PTransform):
 
     def expand(self, pcoll):
         to_tables, validator, handler, to_elements = self.parts()
+        if pcoll.element_type == pa.Table:
+            return self.expand_tables(pcoll, validator, handler)
         routed = pcoll | "Route" >> beam.Partition(lambda e, _: 0 if isinstance(e, pa.Table) else 1, 2)
         size = functools.partial(element_size, id_field=self.id_field, data_field=self.data_field,
                                  limit=self.batch_tokens)
@@ -260,6 +263,16 @@ class _CodecTransform(beam.PTransform):
         unreadable = batches[ERRORS_TAG] | "Unreadable" >> beam.FlatMap(lambda rows: rows)
         errors = (results[ERRORS_TAG], unreadable) | "Errors" >> beam.Flatten()
         return CodecOutputs(results.main, errors)
+
+    def expand_tables(self, tables: beam.PCollection, validator: _Validate, handler: CodecHandler) -> CodecOutputs:
+        """The path of a PCollection declared to hold Arrow tables (the job's): validate, RunInference, done.
+
+        Tables out, typed as tables all the way: no routing, no Flatten (which the DirectRunner
+        materializes) and no keys, and Beam sizes them with the Arrow coder instead of pickling them.
+        """
+        checked = tables | "Validate" >> beam.ParDo(validator).with_outputs(ERRORS_TAG, main="valid")
+        results = of_tables(checked.valid) | "RunInference" >> RunInference(for_pipeline(handler, tables))
+        return CodecOutputs(of_tables(results), of_tables(checked[ERRORS_TAG]))
 
 
 class CodecOutputs(NamedTuple):
