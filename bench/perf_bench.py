@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -135,11 +136,29 @@ def write_split(source: Path, out_dir: Path, rows_per_file: int) -> str:
     return str(out_dir / "*.parquet")
 
 
-def job(name: str, inputs: str, model_dir: Path, work: Path, extra: list[str] | None = None) -> dict[str, Any]:
-    """One ``seqcodec encode`` run as a subprocess: rows/s from its summary, wall, CPU and peak RSS."""
+def tree_cmd(tree: str) -> list[str]:
+    """``seqcodec`` from another checkout of the project (a git worktree of an earlier commit), in this venv.
+
+    The venv's editable install maps the ``seqcodec`` packages to this checkout; the child points
+    that map at ``tree`` before it imports anything of ours.
+    """
+    import glob
+    import sysconfig
+
+    finder = Path(glob.glob(f"{sysconfig.get_paths()['purelib']}/__editable___seqcodec_*_finder.py")[0]).stem
+    root = str(Path(__file__).resolve().parent.parent)
+    code = (f"import sys, {finder} as f; f.MAPPING.update({{k: v.replace({root!r}, {tree!r}, 1) "
+            "for k, v in f.MAPPING.items()}); from seqcodec.pipeline.cli import main; sys.exit(main())")
+    return [sys.executable, "-c", code]
+
+
+def job(name: str, inputs: str, model_dir: Path, work: Path, extra: list[str] | None = None,
+        tree: str | None = None) -> dict[str, Any]:
+    """One ``seqcodec encode`` run as a subprocess (of ``tree`` if given): rows/s from its summary, wall, CPU, RSS."""
     out = work / f"out-{name}"
     shutil.rmtree(out, ignore_errors=True)
-    run = run_child([*seqcodec_cmd(), "encode", "--input", inputs, "--output", str(out), "--model-dir",
+    command = tree_cmd(tree) if tree else seqcodec_cmd()
+    run = run_child([*command, "encode", "--input", inputs, "--output", str(out), "--model-dir",
                      str(model_dir), *(extra or [])], work / f"{name}.log")
     summary = json.loads((out / "summary.json").read_text())
     shutil.rmtree(out)
@@ -166,8 +185,12 @@ def new_rate(model_dir: Path, data: Path, rows: int) -> float:
     return rate
 
 
-def jobs(model_dir: Path, work: Path, big_rows: int, small_rows: int, repeats: int) -> dict[str, Any]:
-    """The job against the in-memory rate, memory flatness, small inputs, workers and threads."""
+def jobs(model_dir: Path, work: Path, big_rows: int, small_rows: int, repeats: int,
+         before_tree: str | None = None) -> dict[str, Any]:
+    """The job against the in-memory rate, memory flatness, small inputs, workers and threads.
+
+    With ``before_tree`` the big job of that checkout runs beside ours (1 worker), alternating.
+    """
     data = work / "data"
     big = make_or_reuse(data / f"perf-{big_rows}.parquet", big_rows, 65_536)
     hundred_k = make_or_reuse(data / "perf-100000.parquet", 100_000, 65_536)
@@ -177,16 +200,19 @@ def jobs(model_dir: Path, work: Path, big_rows: int, small_rows: int, repeats: i
     out: dict[str, Any] = {"big": [], "memory": [], "small": [], "workers": []}
     two = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     log("whole job on the big input, 1 and 2 worker processes, between in-memory runs of the new path")
+    setups = [("this tree", 1, [], None), ("this tree", 2, two, None)]
+    if before_tree:
+        setups.insert(1, (f"before: {before_tree}", 1, [], before_tree))
     for i in range(repeats):
-        for workers, extra in ((1, []), (2, two)):
+        for label, workers, extra, tree in setups if i % 2 == 0 else setups[::-1]:
             before = new_rate(model_dir, big, min(big_rows, 300_000))
-            run = job(f"big-{i}-w{workers}", str(big), model_dir, work, extra)
+            run = job(f"big-{i}-w{workers}{'-before' if tree else ''}", str(big), model_dir, work, extra, tree)
             after = new_rate(model_dir, big, min(big_rows, 300_000))
-            out["big"].append({**run, "workers": workers, "in_memory_before": before, "in_memory_after": after,
-                               "ratio": run["rows_per_second"] / ((before + after) / 2)})
+            out["big"].append({**run, "tree": label, "workers": workers, "in_memory_before": before,
+                               "in_memory_after": after, "ratio": run["rows_per_second"] / ((before + after) / 2)})
     log("peak memory: 100k vs the big input")
     out["memory"].append(job("mem-100k", str(hundred_k), model_dir, work))
-    out["memory"].append(next(run for run in out["big"] if run["workers"] == 1))
+    out["memory"].append(next(run for run in out["big"] if run["workers"] == 1 and run["tree"] == "this tree"))
     log("small row groups and small files against large row groups, same rows, alternating")
     variants = [("large", str(small)), ("rg100", str(groups)), ("files400", files)]
     for i in range(repeats):
@@ -220,6 +246,7 @@ def main() -> None:
     parser.add_argument("--small-rows", type=int, default=200_000)
     parser.add_argument("--job-repeats", type=int, default=2)
     parser.add_argument("--work", default="/tmp/seqcodec-bench")
+    parser.add_argument("--before-tree", help="another checkout (git worktree add DIR REV): its big job runs too")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     work = Path(args.work)
@@ -248,7 +275,8 @@ def main() -> None:
     if "peak" in parts:
         result["matmul_gflops_end"] = round(matmul_peak(), 1)
     if "jobs" in parts:
-        result["jobs"] = jobs(model_dir, work, args.big_rows, args.small_rows, args.job_repeats)
+        result["jobs"] = jobs(model_dir, work, args.big_rows, args.small_rows, args.job_repeats,
+                              args.before_tree)
     result["load_end"] = loadavg()
     path = work / f"perf-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=1))
