@@ -8,6 +8,7 @@ One run measures, as ratios within the run (the machine is shared: medians of al
            1e-5, identical lengths and tokens;
            XLA compiles counted and timed; the codec's achieved GFLOP/s
   budget   in-memory encode (XLA) per token budget, to pick the default
+  ratio    only the 1M-row job between in-memory runs, ``--job-repeats`` times (a few minutes)
   jobs     ``seqcodec encode`` on 1M rows against the new in-memory rate (before and after it), peak RSS
            of 100k vs 1M rows; 200k rows as one file of large row groups, 100-row row groups and 400-row
            files; 1 vs 2 worker processes with per-worker threads from the policy or oversubscribed
@@ -227,6 +228,21 @@ def jobs(model_dir: Path, work: Path, big_rows: int, small_rows: int, repeats: i
     return out
 
 
+def ratios(model_dir: Path, work: Path, big_rows: int, repeats: int) -> list[dict[str, Any]]:
+    """Only the big job (1 worker) between two in-memory runs, ``repeats`` times: the ratio the issue asks for."""
+    big = make_or_reuse(work / "data" / f"perf-{big_rows}.parquet", big_rows, 65_536)
+    out = []
+    for i in range(repeats):
+        before = new_rate(model_dir, big, min(big_rows, 300_000))
+        run = job(f"ratio-{i}", str(big), model_dir, work)
+        after = new_rate(model_dir, big, min(big_rows, 300_000))
+        out.append({**run, "in_memory_before": before, "in_memory_after": after,
+                    "ratio": run["rows_per_second"] / ((before + after) / 2)})
+        log(f"  ratio {out[-1]['ratio']:.3f}")
+    log(f"median ratio {float(np.median([r['ratio'] for r in out])):.3f}")
+    return out
+
+
 def make_or_reuse(path: Path, rows: int, row_group_size: int) -> Path:
     if path.exists() and pq.ParquetFile(path).metadata.num_rows == rows:
         return path
@@ -274,6 +290,8 @@ def main() -> None:
                                      )["table"]
     if "peak" in parts:
         result["matmul_gflops_end"] = round(matmul_peak(), 1)
+    if "ratio" in parts:
+        result["ratio"] = ratios(model_dir, work, args.big_rows, args.job_repeats)
     if "jobs" in parts:
         result["jobs"] = jobs(model_dir, work, args.big_rows, args.small_rows, args.job_repeats,
                               args.before_tree)
