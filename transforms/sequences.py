@@ -290,7 +290,8 @@ class EncodeSequences(_CodecTransform):
     """Token sequences -> length-prefixed codes; rejected rows on the ``errors`` output.
 
     Input elements: ``(id, tokens)`` pairs, dicts or ``beam.Row``s (fields ``id_field``,
-    ``tokens_field``), or Arrow tables (the job's own path). Output, in the input's form:
+    ``tokens_field``), or Arrow tables (the job's own path, taken whole when the PCollection is
+    declared to hold ``pa.Table``; see ``expand_tables``). Output, in the input's form:
     ``(id, code)`` with ``code`` a float32 numpy array of ``hidden_size + 1`` values
     (``code[0]`` is the length); dicts/Rows with ``id``, ``length`` and ``code`` (the code files'
     fields); tables with ``id, length, code`` columns. ``errors``: dicts ``{id, reason, detail}``
