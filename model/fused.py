@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from seqcodec.model.config import CodecConfig
+from seqcodec.model.network import start_id
 from seqcodec.model.numpy_encoder import EncoderWeights
 from seqcodec.model.tfenv import keras, tf
 
@@ -140,6 +141,53 @@ def fused_decoder(decoder: keras.Model, config: CodecConfig) -> Step | None:
                 z = z + tf.gather(position, t) + tf.gather(remaining, tf.clip_by_value(lengths - 1 - t, 0, last))
             h, c = _cell(z, c)
             out = out.write(t, tf.argmax(tf.matmul(h, w_out) + b_out, axis=-1, output_type=tf.int32))
+        return tf.transpose(out.stack())
+
+    return step
+
+
+def fused_greedy_decoder(decoder: keras.Model, config: CodecConfig) -> Step | None:
+    """The autoregressive decoder's greedy loop (``network.greedy_decoder``) with its input side folded.
+
+    A step's input is ``[h0 + position[t] + remaining[to_go], embedding[previous]]``, so ``x @ W``
+    is ``h0 @ W_h`` (once per row), two (max_length, 4H) tables and a (vocab + 2, 4H) table of the
+    previous token: only ``h @ U`` and the output layer are left in the loop. codes -> token ids
+    (batch, longest length) int32; None for networks of another structure.
+    """
+    steps_layer, lstm, dense = _layer(decoder, "steps"), _layer(decoder, "decoder_lstm"), _layer(decoder, "token_probs")
+    embedding, initial_h, initial_c = (_layer(decoder, n) for n in ("previous_embedding", "initial_h", "initial_c"))
+    parts = _lstm_parts(lstm) if lstm is not None else None
+    if parts is None or any(layer is None for layer in (steps_layer, dense, embedding, initial_h, initial_c)):
+        return None
+    if dense.activation is not keras.activations.softmax:
+        return None
+    kernel, rec, bias = parts
+    units, signal, last = config.hidden_size, steps_layer.position_signal, steps_layer.max_length - 1
+    start = start_id(config)
+
+    def step(codes: Any) -> Any:
+        w_in, u, b = _read(kernel), _read(rec), _read(bias)
+        w_code, w_token = w_in[:units], w_in[units:]
+        w_out, b_out = _read(dense.kernel), _read(dense.bias)
+        previous_table = tf.matmul(_read(embedding.embeddings), w_token)
+        if signal:
+            position = tf.matmul(_read(steps_layer.position), w_code)
+            remaining = tf.matmul(_read(steps_layer.remaining), w_code)
+        lengths = tf.cast(tf.round(codes[:, 0]), tf.int32)
+        steps = tf.reduce_max(lengths)
+        state = codes[:, 1:]
+        base = tf.matmul(state, w_code) + b
+        h, c = initial_h(state, training=False), initial_c(state, training=False)
+        previous = tf.fill([tf.shape(codes)[0]], start)
+        out = tf.TensorArray(tf.int32, size=steps)
+        for t in tf.range(steps):
+            z = base + tf.gather(previous_table, previous) + tf.matmul(h, u)
+            if signal:
+                z = z + tf.gather(position, t) + tf.gather(remaining, tf.clip_by_value(lengths - 1 - t, 0, last))
+            h, c = _cell(z, c)
+            token = tf.argmax(tf.matmul(h, w_out) + b_out, axis=-1, output_type=tf.int32)
+            out = out.write(t, token)
+            previous = token + 1
         return tf.transpose(out.stack())
 
     return step

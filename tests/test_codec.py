@@ -8,6 +8,7 @@ from conftest import build_codec, random_sequences
 
 from seqcodec.model.batches import length_batches, pad_shifted, ragged_positions, token_batches
 from seqcodec.model.codec import SequenceCodec, shape_plan
+from seqcodec.model.fused import fused_decoder, fused_greedy_decoder
 from seqcodec.model.network import start_id
 
 VOCAB, MAX_LEN = 13, 12
@@ -40,11 +41,15 @@ def xla_codec(tiny_codec) -> SequenceCodec:
     return SequenceCodec(tiny_codec.encoder, tiny_codec.decoder, tiny_codec.config, token_budget=XLA_BUDGET, xla=True)
 
 
-@pytest.mark.parametrize("shape", [{}, {"bidirectional": False, "position_signal": False}])
+@pytest.mark.parametrize("shape", [{}, {"bidirectional": False, "position_signal": False},
+                                   {"decoder": "autoregressive"},
+                                   {"decoder": "autoregressive", "position_signal": False}])
 def test_fused_steps_equal_the_keras_networks(tiny_config, shape, sequences):
     """The default path folds input projections into tables; the Keras layers as they are must agree."""
     config = dataclasses.replace(tiny_config, **shape)
     fused = build_codec(config, seed=4)
+    folds = fused_decoder if config.decoder == "repeat" else fused_greedy_decoder
+    assert folds(fused.decoder, config) is not None
     keras_steps = SequenceCodec(fused.encoder, fused.decoder, config, fused=False)
     assert fused.fused and not keras_steps.fused
     codes = fused.encode(sequences)
@@ -53,8 +58,10 @@ def test_fused_steps_equal_the_keras_networks(tiny_config, shape, sequences):
         np.testing.assert_array_equal(got, want)
 
 
-def test_fused_steps_follow_the_current_weights(tiny_config, sequences):
+@pytest.mark.parametrize("decoder", ["repeat", "autoregressive"])
+def test_fused_steps_follow_the_current_weights(tiny_config, sequences, decoder):
     """Training evaluates through a codec built before the weights change: it must see the new ones."""
+    tiny_config = dataclasses.replace(tiny_config, decoder=decoder)
     fused = build_codec(tiny_config, seed=6)
     before = fused.encode(sequences)
     for variable in fused.encoder.weights + fused.decoder.weights:
