@@ -6,7 +6,8 @@ The same arithmetic as the Keras layers (gate order i, f, c, o; sigmoid gates, t
   each step gathers its row instead of multiplying; only ``h @ U`` is left in the loop, and both
   directions run in the same loop;
 - decoder: its input is ``h0 + position[t] + remaining[to_go]``, so ``x @ W`` is ``h0 @ W`` (once per
-  row) plus two (max_length, 4H) tables; the token is the argmax of the logits (softmax keeps the order).
+  row) plus two (max_length, 4H) tables; the token is the argmax of the logits (softmax keeps the order);
+- the autoregressive decoder's greedy loop: the same, plus a (vocab + 2, 4H) table of the previous token.
 
 That removes most of the multiply-adds (all of the encoder's input side, half of the decoder's
 LSTM). Results match the Keras models within float32 rounding (tests/test_codec.py holds them to
