@@ -10,7 +10,7 @@ import numpy as np
 
 from seqcodec.model.batches import check_sequences, flatten, pad_shifted, ragged_positions, token_batches
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig
-from seqcodec.model.fused import fused_decoder, fused_encoder, fused_greedy_decoder, numpy_weights
+from seqcodec.model.fused import fused_decoder, fused_encoder, numpy_weights
 from seqcodec.model.network import beam_decoder, greedy_decoder
 from seqcodec.model.numpy_encoder import NumpyEncoder
 from seqcodec.model.tfenv import keras, tf
@@ -130,11 +130,8 @@ class SequenceCodec:
         fused_encode = fused_decode = None
         if fused:  # networks of another structure keep their Keras steps
             fused_encode = fused_encoder(encoder, config)
-            # The autoregressive decoder has its own step loop: greedy folded here, beam search as it is.
-            if not autoregressive:
-                fused_decode = fused_decoder(decoder, config)
-            elif self.beam_width == 1:
-                fused_decode = fused_greedy_decoder(decoder, config)
+            # Beam search keeps its own step loop (network.beam_decoder); greedy decoding is folded.
+            fused_decode = fused_decoder(decoder, config) if self.beam_width == 1 else None
             encode_step, decode_step = fused_encode or encode_step, fused_decode or decode_step
         self.fused = fused_encode is not None
         # Outside XLA the standard encoder runs as numpy, batches in parallel threads (numpy_encoder.py);

@@ -7,7 +7,7 @@ The same arithmetic as the Keras layers (gate order i, f, c, o; sigmoid gates, t
   directions run in the same loop;
 - decoder: its input is ``h0 + position[t] + remaining[to_go]``, so ``x @ W`` is ``h0 @ W`` (once per
   row) plus two (max_length, 4H) tables; the token is the argmax of the logits (softmax keeps the order);
-- the autoregressive decoder's greedy loop: the same, plus a (vocab + 2, 4H) table of the previous token.
+  the autoregressive decoder's greedy loop also adds a (vocab + 2, 4H) table of the previous token.
 
 That removes most of the multiply-adds (all of the encoder's input side, half of the decoder's
 LSTM). Results match the Keras models within float32 rounding (tests/test_codec.py holds them to
@@ -113,54 +113,21 @@ def fused_encoder(encoder: keras.Model, config: CodecConfig) -> Step | None:
 
 
 def fused_decoder(decoder: keras.Model, config: CodecConfig) -> Step | None:
-    """codes (batch, hidden + 1) float32 -> token ids (batch, longest length) int32; None if not standard."""
+    """codes (batch, hidden + 1) float32 -> token ids (batch, longest length) int32; None if not standard.
+
+    Both decoders: repeat starts from a zero state; autoregressive (greedy) starts from its
+    ``initial_h``/``initial_c`` of the code and adds, at every step, the table row of the token it
+    chose at the step before.
+    """
     steps_layer, lstm, dense = _layer(decoder, "steps"), _layer(decoder, "decoder_lstm"), _layer(decoder, "token_probs")
     parts = _lstm_parts(lstm) if lstm is not None else None
     if steps_layer is None or parts is None or dense is None or not lstm.return_sequences:
         return None
     if dense.activation is not keras.activations.softmax:
         return None
-    kernel, rec, bias = parts
-    signal = steps_layer.position_signal
-    last = steps_layer.max_length - 1
-
-    def step(codes: Any) -> Any:
-        w_in, u, b = _read(kernel), _read(rec), _read(bias)
-        w_out, b_out = _read(dense.kernel), _read(dense.bias)
-        if signal:
-            position = tf.matmul(_read(steps_layer.position), w_in)
-            remaining = tf.matmul(_read(steps_layer.remaining), w_in)
-        lengths = tf.cast(tf.round(codes[:, 0]), tf.int32)
-        steps = tf.reduce_max(lengths)
-        base = tf.matmul(codes[:, 1:], w_in) + b
-        h = tf.zeros_like(codes[:, 1:])
-        c = h
-        out = tf.TensorArray(tf.int32, size=steps)
-        for t in tf.range(steps):
-            z = base + tf.matmul(h, u)
-            if signal:
-                z = z + tf.gather(position, t) + tf.gather(remaining, tf.clip_by_value(lengths - 1 - t, 0, last))
-            h, c = _cell(z, c)
-            out = out.write(t, tf.argmax(tf.matmul(h, w_out) + b_out, axis=-1, output_type=tf.int32))
-        return tf.transpose(out.stack())
-
-    return step
-
-
-def fused_greedy_decoder(decoder: keras.Model, config: CodecConfig) -> Step | None:
-    """The autoregressive decoder's greedy loop (``network.greedy_decoder``) with its input side folded.
-
-    A step's input is ``[h0 + position[t] + remaining[to_go], embedding[previous]]``, so ``x @ W``
-    is ``h0 @ W_h`` (once per row), two (max_length, 4H) tables and a (vocab + 2, 4H) table of the
-    previous token: only ``h @ U`` and the output layer are left in the loop. codes -> token ids
-    (batch, longest length) int32; None for networks of another structure.
-    """
-    steps_layer, lstm, dense = _layer(decoder, "steps"), _layer(decoder, "decoder_lstm"), _layer(decoder, "token_probs")
+    autoregressive = config.decoder == "autoregressive"
     embedding, initial_h, initial_c = (_layer(decoder, n) for n in ("previous_embedding", "initial_h", "initial_c"))
-    parts = _lstm_parts(lstm) if lstm is not None else None
-    if parts is None or any(layer is None for layer in (steps_layer, dense, embedding, initial_h, initial_c)):
-        return None
-    if dense.activation is not keras.activations.softmax:
+    if autoregressive and (embedding is None or initial_h is None or initial_c is None):
         return None
     kernel, rec, bias = parts
     units, signal, last = config.hidden_size, steps_layer.position_signal, steps_layer.max_length - 1
@@ -168,9 +135,8 @@ def fused_greedy_decoder(decoder: keras.Model, config: CodecConfig) -> Step | No
 
     def step(codes: Any) -> Any:
         w_in, u, b = _read(kernel), _read(rec), _read(bias)
-        w_code, w_token = w_in[:units], w_in[units:]
+        w_code = w_in[:units]  # the autoregressive kernel continues with the previous token's rows
         w_out, b_out = _read(dense.kernel), _read(dense.bias)
-        previous_table = tf.matmul(_read(embedding.embeddings), w_token)
         if signal:
             position = tf.matmul(_read(steps_layer.position), w_code)
             remaining = tf.matmul(_read(steps_layer.remaining), w_code)
@@ -178,11 +144,18 @@ def fused_greedy_decoder(decoder: keras.Model, config: CodecConfig) -> Step | No
         steps = tf.reduce_max(lengths)
         state = codes[:, 1:]
         base = tf.matmul(state, w_code) + b
-        h, c = initial_h(state, training=False), initial_c(state, training=False)
+        if autoregressive:
+            previous_table = tf.matmul(_read(embedding.embeddings), w_in[units:])
+            h, c = initial_h(state, training=False), initial_c(state, training=False)
+        else:
+            h = tf.zeros_like(state)
+            c = h
         previous = tf.fill([tf.shape(codes)[0]], start)
         out = tf.TensorArray(tf.int32, size=steps)
         for t in tf.range(steps):
-            z = base + tf.gather(previous_table, previous) + tf.matmul(h, u)
+            z = base + tf.matmul(h, u)
+            if autoregressive:
+                z = z + tf.gather(previous_table, previous)
             if signal:
                 z = z + tf.gather(position, t) + tf.gather(remaining, tf.clip_by_value(lengths - 1 - t, 0, last))
             h, c = _cell(z, c)

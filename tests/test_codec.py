@@ -8,7 +8,7 @@ from conftest import build_codec, random_sequences
 
 from seqcodec.model.batches import length_batches, pad_shifted, ragged_positions, token_batches
 from seqcodec.model.codec import SequenceCodec, shape_plan
-from seqcodec.model.fused import fused_decoder, fused_greedy_decoder
+from seqcodec.model.fused import fused_decoder
 from seqcodec.model.network import start_id
 
 VOCAB, MAX_LEN = 13, 12
@@ -48,8 +48,7 @@ def test_fused_steps_equal_the_keras_networks(tiny_config, shape, sequences):
     """The default path folds input projections into tables; the Keras layers as they are must agree."""
     config = dataclasses.replace(tiny_config, **shape)
     fused = build_codec(config, seed=4)
-    folds = fused_decoder if config.decoder == "repeat" else fused_greedy_decoder
-    assert folds(fused.decoder, config) is not None
+    assert fused_decoder(fused.decoder, config) is not None
     keras_steps = SequenceCodec(fused.encoder, fused.decoder, config, fused=False)
     assert fused.fused and not keras_steps.fused
     codes = fused.encode(sequences)
