@@ -69,7 +69,9 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     codes_written = codes | "Write codes" >> WriteTables(
         FileSystems.join(job.staging, "codes", "part"),
         code_schema(job.inputs.id_type, m.code_size, job.model_facts(), job.code_dtype), job.num_shards,
-        plain_columns=["code"],  # floats that never repeat: a dictionary would only be built and dropped
+        # Floats that never repeat and are never filtered on: a dictionary would only be built and
+        # dropped, and min/max statistics computed for nothing.
+        plain_columns=["code"],
     )
     errors_written = encoded.errors | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1

@@ -43,7 +43,7 @@ def test_tables_cross_a_shuffle_through_the_coder():
         assert_that(out, equal_to([t.to_pylist() for t in tables]))
 
 
-def test_write_tables_writes_every_row_in_order_with_plain_float_columns(tmp_path):
+def test_write_tables_writes_every_row_in_order_with_plain_float_columns_without_statistics(tmp_path):
     tables = [table(i * 100, 100) for i in range(7)]
     with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
         _ = (p | beam.Create(tables).with_output_types(pa.Table)
@@ -58,6 +58,8 @@ def test_write_tables_writes_every_row_in_order_with_plain_float_columns(tmp_pat
             encodings = {chunk.column(i).path_in_schema: chunk.column(i).encodings for i in range(chunk.num_columns)}
             assert "RLE_DICTIONARY" in encodings["id"]
             assert not {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(encodings["code.list.element"])
+            stats = {chunk.column(i).path_in_schema: chunk.column(i).is_stats_set for i in range(chunk.num_columns)}
+            assert stats["id"] and not stats["code.list.element"]
             assert chunk.column(0).compression == "ZSTD"
 
 

