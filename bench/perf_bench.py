@@ -279,8 +279,8 @@ def main() -> None:
         result["memory"] = in_memory(model_dir, data, args.rows, args.rounds, {
             "Keras steps, token budget (default 16384)": {"fused": False},
             "fused, batch 512": {"batch_size": 512},
-            "fused TensorFlow graph, token budget": {"numpy": False},
-            "fused, token budget (new default: numpy encoder)": {},
+            "fused TensorFlow graphs, token budget": {"numpy": False},
+            "fused, token budget (default: numpy encoder and decoder)": {},
             **({"fused + XLA, token budget": {"xla": True}} if args.xla_variant else {}),
         })
     if "budget" in parts:

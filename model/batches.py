@@ -89,3 +89,23 @@ def check_sequences(values: np.ndarray, offsets: np.ndarray, config: CodecConfig
         raise ValueError(
             f"sequence {row}: token id {int(values[pos])} is outside [0, {config.vocab_size})"
         )
+
+
+def check_codes(codes: np.ndarray, config: CodecConfig) -> np.ndarray:
+    """Validate codes and return their lengths (int64); ValueError names the first bad row."""
+    if codes.ndim != 2 or codes.shape[1] != config.code_size:
+        raise ValueError(f"codes must have shape (N, {config.code_size}), got {codes.shape}")
+    if not np.issubdtype(codes.dtype, np.floating) and not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"codes must be numbers, got {codes.dtype}")
+    codes = codes.astype(np.float64, copy=False)
+    finite = np.isfinite(codes).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"code {int(np.argmin(finite))}: contains NaN or infinity")
+    length_field = codes[:, 0]
+    ok = (length_field == np.round(length_field)) & (length_field >= 1) & (length_field <= config.max_length)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise ValueError(
+            f"code {i}: length field {length_field[i]!r} is not an integer in [1, {config.max_length}]"
+        )
+    return length_field.astype(np.int64)

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from seqcodec.model.batches import check_sequences, flatten, pad_shifted, ragged_positions, token_batches
+from seqcodec.model.batches import check_codes, check_sequences, flatten, pad_shifted, ragged_positions, token_batches
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig
-from seqcodec.model.fused import fused_decoder, fused_encoder, numpy_weights
+from seqcodec.model.fused import fused_decoder, fused_encoder, numpy_decoder_weights, numpy_encoder_weights
 from seqcodec.model.network import beam_decoder, greedy_decoder
+from seqcodec.model.numpy_decoder import NumpyDecoder
 from seqcodec.model.numpy_encoder import NumpyEncoder
 from seqcodec.model.tfenv import keras, tf
 
@@ -81,9 +82,10 @@ class SequenceCodec:
     ``encode(sequences) -> float32 (N, hidden + 1)`` and ``decode(codes) -> list of int arrays``.
     Inputs are sorted by length and cut into batches of at most ``token_budget`` padded tokens
     (and ``batch_size`` rows, if given). Each batch is padded to its longest row. The standard
-    encoder runs as numpy, ``threads`` batches at once (``model/numpy_encoder.py``; 0: one per core);
-    decoding runs a graph function of the fused steps (``model/fused.py``; with ``fused=False``
-    both run the Keras layers as they are). With ``xla`` batches are padded to a few fixed shapes
+    encoder and the greedy decoder run as numpy, ``threads`` batches at once (``model/numpy_encoder.py``,
+    ``model/numpy_decoder.py``; 0: one per core) on the folded steps of ``model/fused.py`` (with
+    ``fused=False`` both run the Keras layers as they are; with ``numpy=False`` the folded steps run
+    as TensorFlow graphs). With ``xla`` batches are padded to a few fixed shapes
     instead and run through XLA-compiled steps. Results come back in input order and equal
     one-at-a-time results (within 1e-5).
     ``beam_width`` > 1 decodes an autoregressive model by beam search (``network.beam_decoder``).
@@ -134,11 +136,15 @@ class SequenceCodec:
             fused_decode = fused_decoder(decoder, config) if self.beam_width == 1 else None
             encode_step, decode_step = fused_encode or encode_step, fused_decode or decode_step
         self.fused = fused_encode is not None
-        # Outside XLA the standard encoder runs as numpy, batches in parallel threads (numpy_encoder.py);
-        # numpy=False keeps the TensorFlow graph of the fused step (benchmarks compare the two).
-        weights = numpy_weights(encoder) if self.fused and numpy else None
+        # Outside XLA the standard encoder and greedy decoder run as numpy, batches in parallel threads
+        # (numpy_encoder.py, numpy_decoder.py); numpy=False keeps the TensorFlow graphs of the fused
+        # steps (benchmarks compare the two).
+        weights = numpy_encoder_weights(encoder) if self.fused and numpy else None
         self.numpy_encoder = None if weights is None else NumpyEncoder(
             weights, config, fingerprint, token_budget, batch_size, threads)
+        decoder_weights = numpy_decoder_weights(decoder, config) if fused_decode is not None and numpy else None
+        self.numpy_decoder = None if decoder_weights is None else NumpyDecoder(
+            decoder_weights, config, fingerprint, token_budget, batch_size, threads)
 
         # One trace each for any batch shape: keras' predict() costs milliseconds per call.
         self._encode_fn = tf.function(encode_step, input_signature=[tf.TensorSpec([None, None], tf.int32)])
@@ -201,6 +207,8 @@ class SequenceCodec:
 
     def decode_flat(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Like ``decode``, returning (values, offsets) in Arrow's list layout."""
+        if self.numpy_decoder is not None and not self._use_xla():
+            return self.numpy_decoder.decode_flat(codes)
         codes = np.asarray(codes)
         lengths = self.check_codes(codes)
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
@@ -233,19 +241,4 @@ class SequenceCodec:
 
     def check_codes(self, codes: np.ndarray) -> np.ndarray:
         """Validate codes and return their lengths (int64); ValueError names the first bad row."""
-        if codes.ndim != 2 or codes.shape[1] != self.config.code_size:
-            raise ValueError(f"codes must have shape (N, {self.config.code_size}), got {codes.shape}")
-        if not np.issubdtype(codes.dtype, np.floating) and not np.issubdtype(codes.dtype, np.integer):
-            raise ValueError(f"codes must be numbers, got {codes.dtype}")
-        codes = codes.astype(np.float64, copy=False)
-        finite = np.isfinite(codes).all(axis=1)
-        if not finite.all():
-            raise ValueError(f"code {int(np.argmin(finite))}: contains NaN or infinity")
-        length_field = codes[:, 0]
-        ok = (length_field == np.round(length_field)) & (length_field >= 1) & (length_field <= self.config.max_length)
-        if not ok.all():
-            i = int(np.argmin(ok))
-            raise ValueError(
-                f"code {i}: length field {length_field[i]!r} is not an integer in [1, {self.config.max_length}]"
-            )
-        return length_field.astype(np.int64)
+        return check_codes(codes, self.config)

@@ -10,6 +10,8 @@ from typing import Any
 # manifest without the field means. "autoregressive": also fed the token it wrote at the previous
 # step (teacher forcing in training, greedy at decode time), its initial state derived from h.
 DECODERS = ("repeat", "autoregressive")
+# The autoregressive decoder's "previous token" at step 0 (shifted ids 1..vocab are tokens).
+START_ID = 0
 
 
 @dataclasses.dataclass(frozen=True)

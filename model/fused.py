@@ -11,7 +11,10 @@ The same arithmetic as the Keras layers (gate order i, f, c, o; sigmoid gates, t
 
 That removes most of the multiply-adds (all of the encoder's input side, half of the decoder's
 LSTM). Results match the Keras models within float32 rounding (tests/test_codec.py holds them to
-1e-5). ``fused_steps`` returns None for networks of another structure, which then run as they are.
+1e-5). The fused steps return None for networks of another structure, which then run as they are.
+``numpy_encoder_weights``/``numpy_decoder_weights`` hand the same folded weights, read from the live
+Keras variables, to the numpy steps (``numpy_encoder.py``, ``numpy_decoder.py``) that run by default;
+the TensorFlow graphs here serve XLA and ``numpy=False``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.network import start_id
+from seqcodec.model.numpy_decoder import DecoderWeights
 from seqcodec.model.numpy_encoder import EncoderWeights
 from seqcodec.model.tfenv import keras, tf
 
@@ -70,7 +74,7 @@ def _encoder_parts(encoder: keras.Model) -> tuple[Any, list[tuple[Any, Any, Any]
     return None if any(p is None for p in parts) else (embedding, parts)
 
 
-def numpy_weights(encoder: keras.Model) -> Callable[[], EncoderWeights] | None:
+def numpy_encoder_weights(encoder: keras.Model) -> Callable[[], EncoderWeights] | None:
     """The standard encoder's weights for ``numpy_encoder``, read afresh at each call; None if not standard."""
     found = _encoder_parts(encoder)
     if found is None:
@@ -112,6 +116,42 @@ def fused_encoder(encoder: keras.Model, config: CodecConfig) -> Step | None:
     return step
 
 
+def _decoder_parts(decoder: keras.Model, config: CodecConfig) -> tuple | None:
+    """(steps layer, LSTM variables, output layer, previous-token embedding, initial_h, initial_c) of the
+    standard decoder (the last three None for repeat); None for another structure."""
+    steps_layer, lstm, dense = _layer(decoder, "steps"), _layer(decoder, "decoder_lstm"), _layer(decoder, "token_probs")
+    parts = _lstm_parts(lstm) if lstm is not None else None
+    if steps_layer is None or parts is None or dense is None or not lstm.return_sequences:
+        return None
+    if dense.activation is not keras.activations.softmax:
+        return None
+    if config.decoder != "autoregressive":
+        return steps_layer, parts, dense, None, None, None
+    embedding, initial_h, initial_c = (_layer(decoder, n) for n in ("previous_embedding", "initial_h", "initial_c"))
+    if embedding is None or initial_h is None or initial_c is None:
+        return None
+    if initial_h.activation is not keras.activations.tanh or initial_c.activation is not keras.activations.linear:
+        return None
+    return steps_layer, parts, dense, embedding, initial_h, initial_c
+
+
+def numpy_decoder_weights(decoder: keras.Model, config: CodecConfig) -> Callable[[], DecoderWeights] | None:
+    """The standard decoder's weights for ``numpy_decoder``, read afresh at each call; None if not standard."""
+    found = _decoder_parts(decoder, config)
+    if found is None:
+        return None
+    steps_layer, parts, dense, embedding, initial_h, initial_c = found
+
+    def read() -> DecoderWeights:
+        return DecoderWeights.from_arrays(
+            tuple(v.numpy() for v in parts), (dense.kernel.numpy(), dense.bias.numpy()),
+            (steps_layer.position.numpy(), steps_layer.remaining.numpy()) if steps_layer.position_signal else None,
+            None if embedding is None else embedding.embeddings.numpy(),
+            None if embedding is None else tuple((d.kernel.numpy(), d.bias.numpy()) for d in (initial_h, initial_c)))
+
+    return read
+
+
 def fused_decoder(decoder: keras.Model, config: CodecConfig) -> Step | None:
     """codes (batch, hidden + 1) float32 -> token ids (batch, longest length) int32; None if not standard.
 
@@ -119,16 +159,11 @@ def fused_decoder(decoder: keras.Model, config: CodecConfig) -> Step | None:
     ``initial_h``/``initial_c`` of the code and adds, at every step, the table row of the token it
     chose at the step before.
     """
-    steps_layer, lstm, dense = _layer(decoder, "steps"), _layer(decoder, "decoder_lstm"), _layer(decoder, "token_probs")
-    parts = _lstm_parts(lstm) if lstm is not None else None
-    if steps_layer is None or parts is None or dense is None or not lstm.return_sequences:
+    found = _decoder_parts(decoder, config)
+    if found is None:
         return None
-    if dense.activation is not keras.activations.softmax:
-        return None
-    autoregressive = config.decoder == "autoregressive"
-    embedding, initial_h, initial_c = (_layer(decoder, n) for n in ("previous_embedding", "initial_h", "initial_c"))
-    if autoregressive and (embedding is None or initial_h is None or initial_c is None):
-        return None
+    steps_layer, parts, dense, embedding, initial_h, initial_c = found
+    autoregressive = embedding is not None
     kernel, rec, bias = parts
     units, signal, last = config.hidden_size, steps_layer.position_signal, steps_layer.max_length - 1
     start = start_id(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from seqcodec.model.config import CodecConfig
+from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.layers import CodeState, DecoderSteps, TokenCount
 from seqcodec.model.tfenv import keras, tf
 
@@ -13,7 +13,7 @@ layers = keras.layers
 
 def start_id(config: CodecConfig) -> int:
     """The autoregressive decoder's "previous token" at step 0 (shifted ids 1..vocab are tokens)."""
-    return 0
+    return START_ID
 
 
 def hidden_id(config: CodecConfig) -> int:

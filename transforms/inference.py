@@ -95,8 +95,9 @@ def worker_processes(options: PipelineOptions) -> int:
 class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
     """What both codec handlers share: one Arrow table per call, the model loaded once per worker."""
 
-    # A handler that only encodes loads the numpy encoder where it can: no TensorFlow in the worker.
-    encodes_only = False
+    # A handler that only encodes (or only decodes, greedily) loads the numpy encoder (or decoder) where
+    # it can: no TensorFlow in the worker. None: the handler needs the whole codec.
+    numpy_part: str | None = None
 
     def __init__(self, model_dir: str, batching: Batching | int | None, done: str,
                  total_rows: int | None = None) -> None:
@@ -115,14 +116,18 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
 
     def load_model(self) -> Any:
         batching = self.batching
-        if self.encodes_only and not batching.xla:
+        if self.numpy_part and not batching.xla:
+            from seqcodec.model.numpy_decoder import load_decoder
             from seqcodec.model.numpy_encoder import load_encoder
 
             threads = threads_per_process(batching.tf_threads, batching.workers)
-            encoder = load_encoder(self.model_dir, batching.token_budget, batching.batch_size, threads)
-            if encoder is not None:
-                log.info("model %s loaded: numpy encoder, %d thread(s), no TensorFlow", encoder.fingerprint, threads)
-                return encoder
+            args = (self.model_dir, batching.token_budget, batching.batch_size, threads)
+            part = load_encoder(*args) if self.numpy_part == "encoder" else load_decoder(
+                *args, beam_width=batching.beam_width)
+            if part is not None:
+                log.info("model %s loaded: numpy %s, %d thread(s), no TensorFlow", part.fingerprint, self.numpy_part,
+                         threads)
+                return part
         from seqcodec.model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
         from seqcodec.model.tfenv import configure_threads
 
@@ -143,7 +148,7 @@ class CodecEncoderHandler(CodecHandler):
     and runs its compiled encoder. The model directory may be on any Beam filesystem.
     """
 
-    encodes_only = True
+    numpy_part = "encoder"
 
     def __init__(self, model_dir: str, batching: Batching | None = None, total_rows: int | None = None,
                  code_dtype: str = "float32") -> None:
@@ -210,6 +215,8 @@ class CodecDecoderHandler(CodecHandler):
     also holds the original ``tokens``; the output then keeps them as ``original`` and adds
     ``correct``, the number of positions each decoded row got right.
     """
+
+    numpy_part = "decoder"
 
     def __init__(self, model_dir: str, batching: Batching | None = None, compare: bool = False,
                  total_rows: int | None = None) -> None:

@@ -380,7 +380,7 @@ class SequenceModelHandler(CodecHandler):
     RunInference's ``with_exception_handling()``, or EncodeSequences for per-row dead letters.
     """
 
-    encodes_only = True
+    numpy_part = "encoder"
 
     def __init__(self, model_dir: str, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int | None = None) -> None:
         super().__init__(model_dir, batch_size, "encoded")

@@ -1,0 +1,242 @@
+"""Greedy decoding in numpy: tokens from codes and the saved decoder alone, without TensorFlow.
+
+The arithmetic is ``model/fused.fused_decoder``'s, for both decoders: a step's input projection is
+``h0 @ W`` (once per row) plus rows gathered from the position and steps-to-go tables (and, for the
+autoregressive decoder, from a table of the previous token), so only ``h @ U`` and the output layer
+are left in the loop; the token is the argmax of the logits. Batches run in parallel threads, as in
+``numpy_encoder``. Two uses:
+
+- ``SequenceCodec.decode`` runs it on the Keras layers' current weights (``fused.numpy_decoder_weights``);
+- ``load_decoder`` builds it straight from ``decoder.keras``, so a decode job's workers never import
+  TensorFlow (beam search and ``--xla`` still load the Keras model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from seqcodec.model.batches import check_codes, ragged_positions, token_batches
+from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, START_ID, CodecConfig, threads_per_process
+from seqcodec.model.manifest import DECODER_FILE, Manifest
+from seqcodec.model.numpy_encoder import (
+    gate_columns,
+    lstm_update,
+    open_keras_file,
+    run_batches,
+    standard_lstm,
+    verified_file,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderWeights:
+    """The decoder's step, folded; gate columns as ``numpy_encoder.gate_columns`` leaves them.
+
+    ``code`` and ``bias`` project ``h0`` once per row; ``position``/``remaining`` (position signal) and
+    ``previous`` (autoregressive: one row per shifted previous token) are added per step;
+    ``initial`` is the autoregressive decoder's (kernel, bias) of ``initial_h`` and of ``initial_c``.
+    ``output`` is the output layer's kernel with its bias as one more row, multiplied by ``[h, 1]``.
+    """
+
+    code: np.ndarray
+    bias: np.ndarray
+    recurrent: np.ndarray
+    output: np.ndarray
+    position: np.ndarray | None = None
+    remaining: np.ndarray | None = None
+    previous: np.ndarray | None = None
+    initial: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+
+    @classmethod
+    def from_arrays(cls, lstm: tuple[np.ndarray, np.ndarray, np.ndarray], dense: tuple[np.ndarray, np.ndarray],
+                    steps: tuple[np.ndarray, np.ndarray] | None = None, embedding: np.ndarray | None = None,
+                    initial: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> (
+            DecoderWeights):
+        """From the arrays as Keras keeps them: the LSTM's (kernel, recurrent kernel, bias), the output
+        layer's (kernel, bias), the steps layer's (position, remaining) if it has them, and the
+        autoregressive decoder's previous-token embedding and ``initial_h``/``initial_c``."""
+        kernel, rec, bias = (np.asarray(a, np.float32) for a in lstm)
+        units = rec.shape[0]
+        w_code = gate_columns(kernel[:units])
+
+        def table(rows: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(np.asarray(rows, np.float32) @ w_code)
+
+        return cls(
+            code=w_code, bias=gate_columns(bias), recurrent=gate_columns(rec),
+            output=np.ascontiguousarray(np.vstack([dense[0], dense[1][None]]), np.float32),
+            position=None if steps is None else table(steps[0]),
+            remaining=None if steps is None else table(steps[1]),
+            previous=None if embedding is None else gate_columns(np.asarray(embedding, np.float32) @ kernel[units:]),
+            initial=None if initial is None else tuple(
+                (np.asarray(k, np.float32), np.asarray(b, np.float32)) for k, b in initial),
+        )
+
+
+def decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """codes (batch, hidden + 1) and their lengths -> greedy token ids (batch, longest length) int32."""
+    rows = codes.shape[0]
+    steps = int(lengths.max(initial=0))
+    state = np.ascontiguousarray(codes[:, 1:], np.float32)
+    units = state.shape[1]
+    base = state @ weights.code
+    base += weights.bias
+    if weights.initial is not None:
+        (kernel_h, bias_h), (kernel_c, bias_c) = weights.initial
+        h = np.tanh(state @ kernel_h + bias_h)
+        c = state @ kernel_c + bias_c
+    else:
+        h = np.zeros_like(state)
+        c = np.zeros_like(state)
+    tokens = np.zeros((rows, steps), np.int32)
+    previous = np.full(rows, START_ID, np.int64) if weights.previous is not None else None
+    last = None if weights.remaining is None else weights.remaining.shape[0] - 1
+    z = np.empty_like(base)
+    h_one = np.ones((rows, units + 1), np.float32)  # [h, 1]: the output layer's bias rides in its matmul
+    logits = np.empty((rows, weights.output.shape[1]), np.float32)
+    for t in range(steps):
+        np.matmul(h, weights.recurrent, out=z)
+        z += base
+        if previous is not None:
+            z += weights.previous[previous]
+        if last is not None:
+            z += weights.position[t]
+            z += weights.remaining[np.clip(lengths - 1 - t, 0, last)]
+        h, c = lstm_update(z, c)
+        h_one[:, :units] = h
+        np.matmul(h_one, weights.output, out=logits)
+        token = logits.argmax(axis=1)
+        tokens[:, t] = token
+        if previous is not None:
+            previous = token + 1
+    return tokens
+
+
+class NumpyDecoder:
+    """Length-prefixed codes -> token sequences with the numpy step, as ``SequenceCodec.decode`` returns them.
+
+    Codes are sorted by length and cut into batches of at most ``token_budget`` padded tokens (and
+    ``batch_size`` rows, if given); ``threads`` batches run at once (0: one per core). ``weights`` is
+    called once per ``decode`` call, so a decoder built on live Keras variables follows training.
+    """
+
+    def __init__(self, weights: Callable[[], DecoderWeights], config: CodecConfig, fingerprint: str = "",
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, batch_size: int | None = None, threads: int = 0) -> None:
+        self.weights, self.config, self.fingerprint = weights, config, fingerprint
+        self.token_budget, self.batch_size = token_budget, batch_size
+        self.threads = threads_per_process(threads, 1)
+        self.manifest: Manifest | None = None
+
+    def decode(self, codes: np.ndarray) -> list[np.ndarray]:
+        """Length-prefixed codes -> token sequences (int32), each exactly ``code[0]`` long."""
+        values, offsets = self.decode_flat(codes)
+        return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+    def decode_flat(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``decode``, returning (values, offsets) in Arrow's list layout."""
+        codes = np.asarray(codes)
+        lengths = check_codes(codes, self.config)
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.empty(int(offsets[-1]), dtype=np.int32)
+        weights = self.weights()
+
+        def run(rows: np.ndarray) -> None:
+            tokens = decode_codes(weights, codes[rows], lengths[rows])
+            # Both decoders are causal and row-independent: cutting each row back to its length is exact.
+            row_of, col_of = ragged_positions(lengths[rows])
+            values[offsets[rows][row_of] + col_of] = tokens[row_of, col_of]
+
+        run_batches(run, token_batches(lengths, self.token_budget, self.batch_size), self.threads)
+        return values, offsets
+
+
+# -- loading from a model directory without TensorFlow ----------------------------------------------
+
+_LAYERS = {"InputLayer", "Embedding", "Dropout", "DecoderSteps", "CodeState", "Concatenate", "Dense", "LSTM"}
+
+
+def _keras_paths(layers: list[dict[str, Any]]) -> dict[str, str]:
+    """Layer name -> where ``model.weights.h5`` keeps its variables (numbered per class, in layer order)."""
+    seen: dict[str, int] = {}
+    paths = {}
+    for layer in layers:
+        # keras.src.utils.naming.to_snake_case, as Keras names the groups
+        snake = re.sub(r"\W+", "", layer["class_name"])
+        snake = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", snake)
+        snake = re.sub("([a-z])([A-Z])", r"\1_\2", snake).lower()
+        count = seen.get(snake, -1) + 1
+        seen[snake] = count
+        paths[layer["config"]["name"]] = f"layers/{snake}" + (f"_{count}" if count else "")
+    return paths
+
+
+def read_decoder_weights(path: str | os.PathLike, config: CodecConfig) -> DecoderWeights | None:
+    """The weights of a saved standard decoder (``decoder.keras``), or None if it is another structure."""
+    model_config, weights_file = open_keras_file(path)
+    with weights_file:
+        layers = model_config.get("config", {}).get("layers", [])
+        if not layers or any(layer.get("class_name") not in _LAYERS for layer in layers):
+            return None
+        by_name = {layer["config"].get("name"): layer["config"] for layer in layers}
+        lstm, dense = by_name.get("decoder_lstm"), by_name.get("token_probs")
+        autoregressive = config.decoder == "autoregressive"
+        if (lstm is None or dense is None or not standard_lstm(lstm) or not lstm.get("return_sequences")
+                or dense.get("activation") != "softmax" or "steps" not in by_name):
+            return None
+        if autoregressive and (by_name.get("initial_h", {}).get("activation") != "tanh"
+                               or by_name.get("initial_c", {}).get("activation") != "linear"
+                               or "previous_embedding" not in by_name):
+            return None
+        paths = _keras_paths(layers)
+
+        def arrays(name: str, count: int) -> tuple[np.ndarray, ...]:
+            return tuple(weights_file[f"{paths[name]}{'/cell' if name == 'decoder_lstm' else ''}/vars/{i}"][()]
+                         for i in range(count))
+
+        try:
+            lstm_arrays, dense_arrays = arrays("decoder_lstm", 3), arrays("token_probs", 2)
+            steps = arrays("steps", 2) if config.position_signal else None
+            embedding = arrays("previous_embedding", 1)[0] if autoregressive else None
+            initial = (arrays("initial_h", 2), arrays("initial_c", 2)) if autoregressive else None
+        except KeyError:
+            return None
+    units, extra = config.hidden_size, config.embedding_size if autoregressive else 0
+    shapes = [(lstm_arrays[0].shape, (units + extra, 4 * units)), (lstm_arrays[1].shape, (units, 4 * units)),
+              (dense_arrays[0].shape, (units, config.vocab_size))]
+    if steps is not None:
+        shapes += [(steps[0].shape, (config.max_length, units)), (steps[1].shape, (config.max_length, units))]
+    if embedding is not None:
+        shapes += [(embedding.shape, (config.vocab_size + 2, config.embedding_size))]
+        shapes += [(k.shape, (units, units)) for k, _ in initial]
+    if any(tuple(got) != want for got, want in shapes):
+        return None
+    return DecoderWeights.from_arrays(lstm_arrays, dense_arrays, steps, embedding, initial)
+
+
+def load_decoder(model_dir: str | os.PathLike, token_budget: int = DEFAULT_TOKEN_BUDGET,
+                 batch_size: int | None = None, threads: int = 0, beam_width: int = 1) -> NumpyDecoder | None:
+    """A model directory's greedy decoder as a NumpyDecoder, without TensorFlow; None where that cannot be done.
+
+    As ``numpy_encoder.load_encoder``: only for a manifest recording ``decoder.keras``'s sha256 and a
+    file that still has it; otherwise None, and ``load_codec`` checks everything. Also None when
+    ``beam_width`` asks an autoregressive model for beam search, which runs in TensorFlow.
+    """
+    found = verified_file(model_dir, DECODER_FILE)
+    if found is None:
+        return None
+    manifest, path = found
+    if manifest.config.beam_width(beam_width) > 1:
+        return None
+    weights = read_decoder_weights(path, manifest.config)
+    if weights is None:
+        return None
+    decoder = NumpyDecoder(lambda: weights, manifest.config, manifest.fingerprint, token_budget, batch_size, threads)
+    decoder.manifest = manifest
+    return decoder

@@ -1,0 +1,143 @@
+"""The numpy decoder: the Keras decoders' tokens, loaded from a model directory without TensorFlow, or not at all."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import TINY, build_codec, random_sequences, run_seqcodec
+from test_numpy_encoder import edit_manifest
+
+from seqcodec.model.codec import SequenceCodec
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.numpy_decoder import NumpyDecoder, load_decoder
+from seqcodec.model.storage import load_codec, save_codec
+
+SHAPES = {
+    "repeat": {},
+    "repeat, no position signal": {"position_signal": False},
+    "autoregressive": {"decoder": "autoregressive"},
+    "autoregressive, no position signal": {"decoder": "autoregressive", "position_signal": False},
+}
+
+
+@pytest.fixture(scope="module")
+def sequences() -> list[np.ndarray]:
+    return random_sequences(300, TINY["vocab_size"], TINY["max_length"], seed=23)
+
+
+def shaken(codec: SequenceCodec, seed: int) -> SequenceCodec:
+    """The codec with every weight moved off its start (initial biases are zero), so tests see all of them."""
+    rng = np.random.default_rng(seed)
+    for variable in [*codec.encoder.weights, *codec.decoder.weights]:
+        variable.assign(variable.numpy() + rng.normal(0, 0.3, variable.shape).astype(np.float32))
+    return codec
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def saved(request, tmp_path_factory):
+    """(codec, its saved model dir) of each decoder shape."""
+    codec = shaken(build_codec(CodecConfig(**TINY, **SHAPES[request.param]), seed=5), seed=6)
+    model_dir = tmp_path_factory.mktemp("numpy-decoder") / "model"
+    save_codec(codec, model_dir)
+    return codec, model_dir
+
+
+def test_numpy_decoder_equals_the_keras_decoder(saved, sequences):
+    codec, model_dir = saved
+    codes = codec.encode(sequences)
+    # The Keras layers themselves, and the folded steps as a TensorFlow graph: the same tokens.
+    keras_tokens = SequenceCodec(codec.encoder, codec.decoder, codec.config, fused=False).decode(codes)
+    graph_tokens = SequenceCodec(codec.encoder, codec.decoder, codec.config, numpy=False).decode(codes)
+    loaded = load_decoder(model_dir)
+    assert loaded is not None and loaded.fingerprint == codec.fingerprint
+    assert codec.numpy_decoder is not None
+    for tokens in (graph_tokens, loaded.decode(codes), codec.decode(codes)):
+        assert [t.tolist() for t in tokens] == [t.tolist() for t in keras_tokens]
+    assert [len(t) for t in keras_tokens] == [len(s) for s in sequences]
+
+
+def test_threads_and_batches_change_no_token(saved, sequences):
+    codec, model_dir = saved
+    codes = codec.encode(sequences)
+    one = load_decoder(model_dir, threads=1).decode_flat(codes)
+    many = load_decoder(model_dir, token_budget=30, threads=3).decode_flat(codes)
+    np.testing.assert_array_equal(many[0], one[0])
+    np.testing.assert_array_equal(many[1], one[1])
+    decoder = load_decoder(model_dir, threads=1)
+    singles = [decoder.decode(codes[i : i + 1])[0].tolist() for i in range(40)]
+    assert singles == [t.tolist() for t in decoder.decode(codes[:40])]
+
+
+def test_loading_needs_no_tensorflow(tiny_model_dir):
+    script = (
+        "import sys; from seqcodec.model.numpy_decoder import load_decoder; "
+        f"d = load_decoder({str(tiny_model_dir)!r}); "
+        "print(d is not None, [len(t) for t in d.decode([[3] + [0.5] * 16])], "
+        "'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "[3]", "False", "False"]
+
+
+@pytest.mark.parametrize("case", ["no file digests", "decoder file changed"])
+def test_unverifiable_decoder_is_left_to_load_codec(case, tiny_model_dir, tmp_path, sequences):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    if case == "no file digests":
+        edit_manifest(model_dir, lambda data: data.pop("files"))
+    else:
+        edit_manifest(model_dir, lambda data: data["files"].update({"decoder.keras": "0" * 64}))
+    assert load_decoder(model_dir) is None
+    codec = load_codec(model_dir)
+    codes = codec.encode(sequences[:50])
+    assert [t.tolist() for t in codec.decode(codes)] == [t.tolist() for t in load_codec(tiny_model_dir).decode(codes)]
+
+
+def test_beam_search_is_left_to_tensorflow(tiny_ar_codec, tmp_path):
+    model_dir = tmp_path / "model"
+    save_codec(tiny_ar_codec, model_dir)
+    assert load_decoder(model_dir, beam_width=1) is not None
+    assert load_decoder(model_dir, beam_width=3) is None
+    beam = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, tiny_ar_codec.config, beam_width=3)
+    assert beam.numpy_decoder is None
+
+
+def test_a_numpy_decoder_follows_live_weights(tiny_config, sequences):
+    codec = shaken(build_codec(tiny_config, seed=9), seed=10)
+    codes = codec.encode(sequences)
+    before = codec.decode(codes)
+    for variable in codec.decoder.weights:
+        variable.assign(-variable.numpy())
+    after = codec.decode(codes)
+    assert [t.tolist() for t in before] != [t.tolist() for t in after]
+    fresh = NumpyDecoder(codec.numpy_decoder.weights, tiny_config)
+    assert [t.tolist() for t in fresh.decode(codes)] == [t.tolist() for t in after]
+    keras_after = SequenceCodec(codec.encoder, codec.decoder, tiny_config, fused=False).decode(codes)
+    assert [t.tolist() for t in after] == [t.tolist() for t in keras_after]
+
+
+def test_decode_job_runs_the_numpy_decoder_and_beam_search_runs_tensorflow(saved, sequences, tmp_path):
+    codec, model_dir = saved
+    encoded = tmp_path / "encoded"
+    pq.write_table(pa.table({"id": list(range(60)), "tokens": [s.tolist() for s in sequences[:60]]}),
+                   tmp_path / "in.parquet")
+    code, _, err = run_seqcodec(["encode", "--input", tmp_path / "in.parquet", "--output", encoded,
+                                 "--model-dir", model_dir])
+    assert code == 0, err
+    want = codec.decode(codec.encode(sequences[:60]))
+    widths = ["1", "2"] if codec.config.decoder == "autoregressive" else ["1"]
+    for width in widths:
+        out = tmp_path / f"decoded-{width}"
+        code, _, err = run_seqcodec(["decode", "--input", encoded / "codes" / "*.parquet", "--output", out,
+                                     "--model-dir", model_dir, "--beam-width", width])
+        assert code == 0, err
+        assert ("loaded: numpy decoder" in err) == (width == "1"), err
+        decoded = pq.read_table(out / "decoded").sort_by("id")
+        tokens = decoded.column("tokens").to_pylist()
+        assert [len(t) for t in tokens] == [len(t) for t in want]
+        if width == "1":
+            assert tokens == [t.tolist() for t in want]
