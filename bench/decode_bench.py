@@ -4,6 +4,8 @@ Run: .venv/bin/python -m bench.decode_bench --rows 200000
 (default model: models/default; data: bench/make_rows.py under /tmp/seqcodec-bench, not the repository)
 Word sentences with the autoregressive model:
      .venv/bin/python -m bench.decode_bench --model-dir models/words --data data/words/sentences.parquet
+The numpy decoder's token budget alone (no jobs):
+     ... --budgets 2048,4096,8192,16384 --rounds 6
 """
 
 from __future__ import annotations
@@ -44,6 +46,35 @@ def in_memory(model_dir: Path, data: Path, rows: int, rounds: int) -> dict:
     return {"rates": rates, "decode_cost_vs_encode": ratios}
 
 
+def budget_sweep(model_dir: Path, data: Path, rows: int, rounds: int, budgets: list[int]) -> dict:
+    """The numpy decoder at each token budget on the same codes, rounds alternating; rows/s and ratios to the last."""
+    from seqcodec.model.numpy_decoder import load_decoder
+    from seqcodec.model.numpy_encoder import load_encoder
+    from seqcodec.transforms.inference import flat_tokens
+
+    encoder = load_encoder(model_dir)
+    decoders = {b: load_decoder(model_dir, token_budget=b) for b in budgets}
+    if encoder is None or None in decoders.values():
+        raise SystemExit(f"{model_dir}: no file digests in its manifest; save it again with this version")
+    tokens = pq.read_table(data, columns=["tokens"]).column("tokens").slice(0, rows)
+    codes = encoder.encode_flat(*flat_tokens(tokens))
+    decoders[budgets[-1]].decode_flat(codes[:1000])
+    rates: dict[int, list[float]] = {b: [] for b in budgets}
+    for r in range(rounds):
+        for b in budgets if r % 2 == 0 else budgets[::-1]:
+            start = time.perf_counter()
+            decoders[b].decode_flat(codes)
+            rates[b].append(rows / (time.perf_counter() - start))
+        log(f"  round {r + 1}: " + ", ".join(f"{b} {rates[b][-1]:.0f}/s" for b in budgets))
+    last = rates[budgets[-1]]
+
+    def ratio(b: int) -> float:
+        return round(float(np.median([x / y for x, y in zip(rates[b], last, strict=True)])), 3)
+
+    return {str(b): {"rows_per_second": [round(x) for x in rates[b]], "median_ratio_to_last": ratio(b)}
+            for b in budgets}
+
+
 def jobs(model_dir: Path, data: Path, work: Path, repeats: int) -> dict:
     """`seqcodec encode` then `seqcodec decode` on its codes, alternating; rows/s from summary.json."""
     out: dict[str, list] = {"encode": [], "decode": []}
@@ -74,6 +105,8 @@ def main() -> None:
     parser.add_argument("--data", help="a token Parquet file to use instead of generated rows (all its rows)")
     parser.add_argument("--work", default="/tmp/seqcodec-bench")
     parser.add_argument("--out", default="/tmp/seqcodec-bench/decode_bench.json")
+    parser.add_argument("--budgets", help="only sweep the numpy decoder's token budget, e.g. 2048,4096,16384 "
+                                          "(ratios to the last), --rounds rounds")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="decode-", dir=Path(args.work)))
     model_dir = work / "model"
@@ -86,6 +119,13 @@ def main() -> None:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     result = {"commit": git_commit(), "rows": args.rows, "data": str(data), "model": manifest["fingerprint"],
               "decoder": manifest.get("decoder", "repeat"), "load_average_start": loadavg()}
+    if args.budgets:
+        log("numpy decoder per token budget")
+        result["budgets"] = budget_sweep(model_dir, data, args.rows, args.rounds,
+                                         [int(b) for b in args.budgets.split(",")])
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["budgets"], indent=1))
+        return
     log("in-memory encode vs decode")
     result["in_memory"] = in_memory(model_dir, data, args.rows, args.rounds)
     log("whole jobs: encode, then decode its codes")
