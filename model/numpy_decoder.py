@@ -16,21 +16,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from seqcodec.model.batches import check_codes, ragged_positions, token_batches
-from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, START_ID, CodecConfig, threads_per_process
-from seqcodec.model.manifest import DECODER_FILE, Manifest
+from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, START_ID, CodecConfig
+from seqcodec.model.manifest import DECODER_FILE, read_manifest
 from seqcodec.model.numpy_encoder import (
+    NumpyPart,
     gate_columns,
+    load_part,
     lstm_update,
     open_keras_file,
     run_batches,
     standard_lstm,
-    verified_file,
 )
 
 
@@ -118,20 +118,11 @@ def decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray
     return tokens
 
 
-class NumpyDecoder:
+class NumpyDecoder(NumpyPart):
     """Length-prefixed codes -> token sequences with the numpy step, as ``SequenceCodec.decode`` returns them.
 
-    Codes are sorted by length and cut into batches of at most ``token_budget`` padded tokens (and
-    ``batch_size`` rows, if given); ``threads`` batches run at once (0: one per core). ``weights`` is
-    called once per ``decode`` call, so a decoder built on live Keras variables follows training.
+    ``weights`` returns ``DecoderWeights``; codes are batched by length as rows are in ``NumpyPart``.
     """
-
-    def __init__(self, weights: Callable[[], DecoderWeights], config: CodecConfig, fingerprint: str = "",
-                 token_budget: int = DEFAULT_TOKEN_BUDGET, batch_size: int | None = None, threads: int = 0) -> None:
-        self.weights, self.config, self.fingerprint = weights, config, fingerprint
-        self.token_budget, self.batch_size = token_budget, batch_size
-        self.threads = threads_per_process(threads, 1)
-        self.manifest: Manifest | None = None
 
     def decode(self, codes: np.ndarray) -> list[np.ndarray]:
         """Length-prefixed codes -> token sequences (int32), each exactly ``code[0]`` long."""
@@ -228,15 +219,6 @@ def load_decoder(model_dir: str | os.PathLike, token_budget: int = DEFAULT_TOKEN
     file that still has it; otherwise None, and ``load_codec`` checks everything. Also None when
     ``beam_width`` asks an autoregressive model for beam search, which runs in TensorFlow.
     """
-    found = verified_file(model_dir, DECODER_FILE)
-    if found is None:
+    if read_manifest(model_dir).config.beam_width(beam_width) > 1:
         return None
-    manifest, path = found
-    if manifest.config.beam_width(beam_width) > 1:
-        return None
-    weights = read_decoder_weights(path, manifest.config)
-    if weights is None:
-        return None
-    decoder = NumpyDecoder(lambda: weights, manifest.config, manifest.fingerprint, token_budget, batch_size, threads)
-    decoder.manifest = manifest
-    return decoder
+    return load_part(NumpyDecoder, DECODER_FILE, read_decoder_weights, model_dir, token_budget, batch_size, threads)

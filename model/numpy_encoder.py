@@ -2,8 +2,9 @@
 
 The arithmetic is ``model/fused.py``'s encoder: the embedding folded into each direction's input
 kernel (one ``(vocab + 1, 4U)`` table, a row gathered per token), only ``h @ U`` left in the loop,
-padding keeping the state. Written with numpy, whose ufuncs and matmul release the GIL, so batches
-run in parallel threads of one process. Two uses:
+padding keeping the state. The LSTM cell, the batch runner, ``NumpyPart`` and the loading helpers
+here serve the numpy decoder (``numpy_decoder.py``) too. Written with numpy, whose ufuncs and
+matmul release the GIL, so batches run in parallel threads of one process. Two uses:
 
 - ``SequenceCodec.encode`` runs it on the Keras layers' current weights (faster than the TensorFlow
   graph on 2 cores: ``docs/BENCHMARKS.md``);
@@ -22,7 +23,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -30,6 +31,8 @@ from threadpoolctl import threadpool_limits
 from seqcodec.model.batches import check_sequences, flatten, pad_shifted, token_batches
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig, threads_per_process
 from seqcodec.model.manifest import ENCODER_FILE, Manifest, localize_model_dir, read_manifest
+
+Part = TypeVar("Part", bound="NumpyPart")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,22 +120,28 @@ def encode_ids(weights: EncoderWeights, ids: np.ndarray) -> np.ndarray:
     return codes
 
 
-class NumpyEncoder:
-    """Token sequences -> length-prefixed codes with the numpy step, as ``SequenceCodec.encode`` returns them.
+class NumpyPart:
+    """What the numpy encoder and decoder share: weights, the model's config, batching and threads.
 
     Rows are sorted by length and cut into batches of at most ``token_budget`` padded tokens (and
     ``batch_size`` rows, if given); ``threads`` batches run at once (0: one per core). BLAS is held
     to one thread meanwhile, so the threads do not each start a pool as wide as the machine.
-    ``weights`` is called once per ``encode`` call, so an encoder built on live Keras variables
-    follows training.
+    ``weights`` is called once per call, so a part built on live Keras variables follows training.
     """
 
-    def __init__(self, weights: Callable[[], EncoderWeights], config: CodecConfig, fingerprint: str = "",
+    def __init__(self, weights: Callable[[], Any], config: CodecConfig, fingerprint: str = "",
                  token_budget: int = DEFAULT_TOKEN_BUDGET, batch_size: int | None = None, threads: int = 0) -> None:
         self.weights, self.config, self.fingerprint = weights, config, fingerprint
         self.token_budget, self.batch_size = token_budget, batch_size
         self.threads = threads_per_process(threads, 1)
         self.manifest: Manifest | None = None
+
+
+class NumpyEncoder(NumpyPart):
+    """Token sequences -> length-prefixed codes with the numpy step, as ``SequenceCodec.encode`` returns them.
+
+    ``weights`` returns ``EncoderWeights``; batching and threads as in ``NumpyPart``.
+    """
 
     def encode(self, sequences: Sequence[np.ndarray] | Sequence[Sequence[int]]) -> np.ndarray:
         """Token sequences -> length-prefixed codes, float32 of shape (N, hidden + 1)."""
@@ -260,13 +269,23 @@ def load_encoder(model_dir: str | os.PathLike, token_budget: int = DEFAULT_TOKEN
     None (older models, other structures, changed files): load with ``load_codec``, which checks
     everything and says what is wrong.
     """
-    found = verified_file(model_dir, ENCODER_FILE)
+    return load_part(NumpyEncoder, ENCODER_FILE, read_encoder_weights, model_dir, token_budget, batch_size, threads)
+
+
+def load_part(cls: type[Part], name: str, read: Callable[[Path, CodecConfig], Any], model_dir: str | os.PathLike,
+              token_budget: int, batch_size: int | None, threads: int) -> Part | None:
+    """``cls`` (a NumpyPart) on the weights ``read`` finds in the model file ``name``; None if they cannot be trusted.
+
+    The file must have the sha256 the manifest records (``verified_file``), and ``read`` must
+    recognize its structure (it returns None for any other).
+    """
+    found = verified_file(model_dir, name)
     if found is None:
         return None
     manifest, path = found
-    weights = read_encoder_weights(path, manifest.config)
+    weights = read(path, manifest.config)
     if weights is None:
         return None
-    encoder = NumpyEncoder(lambda: weights, manifest.config, manifest.fingerprint, token_budget, batch_size, threads)
-    encoder.manifest = manifest
-    return encoder
+    part = cls(lambda: weights, manifest.config, manifest.fingerprint, token_budget, batch_size, threads)
+    part.manifest = manifest
+    return part
