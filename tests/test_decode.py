@@ -25,7 +25,7 @@ from helpers_beam import beam_counters
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.storage import save_codec
 from seqcodec.transforms.roundtrip import TokenStats, baseline_report, length_buckets
-from seqcodec.transforms.validate import CODE_REASONS, split_codes
+from seqcodec.transforms.validate import CODE_REASONS, _all_valid_codes, split_codes
 
 VOCAB, MAX_LEN, CODE_SIZE = TINY["vocab_size"], TINY["max_length"], TINY["hidden_size"] + 1
 MISMATCHES = 4
@@ -294,6 +294,26 @@ def test_split_codes_gives_each_bad_row_its_reason(tiny_codec, code_type):
     details = by_id(bad, "detail")
     assert details["h-length-fraction"] == f"length field 2.5 is not an integer in [1, {MAX_LEN}]"
     assert "position 7" in details["h-overflow"]
+
+
+def test_split_codes_takes_our_own_valid_codes_whole_as_the_general_path_would(tiny_codec):
+    """Valid fixed-size float32 codes (what the job writes) skip the per-value checks, same result."""
+    codes = tiny_codec.encode(random_sequences(50, VOCAB, MAX_LEN, seed=43))
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1), pa.float32()), CODE_SIZE)
+    table = pa.table({"id": pa.array([f"r{i}" for i in range(50)]), "code": fixed}).slice(3, 40)
+    assert _all_valid_codes(table, CODE_SIZE, MAX_LEN, "id", "code") is not None  # the fast path is taken
+    good, bad = split_codes(table, CODE_SIZE, MAX_LEN)
+    general, general_bad = split_codes(table.cast(pa.schema([("id", pa.string()), ("code", pa.list_(pa.float64()))])),
+                                       CODE_SIZE, MAX_LEN)
+    assert bad.num_rows == general_bad.num_rows == 0 and bad.schema == general_bad.schema
+    assert good.equals(general) and good.num_rows == 40
+    # One bad value anywhere sends the batch to the general path, which names that row alone.
+    spoiled = codes.copy()
+    spoiled[7, 4] = np.inf
+    table = pa.table({"id": pa.array([f"r{i}" for i in range(50)]), "code": pa.FixedSizeListArray.from_arrays(
+        pa.array(spoiled.reshape(-1), pa.float32()), CODE_SIZE)})
+    good, bad = split_codes(table, CODE_SIZE, MAX_LEN)
+    assert by_id(bad, "reason") == {"r7": "not_finite"} and good.num_rows == 49
 
 
 def test_split_codes_with_a_null_slot_that_still_holds_values(tiny_codec):

@@ -203,6 +203,9 @@ def split_codes(
     Valid codes come out as ``fixed_size_list<float32, code_size>`` whatever list type they were
     read as; the checks are column operations, only rejected rows get a Python-built detail.
     """
+    good = _all_valid_codes(table, code_size, max_length, id_column, code_column)
+    if good is not None:
+        return good, code_error_schema(good.schema.field("id").type).empty_table()
     ids, codes, widths, flat, parents, null_value = _flat_lists(table, id_column, code_column)
     n = len(codes)
     values = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # nulls read as NaN
@@ -244,6 +247,32 @@ def split_codes(
         "bad_length": lambda row: f"length field {float(length_field[row])!r} is not an integer in [1, {max_length}]",
     })
     return good, bad
+
+
+def _all_valid_codes(table: pa.Table, code_size: int, max_length: int, id_column: str,
+                     code_column: str) -> pa.Table | None:
+    """The batch as valid ``id, code`` rows if it is our own codes' type and every row passes; else None.
+
+    The common case (codes the job wrote: ``fixed_size_list<float32, code_size>``, no nulls) is
+    checked on the float32 matrix in place: ``split_codes``' general path widens every value to
+    float64 and indexes it by row, 0.33 s per 28k codes of 193 floats. Any doubt goes to that path,
+    which finds the reasons.
+    """
+    ids = table.column(id_column).combine_chunks()
+    codes = table.column(code_column).combine_chunks()
+    kind = codes.type
+    if (not pa.types.is_fixed_size_list(kind) or kind.list_size != code_size or kind.value_type != pa.float32()
+            or ids.null_count or codes.null_count):
+        return None
+    values = codes.flatten()
+    if values.null_count:
+        return None
+    matrix = values.to_numpy(zero_copy_only=False).reshape(-1, code_size)
+    length_field = matrix[:, 0]
+    if not (np.isfinite(matrix).all() and (length_field == np.round(length_field)).all()
+            and (length_field >= 1).all() and (length_field <= max_length).all()):
+        return None
+    return pa.table({"id": ids, "code": pa.FixedSizeListArray.from_arrays(values, code_size)})
 
 
 class ValidateCodes(_Validate):
