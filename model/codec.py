@@ -8,7 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from seqcodec.model.batches import check_codes, check_sequences, flatten, pad_shifted, ragged_positions, token_batches
+from seqcodec.model.batches import (
+    FlatTokens,
+    check_codes,
+    check_sequences,
+    flatten,
+    pad_shifted,
+    split_flat,
+    token_batches,
+)
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig
 from seqcodec.model.fused import fused_decoder, fused_encoder, numpy_decoder_weights, numpy_encoder_weights
 from seqcodec.model.network import beam_decoder, greedy_decoder
@@ -202,8 +210,7 @@ class SequenceCodec:
 
     def decode(self, codes: np.ndarray) -> list[np.ndarray]:
         """Length-prefixed codes -> token sequences (int32), each exactly ``code[0]`` long."""
-        values, offsets = self.decode_flat(codes)
-        return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        return split_flat(*self.decode_flat(codes))
 
     def decode_flat(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Like ``decode``, returning (values, offsets) in Arrow's list layout."""
@@ -211,14 +218,10 @@ class SequenceCodec:
             return self.numpy_decoder.decode_flat(codes)
         codes = np.asarray(codes)
         lengths = self.check_codes(codes)
-        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        values = np.empty(int(offsets[-1]), dtype=np.int32)
+        out = FlatTokens(lengths)
         for rows, tokens in self._decode_batches(codes, lengths):
-            # Both decoders are causal and row-independent, so cutting each row back to its own length is exact.
-            row_of, col_of = ragged_positions(lengths[rows])
-            values[offsets[rows][row_of] + col_of] = tokens[row_of, col_of]
-        return values, offsets
+            out.put(rows, tokens)
+        return out.values, out.offsets
 
     def _decode_batches(self, codes: np.ndarray, lengths: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(row indices, decoded token matrix) per batch, through XLA or the graph function."""

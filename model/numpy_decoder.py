@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from seqcodec.model.batches import check_codes, ragged_positions, token_batches
+from seqcodec.model.batches import FlatTokens, check_codes, split_flat, token_batches
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, START_ID, CodecConfig
 from seqcodec.model.manifest import DECODER_FILE, read_manifest
 from seqcodec.model.numpy_encoder import (
@@ -126,26 +126,20 @@ class NumpyDecoder(NumpyPart):
 
     def decode(self, codes: np.ndarray) -> list[np.ndarray]:
         """Length-prefixed codes -> token sequences (int32), each exactly ``code[0]`` long."""
-        values, offsets = self.decode_flat(codes)
-        return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        return split_flat(*self.decode_flat(codes))
 
     def decode_flat(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Like ``decode``, returning (values, offsets) in Arrow's list layout."""
         codes = np.asarray(codes)
         lengths = check_codes(codes, self.config)
-        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        values = np.empty(int(offsets[-1]), dtype=np.int32)
+        out = FlatTokens(lengths)
         weights = self.weights()
 
         def run(rows: np.ndarray) -> None:
-            tokens = decode_codes(weights, codes[rows], lengths[rows])
-            # Both decoders are causal and row-independent: cutting each row back to its length is exact.
-            row_of, col_of = ragged_positions(lengths[rows])
-            values[offsets[rows][row_of] + col_of] = tokens[row_of, col_of]
+            out.put(rows, decode_codes(weights, codes[rows], lengths[rows]))
 
         run_batches(run, token_batches(lengths, self.token_budget, self.batch_size), self.threads)
-        return values, offsets
+        return out.values, out.offsets
 
 
 # -- loading from a model directory without TensorFlow ----------------------------------------------

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from seqcodec.model.batches import good_length_field
 from seqcodec.transforms.formats import code_error_schema, error_schema
 
 METRICS_NAMESPACE = "seqcodec"
@@ -218,8 +219,7 @@ def split_codes(
     right_width = widths == code_size
     length_field = np.full(n, np.nan)
     length_field[right_width] = values[starts[right_width]]
-    with np.errstate(invalid="ignore"):
-        good_length = (length_field == np.round(length_field)) & (length_field >= 1) & (length_field <= max_length)
+    good_length = good_length_field(length_field, max_length)
     checks = {
         "null_id": ids.is_null().to_numpy(zero_copy_only=False),
         "null_code": codes.is_null().to_numpy(zero_copy_only=False),
@@ -268,9 +268,7 @@ def _all_valid_codes(table: pa.Table, code_size: int, max_length: int, id_column
     if values.null_count:
         return None
     matrix = values.to_numpy(zero_copy_only=False).reshape(-1, code_size)
-    length_field = matrix[:, 0]
-    if not (np.isfinite(matrix).all() and (length_field == np.round(length_field)).all()
-            and (length_field >= 1).all() and (length_field <= max_length).all()):
+    if not (np.isfinite(matrix).all() and good_length_field(matrix[:, 0], max_length).all()):
         return None
     return pa.table({"id": ids, "code": pa.FixedSizeListArray.from_arrays(values, code_size)})
 
