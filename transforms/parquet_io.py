@@ -375,7 +375,7 @@ class WriteTables(beam.PTransform):
     """Write Arrow tables as Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet`` (zstd); their file names out.
 
     Each table is written by a background thread (``parquet_sink``); ``plain_columns`` get no
-    dictionary encoding and no statistics.
+    compression, no dictionary encoding and no statistics.
     """
 
     def __init__(self, prefix: str, schema: pa.Schema, num_shards: int = 0, plain_columns: Iterable[str] = ()) -> None:

@@ -1,4 +1,4 @@
-"""The Parquet file sink of WriteTables: zstd shards written by a background thread, float columns without dictionaries.
+"""The Parquet file sink of WriteTables: zstd shards written by a background thread, float code columns left plain.
 
 Beam's own ``WriteToParquetBatched`` writes on the thread that runs the bundle, so in a fused
 stage (read, encode, write) the encoder waits while each table is compressed and written: 3.6 s
@@ -57,11 +57,25 @@ class BackgroundWriter:
         self.writer.close()
 
 
+def writer_options(schema: pa.Schema, plain_columns: Iterable[str] = ()) -> dict[str, Any]:
+    """``pq.ParquetWriter`` keywords of our shards: zstd; ``plain_columns`` bare (no compression, dictionary, stats).
+
+    zstd shrinks float codes by only 3-8% and cost about a tenth of the encode rate (docs/BENCHMARKS.md,
+    ``perf_bench --parts gap``); ``--code-dtype float16`` halves them instead.
+    """
+    plain = set(plain_columns)
+    rest = [name for name in schema.names if name not in plain]
+    chosen = rest if plain else True
+    compression = {name: "none" if name in plain else "zstd" for name in schema.names}
+    return {"compression": compression, "use_dictionary": chosen, "write_statistics": chosen}
+
+
 class ParquetTableSink(filebasedsink.FileBasedSink):
     """Arrow tables (each a row group) -> ``<prefix>-SSSSS-of-NNNNN.parquet`` shards, zstd-compressed.
 
-    ``plain_columns`` are written without dictionary encoding and without min/max statistics: columns
-    of values that never repeat and that nobody filters on (codes), where both only cost time.
+    ``plain_columns`` are written uncompressed, without dictionary encoding and without min/max
+    statistics: columns of values that never repeat and that nobody filters on (codes), where all
+    three only cost time.
     """
 
     def __init__(self, prefix: str, schema: pa.Schema, num_shards: int = 0,
@@ -69,16 +83,11 @@ class ParquetTableSink(filebasedsink.FileBasedSink):
         super().__init__(prefix, coder=None, file_name_suffix=".parquet", num_shards=num_shards,
                          mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED)
         self.schema = schema
-        plain = set(plain_columns)
-        rest = [name for name in schema.names if name not in plain]
-        self.use_dictionary = rest if plain else True
-        self.write_statistics = rest if plain else True
+        self.options = writer_options(schema, plain_columns)
 
     def open(self, temp_path: str) -> BackgroundWriter:
         handle = super().open(temp_path)
-        return BackgroundWriter(handle, pq.ParquetWriter(handle, self.schema, compression="zstd",
-                                                         use_dictionary=self.use_dictionary,
-                                                         write_statistics=self.write_statistics))
+        return BackgroundWriter(handle, pq.ParquetWriter(handle, self.schema, **self.options))
 
     def write_record(self, file_handle: BackgroundWriter, value: pa.Table) -> None:
         file_handle.put(value)
