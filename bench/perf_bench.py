@@ -9,6 +9,9 @@ One run measures, as ratios within the run (the machine is shared: medians of al
            XLA compiles counted and timed; the codec's achieved GFLOP/s
   budget   in-memory encode (XLA) per token budget, to pick the default
   ratio    only the 1M-row job between in-memory runs, ``--job-repeats`` times (a few minutes)
+  gap      where the job loses against the in-memory rate, in one process on ``--gap-rows`` rows: one
+           encoder call; the job's 65,536-row calls; those calls with the job's Parquet writer beside
+           them (zstd codes, then uncompressed codes); with only the code bytes written to a file
   jobs     ``seqcodec encode`` on 1M rows against the new in-memory rate (before and after it), peak RSS
            of 100k vs 1M rows; 200k rows as one file of large row groups, 100-row row groups and 400-row
            files; 1 vs 2 worker processes with per-worker threads from the policy or oversubscribed
@@ -228,18 +231,91 @@ def jobs(model_dir: Path, work: Path, big_rows: int, small_rows: int, repeats: i
     return out
 
 
-def ratios(model_dir: Path, work: Path, big_rows: int, repeats: int) -> list[dict[str, Any]]:
-    """Only the big job (1 worker) between two in-memory runs, ``repeats`` times: the ratio the issue asks for."""
+def ratios(model_dir: Path, work: Path, big_rows: int, repeats: int,
+           before_tree: str | None = None) -> list[dict[str, Any]]:
+    """Only the big job (1 worker) between two in-memory runs, ``repeats`` times: the ratio the issue asks for.
+
+    With ``before_tree`` that checkout's job runs too, each repeat between the same two in-memory runs,
+    the order of the two jobs alternating.
+    """
     big = make_or_reuse(work / "data" / f"perf-{big_rows}.parquet", big_rows, 65_536)
     out = []
     for i in range(repeats):
+        trees = [None, before_tree] if before_tree else [None]
         before = new_rate(model_dir, big, min(big_rows, 300_000))
-        run = job(f"ratio-{i}", str(big), model_dir, work)
+        runs = [(tree, job(f"ratio-{i}{'-before' if tree else ''}", str(big), model_dir, work, tree=tree))
+                for tree in (trees if i % 2 == 0 else trees[::-1])]
         after = new_rate(model_dir, big, min(big_rows, 300_000))
-        out.append({**run, "in_memory_before": before, "in_memory_after": after,
-                    "ratio": run["rows_per_second"] / ((before + after) / 2)})
-        log(f"  ratio {out[-1]['ratio']:.3f}")
-    log(f"median ratio {float(np.median([r['ratio'] for r in out])):.3f}")
+        for tree, run in runs:
+            ratio = run["rows_per_second"] / ((before + after) / 2)
+            out.append({**run, "tree": tree or "this tree", "in_memory_before": before, "in_memory_after": after,
+                        "ratio": ratio})
+            log(f"  ratio {ratio:.3f} ({tree or 'this tree'})")
+    for tree in {r["tree"] for r in out}:
+        log(f"median ratio {float(np.median([r['ratio'] for r in out if r['tree'] == tree])):.3f} ({tree})")
+    return out
+
+
+def gap(model_dir: Path, work: Path, rows: int, rounds: int) -> dict[str, Any]:
+    """What each of the job's steps after the model costs, as rates over one in-memory call on the same rows.
+
+    Variants alternate within each round; ratios are to that round's single call. The writer is the
+    job's (``BackgroundWriter`` with ``writer_options``), writing a real file under ``work``.
+    """
+    from seqcodec.model.numpy_encoder import load_encoder
+    from seqcodec.transforms.formats import codes_table
+    from seqcodec.transforms.inference import flat_tokens
+    from seqcodec.transforms.parquet_sink import BackgroundWriter, writer_options
+
+    encoder = load_encoder(model_dir)
+    table = pq.read_table(make_or_reuse(work / "data" / "perf-1000000.parquet", 1_000_000, 65_536)).slice(0, rows)
+    ids, tokens = table.column("id").combine_chunks(), table.column("tokens").combine_chunks()
+    values, offsets = flat_tokens(tokens)
+    encoder.encode_flat(values, offsets[:20_001])
+    path = work / "gap-out.parquet"
+
+    def one_call() -> None:
+        encoder.encode_flat(values, offsets)
+
+    def calls(sink: str | None = None, uncompressed: bool = False) -> None:
+        writer, handle = None, open(path, "wb") if sink else None
+        for start in range(0, rows, 65_536):
+            codes = encoder.encode_flat(*flat_tokens(tokens.slice(start, 65_536)))
+            if sink == "bytes":
+                handle.write(codes)  # the same bytes as the code column, without Parquet
+                continue
+            out = codes_table(ids.slice(start, 65_536), codes)
+            if sink and writer is None:
+                options = writer_options(out.schema, ["code"])
+                if uncompressed:
+                    options["compression"] = {name: "none" if name == "code" else "zstd" for name in out.schema.names}
+                writer = BackgroundWriter(handle, pq.ParquetWriter(handle, out.schema, **options))
+            if writer:
+                writer.put(out)
+        if writer:
+            writer.close()
+        if handle:
+            handle.close()
+
+    variants = {"one call (the in-memory rate)": one_call,
+                "65,536-row calls, as the job makes them": calls,
+                "  + the job's Parquet writer (zstd)": lambda: calls("parquet"),
+                "  + the writer, code column uncompressed": lambda: calls("parquet", uncompressed=True),
+                "  + only the code bytes written to a file": lambda: calls("bytes")}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(rounds):
+        for name, run in variants.items() if i % 2 == 0 else reversed(variants.items()):
+            start = time.perf_counter()
+            run()
+            rates[name].append(rows / (time.perf_counter() - start))
+        log(f"  gap round {i}: " + ", ".join(f"{name.strip()} {r[-1]:.0f}/s" for name, r in rates.items()))
+    path.unlink(missing_ok=True)
+    base = rates["one call (the in-memory rate)"]
+    out = {}
+    for name, r in rates.items():
+        ratio = median([a / b for a, b in zip(r, base, strict=True)])
+        out[name] = {"rows_per_second": round(median(r)), "ratio": round(ratio, 3)}
+        log(f"{name:45s} {median(r):>8,.0f}/s  {ratio:.3f}")
     return out
 
 
@@ -261,8 +337,10 @@ def main() -> None:
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--small-rows", type=int, default=200_000)
     parser.add_argument("--job-repeats", type=int, default=2)
+    parser.add_argument("--gap-rows", type=int, default=327_680, help="rows in 'gap' (5 job-sized calls)")
     parser.add_argument("--work", default="/tmp/seqcodec-bench")
-    parser.add_argument("--before-tree", help="another checkout (git worktree add DIR REV): its big job runs too")
+    parser.add_argument("--before-tree", help="another checkout (git worktree add DIR REV): its big job runs too "
+                        "(in 'jobs' and 'ratio')")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     work = Path(args.work)
@@ -291,7 +369,9 @@ def main() -> None:
     if "peak" in parts:
         result["matmul_gflops_end"] = round(matmul_peak(), 1)
     if "ratio" in parts:
-        result["ratio"] = ratios(model_dir, work, args.big_rows, args.job_repeats)
+        result["ratio"] = ratios(model_dir, work, args.big_rows, args.job_repeats, args.before_tree)
+    if "gap" in parts:
+        result["gap"] = gap(model_dir, work, args.gap_rows, args.rounds)
     if "jobs" in parts:
         result["jobs"] = jobs(model_dir, work, args.big_rows, args.small_rows, args.job_repeats,
                               args.before_tree)
