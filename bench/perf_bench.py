@@ -11,7 +11,8 @@ One run measures, as ratios within the run (the machine is shared: medians of al
   ratio    only the 1M-row job between in-memory runs, ``--job-repeats`` times (a few minutes)
   gap      where the job loses against the in-memory rate, in one process on ``--gap-rows`` rows: one
            encoder call; the job's 65,536-row calls; those calls with the job's Parquet writer beside
-           them (zstd codes, then uncompressed codes); with only the code bytes written to a file
+           them (codes zstd as until 0773b12, then uncompressed as now); with only the code bytes
+           written to a file
   jobs     ``seqcodec encode`` on 1M rows against the new in-memory rate (before and after it), peak RSS
            of 100k vs 1M rows; 200k rows as one file of large row groups, 100-row row groups and 400-row
            files; 1 vs 2 worker processes with per-worker threads from the policy or oversubscribed
@@ -277,7 +278,7 @@ def gap(model_dir: Path, work: Path, rows: int, rounds: int) -> dict[str, Any]:
     def one_call() -> None:
         encoder.encode_flat(values, offsets)
 
-    def calls(sink: str | None = None, uncompressed: bool = False) -> None:
+    def calls(sink: str | None = None, zstd_codes: bool = False) -> None:
         writer, handle = None, open(path, "wb") if sink else None
         for start in range(0, rows, 65_536):
             codes = encoder.encode_flat(*flat_tokens(tokens.slice(start, 65_536)))
@@ -287,8 +288,8 @@ def gap(model_dir: Path, work: Path, rows: int, rounds: int) -> dict[str, Any]:
             out = codes_table(ids.slice(start, 65_536), codes)
             if sink and writer is None:
                 options = writer_options(out.schema, ["code"])
-                if uncompressed:
-                    options["compression"] = {name: "none" if name == "code" else "zstd" for name in out.schema.names}
+                if zstd_codes:
+                    options["compression"] = "zstd"
                 writer = BackgroundWriter(handle, pq.ParquetWriter(handle, out.schema, **options))
             if writer:
                 writer.put(out)
@@ -299,8 +300,8 @@ def gap(model_dir: Path, work: Path, rows: int, rounds: int) -> dict[str, Any]:
 
     variants = {"one call (the in-memory rate)": one_call,
                 "65,536-row calls, as the job makes them": calls,
-                "  + the job's Parquet writer (zstd)": lambda: calls("parquet"),
-                "  + the writer, code column uncompressed": lambda: calls("parquet", uncompressed=True),
+                "  + the job's Parquet writer, codes zstd (until 0773b12)": lambda: calls("parquet", zstd_codes=True),
+                "  + the job's Parquet writer (codes uncompressed)": lambda: calls("parquet"),
                 "  + only the code bytes written to a file": lambda: calls("bytes")}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(rounds):
@@ -314,8 +315,9 @@ def gap(model_dir: Path, work: Path, rows: int, rounds: int) -> dict[str, Any]:
     out = {}
     for name, r in rates.items():
         ratio = median([a / b for a, b in zip(r, base, strict=True)])
-        out[name] = {"rows_per_second": round(median(r)), "ratio": round(ratio, 3)}
-        log(f"{name:45s} {median(r):>8,.0f}/s  {ratio:.3f}")
+        out[name] = {"rows_per_second": round(median(r)), "ratio": round(ratio, 3),
+                     "rounds": [round(a / b, 3) for a, b in zip(r, base, strict=True)]}
+        log(f"{name:58s} {median(r):>8,.0f}/s  {ratio:.3f}")
     return out
 
 

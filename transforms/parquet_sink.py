@@ -60,7 +60,7 @@ class BackgroundWriter:
 def writer_options(schema: pa.Schema, plain_columns: Iterable[str] = ()) -> dict[str, Any]:
     """``pq.ParquetWriter`` keywords of our shards: zstd; ``plain_columns`` bare (no compression, dictionary, stats).
 
-    zstd shrinks float codes by only 3-8% and cost about a tenth of the encode rate (docs/BENCHMARKS.md,
+    zstd shrinks float codes by only 3-8% and cost 2-10% of the encode rate (docs/BENCHMARKS.md,
     ``perf_bench --parts gap``); ``--code-dtype float16`` halves them instead.
     """
     plain = set(plain_columns)
@@ -71,7 +71,7 @@ def writer_options(schema: pa.Schema, plain_columns: Iterable[str] = ()) -> dict
 
 
 class ParquetTableSink(filebasedsink.FileBasedSink):
-    """Arrow tables (each a row group) -> ``<prefix>-SSSSS-of-NNNNN.parquet`` shards, zstd-compressed.
+    """Arrow tables (each a row group) -> ``<prefix>-SSSSS-of-NNNNN.parquet`` shards (``writer_options``).
 
     ``plain_columns`` are written uncompressed, without dictionary encoding and without min/max
     statistics: columns of values that never repeat and that nobody filters on (codes), where all
