@@ -241,8 +241,8 @@ def ratios(model_dir: Path, work: Path, big_rows: int, repeats: int,
     """
     big = make_or_reuse(work / "data" / f"perf-{big_rows}.parquet", big_rows, 65_536)
     out = []
+    trees = [None, before_tree] if before_tree else [None]
     for i in range(repeats):
-        trees = [None, before_tree] if before_tree else [None]
         before = new_rate(model_dir, big, min(big_rows, 300_000))
         runs = [(tree, job(f"ratio-{i}{'-before' if tree else ''}", str(big), model_dir, work, tree=tree))
                 for tree in (trees if i % 2 == 0 else trees[::-1])]
