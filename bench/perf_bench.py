@@ -8,7 +8,8 @@ One run measures, as ratios within the run (the machine is shared: medians of al
            1e-5, identical lengths and tokens;
            XLA compiles counted and timed; the codec's achieved GFLOP/s
   budget   in-memory encode (XLA) per token budget, to pick the default
-  ratio    only the 1M-row job between in-memory runs, ``--job-repeats`` times (a few minutes)
+  ratio    only the 1M-row job between in-memory runs, ``--job-repeats`` times (a few minutes); with
+           ``--before-tree`` and/or ``--ratio-variant`` other jobs alternate with it
   gap      where the job loses against the in-memory rate, in one process on ``--gap-rows`` rows: one
            encoder call; the job's 65,536-row calls; those calls with the job's Parquet writer beside
            them (codes zstd as until 0773b12, then uncompressed as now); with only the code bytes
@@ -233,27 +234,32 @@ def jobs(model_dir: Path, work: Path, big_rows: int, small_rows: int, repeats: i
 
 
 def ratios(model_dir: Path, work: Path, big_rows: int, repeats: int,
-           before_tree: str | None = None) -> list[dict[str, Any]]:
+           before_tree: str | None = None, variant_args: list[str] | None = None) -> list[dict[str, Any]]:
     """Only the big job (1 worker) between two in-memory runs, ``repeats`` times: the ratio the issue asks for.
 
-    With ``before_tree`` that checkout's job runs too, each repeat between the same two in-memory runs,
-    the order of the two jobs alternating.
+    With ``before_tree`` that checkout's job runs too, and with ``variant_args`` this tree's job with
+    those extra options (e.g. ``--code-dtype float16``): each repeat between the same two in-memory
+    runs, the order of the jobs alternating.
     """
     big = make_or_reuse(work / "data" / f"perf-{big_rows}.parquet", big_rows, 65_536)
     out = []
-    trees = [None, before_tree] if before_tree else [None]
+    setups: list[tuple[str, str | None, list[str]]] = [("this tree", None, [])]
+    if before_tree:
+        setups.append((before_tree, before_tree, []))
+    if variant_args:
+        setups.append((" ".join(variant_args), None, variant_args))
     for i in range(repeats):
         before = new_rate(model_dir, big, min(big_rows, 300_000))
-        runs = [(tree, job(f"ratio-{i}{'-before' if tree else ''}", str(big), model_dir, work, tree=tree))
-                for tree in (trees if i % 2 == 0 else trees[::-1])]
+        order = list(enumerate(setups))
+        runs = [(label, job(f"ratio-{i}-{n}", str(big), model_dir, work, extra, tree))
+                for n, (label, tree, extra) in (order if i % 2 == 0 else order[::-1])]
         after = new_rate(model_dir, big, min(big_rows, 300_000))
-        for tree, run in runs:
+        for label, run in runs:
             ratio = run["rows_per_second"] / ((before + after) / 2)
-            out.append({**run, "tree": tree or "this tree", "in_memory_before": before, "in_memory_after": after,
-                        "ratio": ratio})
-            log(f"  ratio {ratio:.3f} ({tree or 'this tree'})")
-    for tree in {r["tree"] for r in out}:
-        log(f"median ratio {float(np.median([r['ratio'] for r in out if r['tree'] == tree])):.3f} ({tree})")
+            out.append({**run, "tree": label, "in_memory_before": before, "in_memory_after": after, "ratio": ratio})
+            log(f"  ratio {ratio:.3f} ({label})")
+    for label, _, _ in setups:
+        log(f"median ratio {float(np.median([r['ratio'] for r in out if r['tree'] == label])):.3f} ({label})")
     return out
 
 
@@ -343,6 +349,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/seqcodec-bench")
     parser.add_argument("--before-tree", help="another checkout (git worktree add DIR REV): its big job runs too "
                         "(in 'jobs' and 'ratio')")
+    parser.add_argument("--ratio-variant", help="extra job options (e.g. '--code-dtype float16'): in 'ratio' this "
+                        "tree's job runs with them too")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     work = Path(args.work)
@@ -371,7 +379,8 @@ def main() -> None:
     if "peak" in parts:
         result["matmul_gflops_end"] = round(matmul_peak(), 1)
     if "ratio" in parts:
-        result["ratio"] = ratios(model_dir, work, args.big_rows, args.job_repeats, args.before_tree)
+        result["ratio"] = ratios(model_dir, work, args.big_rows, args.job_repeats, args.before_tree,
+                                 args.ratio_variant.split() if args.ratio_variant else None)
     if "gap" in parts:
         result["gap"] = gap(model_dir, work, args.gap_rows, args.rounds)
     if "jobs" in parts:
