@@ -2,6 +2,8 @@
 
 Encodes the first 65,536 rows of a token file with a model, then writes that codes table four
 times per variant into memory, three rounds; prints the best seconds and the size per 1M rows.
+The last two variants are the job's own writer options (``writer_options``) on float32 codes and on
+the same codes converted to float16 (``--code-dtype float16``; the conversion timed separately).
 
     .venv/bin/python -m bench.write_bench [--model-dir models/default] [--input FILE]
 """
@@ -12,11 +14,13 @@ import argparse
 import io
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from seqcodec.model.numpy_encoder import load_encoder
 from seqcodec.transforms.formats import codes_table
 from seqcodec.transforms.inference import flat_tokens
+from seqcodec.transforms.parquet_sink import writer_options
 
 VARIANTS = {
     "zstd, dictionary (the job's until 11-28)": {"compression": "zstd"},
@@ -58,20 +62,27 @@ def main() -> None:
         raise SystemExit(f"{args.model_dir}: no file digests in its manifest; save it again with this version")
     codes = encoder.encode_flat(*flat_tokens(rows.column("tokens")))
     table = codes_table(rows.column("id").combine_chunks(), codes)
+    start = time.perf_counter()
+    half = codes.astype(np.float16)
+    convert = time.perf_counter() - start
+    table16 = codes_table(rows.column("id").combine_chunks(), half)
     per_million = 1e6 / (4 * table.num_rows)
-    results: dict[str, list[tuple[float, int]]] = {name: [] for name in VARIANTS}
+    variants = [(name, table, options) for name, options in VARIANTS.items()] + [
+        ("the job's writer, float32 codes", table, writer_options(table.schema, ["code"])),
+        ("the job's writer, float16 codes", table16, writer_options(table16.schema, ["code"]))]
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in variants}
     for _ in range(3):
-        for name, options in VARIANTS.items():
+        for name, data, options in variants:
             buffer = io.BytesIO()
             start = time.perf_counter()
-            with pq.ParquetWriter(buffer, table.schema, **options) as writer:
+            with pq.ParquetWriter(buffer, data.schema, **options) as writer:
                 for _ in range(4):
-                    writer.write_table(table)
+                    writer.write_table(data)
             results[name].append((time.perf_counter() - start, buffer.tell()))
     for name, runs in results.items():
         seconds = min(s for s, _ in runs)
-        print(f"{name:42s} {seconds * per_million:5.2f} s and {runs[0][1] * per_million / 1e6:6.1f} MB per 1M rows")
-
+        print(f"{name:46s} {seconds * per_million:5.2f} s and {runs[0][1] * per_million / 1e6:6.1f} MB per 1M rows")
+    print(f"{'float32 -> float16 conversion (once)':46s} {convert * 4 * per_million:5.2f} s per 1M rows")
 
 if __name__ == "__main__":
     main()
