@@ -75,3 +75,32 @@ class CodeState(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], int(input_shape[-1]) - 1)
+
+
+class TiedEmbedding(keras.layers.Layer):
+    """Training only: an embedding table whose first rows are another Embedding's (the same weights)
+    and whose last ``own_rows`` rows are its own.
+
+    ``--tie-embeddings`` reads the autoregressive decoder's previous tokens through the encoder's
+    embedding (shifted ids 0..vocab) plus one row of its own (word dropout's hidden id), so a word
+    trains one vector whether it is read or written. Saved decoders hold a plain Embedding with the
+    rows copied (``network.untie``): nothing outside training ever sees this layer.
+    """
+
+    def __init__(self, shared: keras.layers.Embedding, own_rows: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shared, self.own_rows = shared, own_rows
+
+    def build(self, input_shape: tuple) -> None:
+        # Keras' Embedding initializer, so the own rows start as the shared ones did.
+        self.own = self.add_weight(name="own", shape=(self.own_rows, self.shared.output_dim), initializer="uniform")
+
+    def table(self) -> Any:
+        """The whole table, (shared rows + own rows, dim)."""
+        return ops.concatenate([self.shared.embeddings, self.own], axis=0)
+
+    def call(self, ids: Any) -> Any:
+        return ops.take(self.table(), ids, axis=0)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape, self.shared.output_dim)

@@ -19,7 +19,15 @@ from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.figures import baseline_scores, most_frequent_token, percent
 from seqcodec.model.manifest import Manifest
-from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder, hidden_id, start_id
+from seqcodec.model.network import (
+    build_autoencoder,
+    build_decoder,
+    build_encoder,
+    hidden_id,
+    start_id,
+    tied_decoder,
+    untie,
+)
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tfenv import keras, tf
 
@@ -42,6 +50,7 @@ class TrainSettings:
     weight_decay: float = 0.0  # decoupled (AdamW); 0 is plain Adam
     splice: float = 0.0  # share of training rows replaced, each batch, by a splice of two of equal length
     sampled_softmax: int = 0  # training scores the true token and this many sampled ones; 0: the whole vocabulary
+    tie_embeddings: bool = False  # the autoregressive decoder reads previous tokens through the encoder's embedding
 
     def __post_init__(self) -> None:
         for name in ("dropout", "word_dropout", "label_smoothing", "splice"):
@@ -71,14 +80,16 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
         # On 57k training words the model memorized (100% of training words, 96.6% of held-out ones):
         # dropout 0.2 gave 98.3%, and splicing half the rows (new words it cannot memorize) 99.2%.
         return {"decoder": "repeat", "embedding_size": 64, "batch_size": 128, "dropout": 0.2, "word_dropout": 0.0,
-                "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 0}
+                "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 0,
+                "tie_embeddings": False}
     # Words: the decoder that sees its last token, a wider embedding, 1.6x the updates (batch 64), word
-    # dropout so that it leans on the code rather than on its own (possibly wrong) last token, and a
-    # softmax sampled over 256 words in training (twice the epochs in a time budget): over five seeds
-    # 9.1-11.8% of held-out sentences and 45-50% of tokens, against 1.3-2.7% and 34-39% for the letters'
-    # settings.
+    # dropout so that it leans on the code rather than on its own (possibly wrong) last token, a softmax
+    # sampled over 256 words in training (twice the epochs in a time budget), and the decoder reading
+    # its last token through the encoder's embedding (each word trains one vector). docs/MODEL.md has
+    # the runs against the letters' settings on the word sample.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
-            "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0, "sampled_softmax": 256}
+            "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0, "sampled_softmax": 256,
+            "tie_embeddings": True}
 
 
 class SmoothedSparseCrossEntropy(keras.losses.Loss):
@@ -242,6 +253,18 @@ class AnnealLearningRate(keras.callbacks.Callback):
             logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
 
 
+class Untie(keras.callbacks.Callback):
+    """After each epoch (before ``BestExactMatch`` evaluates): the tied training decoder's weights into
+    the standard decoder that the codec runs and saves (``network.untie``)."""
+
+    def __init__(self, trained: keras.Model, decoder: keras.Model) -> None:
+        super().__init__()
+        self.trained, self.decoder = trained, decoder
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        untie(self.trained, self.decoder)
+
+
 class BestExactMatch(keras.callbacks.Callback):
     """After each epoch: round-trip the validation set, log it, keep the best weights on disk.
 
@@ -356,10 +379,17 @@ def train_codec(
     )
     encoder = build_encoder(config, settings.dropout)
     decoder = build_decoder(config, settings.dropout)
+    # With tied embeddings training runs its own decoder; the codec runs (and saves) ``decoder``,
+    # which Untie brings up to date after every epoch and once more at the end.
+    training_decoder = decoder
+    if settings.tie_embeddings:
+        if config.decoder != "autoregressive":
+            raise ValueError("--tie-embeddings needs the autoregressive decoder (--decoder autoregressive)")
+        training_decoder = tied_decoder(config, settings.dropout, encoder)
     if settings.sampled_softmax and settings.sampled_softmax < config.vocab_size:
-        autoencoder = SampledSoftmaxTraining(encoder, decoder, settings.sampled_softmax, config.vocab_size)
+        autoencoder = SampledSoftmaxTraining(encoder, training_decoder, settings.sampled_softmax, config.vocab_size)
     else:
-        autoencoder = build_autoencoder(encoder, decoder)
+        autoencoder = build_autoencoder(encoder, training_decoder)
     if settings.weight_decay:
         optimizer = keras.optimizers.AdamW(settings.learning_rate, weight_decay=settings.weight_decay, clipnorm=1.0)
         # Decay weight matrices only: biases and the learned position signals are offsets, not capacity.
@@ -381,13 +411,15 @@ def train_codec(
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
     best = BestExactMatch(codec, validation, model_dir, budget)
     anneal = AnnealLearningRate(settings.learning_rate, budget)
+    tied = training_decoder is not decoder
+    callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if tied else []), best]
     started = time.monotonic()
     history = autoencoder.fit(
         dataset,
         steps_per_epoch=steps,
         epochs=settings.epochs,
         shuffle=False,
-        callbacks=[budget, anneal, best],
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     seconds = time.monotonic() - started
@@ -398,6 +430,8 @@ def train_codec(
             "give it more time or train on fewer sequences"
         )
     autoencoder.set_weights(best.best_weights)
+    if tied:
+        untie(training_decoder, decoder)
     trained = min(budget.steps * settings.batch_size, len(train) * epochs_run)
     test_scores = evaluate(codec, test)
     # A training sample as large as the test set, round-tripped the same way: the gap to the test

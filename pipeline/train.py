@@ -37,6 +37,7 @@ def train(
     weight_decay: float | None = None,
     splice: float | None = None,
     sampled_softmax: int | None = None,
+    tie_embeddings: bool | None = None,
     epochs: int = 200,
     time_budget: float | None = 600.0,
     validation_fraction: float = 0.1,
@@ -49,8 +50,8 @@ def train(
     ``input`` is a glob (or a directory) of Parquet files with a ``tokens_column``, or the token
     sequences themselves (lists or int arrays). The options are those of ``seqcodec train``,
     with the same defaults; ``time_budget`` 0 or None means no limit. ``decoder``, ``embedding_size``,
-    ``batch_size`` and the regularization options left None take the measured default for the
-    vocabulary's size (``seqcodec.model.train.defaults_for``). ``model_dir`` is checked
+    ``batch_size``, ``tie_embeddings`` and the regularization options left None take the measured
+    default for the vocabulary's size (``seqcodec.model.train.defaults_for``). ``model_dir`` is checked
     before anything is read or trained. ValueError (one line) for bad options or data.
     """
     from seqcodec.model.storage import check_model_dir
@@ -82,9 +83,11 @@ def train(
         data = data.take(keep.nonzero()[0])
     given = {"decoder": decoder, "embedding_size": embedding_size, "batch_size": batch_size, "dropout": dropout,
              "word_dropout": word_dropout, "label_smoothing": label_smoothing, "weight_decay": weight_decay,
-             "splice": splice, "sampled_softmax": sampled_softmax}
+             "splice": splice, "sampled_softmax": sampled_softmax, "tie_embeddings": tie_embeddings}
     # Options left unset take the measured default for this kind of data (letters or words).
     chosen = {k: default if given[k] is None else given[k] for k, default in defaults_for(vocab_size).items()}
+    if tie_embeddings is None and chosen["decoder"] != "autoregressive":
+        chosen["tie_embeddings"] = False  # only the autoregressive decoder reads tokens; asked for, it is an error
     config = CodecConfig(
         vocab_size=vocab_size,
         max_length=max_length,
@@ -122,6 +125,8 @@ def by_vocab(name: str) -> str:
     from seqcodec.model.train import CHARACTER_VOCAB, defaults_for
 
     small, large = defaults_for(CHARACTER_VOCAB)[name], defaults_for(CHARACTER_VOCAB + 1)[name]
+    if isinstance(small, bool):
+        small, large = ("on" if value else "off" for value in (small, large))
     if small == large:
         return f"{small:g}" if isinstance(small, float) else str(small)
     return f"{small} up to {CHARACTER_VOCAB} tokens in the vocabulary (letters), {large} above (words)"
@@ -163,6 +168,10 @@ def parser() -> argparse.ArgumentParser:
                    help="training scores the true token and N sampled ones instead of the whole vocabulary "
                         "(cheaper steps for large vocabularies; decoding is unchanged; N at or above the "
                         f"vocabulary's size, or 0: the whole vocabulary; default: {by_vocab('sampled_softmax')})")
+    p.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction,
+                   help="the autoregressive decoder reads its previous tokens through the encoder's embedding "
+                        "(shared weights: each word trains one vector, read or written; the saved decoder "
+                        f"keeps its own copy, so models load as before; default: {by_vocab('tie_embeddings')})")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,

@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 
 import seqcodec
+from seqcodec.model import network
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.network import hidden_id, start_id
@@ -119,7 +120,7 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
                                                                               chosen["embedding_size"])
         settings = manifest.metrics["settings"]
         for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice",
-                     "sampled_softmax"):
+                     "sampled_softmax", "tie_embeddings"):
             assert settings[name] == chosen[name], (vocab, name)
 
 
@@ -173,9 +174,49 @@ def test_sampled_softmax_training_learns_and_decodes_with_the_whole_vocabulary(d
     assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
 
 
+def test_tied_embeddings_train_one_table_and_save_a_standard_decoder(tmp_path):
+    """With --tie-embeddings the decoder reads previous tokens through the encoder's embedding in
+    training; the saved decoder holds a plain Embedding whose rows are the encoder's (plus the hidden
+    id's own row), loads without the training layer, and the model still learns the rows of one
+    repeated token."""
+    rng = np.random.default_rng(6)
+    rows = [np.full(int(rng.integers(1, 9)), int(rng.integers(0, 10))) for _ in range(600)]
+    manifest = train_on_rows(tmp_path, rows, "--epochs", "8", "--decoder", "autoregressive", "--tie-embeddings",
+                             "--word-dropout", "0.2")
+    assert manifest["metrics"]["settings"]["tie_embeddings"] is True
+    assert manifest["metrics"]["test"]["token_accuracy"] > 0.6
+    codec = load_codec(tmp_path / "model")
+    shared = codec.encoder.get_layer("embedding").embeddings.numpy()
+    previous = codec.decoder.get_layer("previous_embedding")
+    assert type(previous) is keras.layers.Embedding and previous.input_dim == hidden_id(codec.config) + 1
+    np.testing.assert_array_equal(previous.embeddings.numpy()[: shared.shape[0]], shared)
+    assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
+
+
+def test_tied_training_decoder_shares_the_encoders_table_once(tmp_path):
+    """The training graph holds the encoder's embedding once (no variable updated twice per step), and
+    ``untie`` copies every trained weight into the standard decoder."""
+    config = CodecConfig(**TINY, decoder="autoregressive")
+    encoder, decoder = network.build_encoder(config), network.build_decoder(config)
+    trained = network.tied_decoder(config, 0.0, encoder)
+    variables = network.build_autoencoder(encoder, trained).trainable_variables
+    assert len({id(v) for v in variables}) == len(variables)
+    assert sum(v is encoder.get_layer("embedding").embeddings for v in variables) == 1
+    for layer in trained.layers:  # trained weights differ from the standard decoder's fresh ones
+        for weight in layer.weights:
+            weight.assign(weight + 1.0)
+    network.untie(trained, decoder)
+    table = trained.get_layer("previous_embedding").table().numpy()
+    np.testing.assert_array_equal(decoder.get_layer("previous_embedding").embeddings.numpy(), table)
+    for name in ("decoder_lstm", "token_probs", "initial_h", "initial_c", "steps"):
+        for got, want in zip(decoder.get_layer(name).get_weights(), trained.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize(
     "args, words",
-    [(["--dropout", "1.5"], "dropout"), (["--label-smoothing", "1"], "label-smoothing"),
+    [(["--tie-embeddings", "--decoder", "repeat"], "needs the autoregressive decoder"),
+     (["--dropout", "1.5"], "dropout"), (["--label-smoothing", "1"], "label-smoothing"),
      (["--word-dropout", "-0.1"], "word-dropout"), (["--weight-decay", "-1"], "weight-decay"),
      (["--sampled-softmax", "-1"], "sampled-softmax"),
      (["--sampled-softmax", "8", "--label-smoothing", "0.1"], "cannot be combined")],
