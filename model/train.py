@@ -411,8 +411,7 @@ def train_codec(
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
     best = BestExactMatch(codec, validation, model_dir, budget)
     anneal = AnnealLearningRate(settings.learning_rate, budget)
-    tied = training_decoder is not decoder
-    callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if tied else []), best]
+    callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if settings.tie_embeddings else []), best]
     started = time.monotonic()
     history = autoencoder.fit(
         dataset,
@@ -430,7 +429,7 @@ def train_codec(
             "give it more time or train on fewer sequences"
         )
     autoencoder.set_weights(best.best_weights)
-    if tied:
+    if settings.tie_embeddings:
         untie(training_decoder, decoder)
     trained = min(budget.steps * settings.batch_size, len(train) * epochs_run)
     test_scores = evaluate(codec, test)
