@@ -104,3 +104,41 @@ class TiedEmbedding(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape, self.shared.output_dim)
+
+
+class TiedOutput(keras.layers.Layer):
+    """Training only: the output layer scored against another Embedding's token rows (shared weights).
+
+    ``--tie-output`` gives token ``t`` the probability ``softmax(x @ projection @ rows.T + bias)[t]``,
+    where ``rows[t]`` is the encoder's embedding of ``t`` (shifted id ``t + 1``): the table that reads a
+    word also writes it (Press & Wolf, 2017), and only the small ``projection`` (width -> embedding) is
+    the output layer's own. Saved decoders hold a plain Dense with ``projection @ rows.T`` as its
+    kernel (``network.untie``).
+    """
+
+    def __init__(self, shared: keras.layers.Embedding, vocab_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shared, self.vocab_size = shared, vocab_size
+
+    def build(self, input_shape: tuple) -> None:
+        self.projection = self.add_weight(name="projection", shape=(input_shape[-1], self.shared.output_dim),
+                                          initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.vocab_size,), initializer="zeros")
+
+    def rows(self) -> Any:
+        """The shared table's token rows, (vocab_size, embedding): row ``t`` scores token ``t``."""
+        return self.shared.embeddings[1:self.vocab_size + 1]
+
+    def project(self, x: Any) -> Any:
+        """Hidden states into the embedding's space, where the rows score them."""
+        return ops.matmul(x, self.projection)
+
+    def kernel(self) -> Any:
+        """The equivalent Dense kernel, (width, vocab_size)."""
+        return ops.matmul(self.projection, ops.transpose(self.rows()))
+
+    def call(self, x: Any) -> Any:
+        return ops.softmax(ops.matmul(self.project(x), ops.transpose(self.rows())) + self.bias)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape[:-1], self.vocab_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seqcodec.model.config import START_ID, CodecConfig
-from seqcodec.model.layers import CodeState, DecoderSteps, TiedEmbedding, TokenCount
+from seqcodec.model.layers import CodeState, DecoderSteps, TiedEmbedding, TiedOutput, TokenCount
 from seqcodec.model.tfenv import keras, tf
 
 layers = keras.layers
@@ -41,14 +41,14 @@ def build_encoder(config: CodecConfig, dropout: float = 0.0) -> keras.Model:
     return keras.Model(ids, code, name="encoder")
 
 
-def build_decoder(config: CodecConfig, dropout: float = 0.0,
-                  previous_embedding: keras.layers.Layer | None = None) -> keras.Model:
+def build_decoder(config: CodecConfig, dropout: float = 0.0, previous_embedding: keras.layers.Layer | None = None,
+                  output: keras.layers.Layer | None = None) -> keras.Model:
     """Codes (batch, hidden + 1) -> token probabilities (batch, longest length, vocab_size).
 
     The autoregressive decoder takes a second input, the previous token of every step as shifted
     ids (batch, steps): ``start_id`` first, then the row's own tokens + 1 (teacher forcing);
     ``greedy_decoder`` feeds it its own choices instead. ``previous_embedding`` replaces the layer
-    that embeds them (``tied_decoder``).
+    that embeds them and ``output`` the output layer (``tied_decoder``).
     """
     code = keras.Input(shape=(config.code_size,), dtype="float32", name="code")
     steps = DecoderSteps(config.max_length, config.position_signal, name="steps")(code)
@@ -72,29 +72,38 @@ def build_decoder(config: CodecConfig, dropout: float = 0.0,
         x = layers.Dropout(dropout, name="output_dropout")(x)
     # Dense on the 3-D tensor directly: TimeDistributed maps over the wrong axis under tf.function
     # when the time axis is dynamic.
-    probs = layers.Dense(config.vocab_size, activation="softmax", name="token_probs")(x)
+    probs = (output or layers.Dense(config.vocab_size, activation="softmax", name="token_probs"))(x)
     return keras.Model(inputs, probs, name="decoder")
 
 
-def tied_decoder(config: CodecConfig, dropout: float, encoder: keras.Model) -> keras.Model:
-    """Training's autoregressive decoder for ``--tie-embeddings``: previous tokens read through the
-    encoder's embedding (shared weights) plus an own row for word dropout's hidden id.
+def tied_decoder(config: CodecConfig, dropout: float, encoder: keras.Model, embeddings: bool = True,
+                 output: bool = False) -> keras.Model:
+    """Training's decoder for ``--tie-embeddings`` and ``--tie-output``, sharing the encoder's embedding.
 
-    Its other layers are its own: ``untie`` copies them, and the tied table, into a standard decoder,
+    ``embeddings``: the autoregressive decoder reads previous tokens through that table plus an own
+    row for word dropout's hidden id. ``output``: tokens are scored against its rows (``TiedOutput``).
+    Its other layers are its own: ``untie`` copies them, and the tied tables, into a standard decoder,
     which is what the codec runs and saves.
     """
     shared = encoder.get_layer("embedding")
     own_rows = hidden_id(config) + 1 - shared.input_dim
-    return build_decoder(config, dropout, TiedEmbedding(shared, own_rows, name="previous_embedding"))
+    return build_decoder(
+        config, dropout,
+        TiedEmbedding(shared, own_rows, name="previous_embedding") if embeddings else None,
+        TiedOutput(shared, config.vocab_size, name="token_probs") if output else None,
+    )
 
 
 def untie(trained: keras.Model, decoder: keras.Model) -> None:
-    """Copy a ``tied_decoder``'s weights into the standard ``decoder`` (same layer names), the tied table
-    into its plain previous-token Embedding."""
+    """Copy a ``tied_decoder``'s weights into the standard ``decoder`` (same layer names): the tied table
+    into its plain previous-token Embedding, a tied output layer's product into its Dense."""
     for layer in trained.layers:
         target = decoder.get_layer(layer.name)
         if isinstance(layer, TiedEmbedding):
             target.embeddings.assign(layer.table())
+        elif isinstance(layer, TiedOutput):
+            target.kernel.assign(layer.kernel())
+            target.bias.assign(layer.bias)
         elif layer.weights:
             target.set_weights(layer.get_weights())
 

@@ -18,6 +18,7 @@ from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.figures import baseline_scores, most_frequent_token, percent
+from seqcodec.model.layers import TiedOutput
 from seqcodec.model.manifest import Manifest
 from seqcodec.model.network import (
     build_autoencoder,
@@ -51,6 +52,7 @@ class TrainSettings:
     splice: float = 0.0  # share of training rows replaced, each batch, by a splice of two of equal length
     sampled_softmax: int = 0  # training scores the true token and this many sampled ones; 0: the whole vocabulary
     tie_embeddings: bool = False  # the autoregressive decoder reads previous tokens through the encoder's embedding
+    tie_output: bool = False  # the output layer scores tokens against the encoder's embedding (a projection)
 
     def __post_init__(self) -> None:
         for name in ("dropout", "word_dropout", "label_smoothing", "splice"):
@@ -81,7 +83,7 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
         # dropout 0.2 gave 98.3%, and splicing half the rows (new words it cannot memorize) 99.2%.
         return {"decoder": "repeat", "embedding_size": 64, "batch_size": 128, "dropout": 0.2, "word_dropout": 0.0,
                 "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 0,
-                "tie_embeddings": False}
+                "tie_embeddings": False, "tie_output": False}
     # Words: the decoder that sees its last token, a wider embedding, 1.6x the updates (batch 64), word
     # dropout so that it leans on the code rather than on its own (possibly wrong) last token, a softmax
     # sampled over 256 words in training (twice the epochs in a time budget), and the decoder reading
@@ -89,7 +91,7 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
     # the runs against the letters' settings on the word sample.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
             "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0, "sampled_softmax": 256,
-            "tie_embeddings": True}
+            "tie_embeddings": True, "tie_output": False}
 
 
 class SmoothedSparseCrossEntropy(keras.losses.Loss):
@@ -356,8 +358,12 @@ class SampledSoftmaxTraining(keras.Model):
         with tf.GradientTape() as tape:
             hidden = self._hidden(inputs, training=True)
             hidden = tf.reshape(hidden, [-1, hidden.shape[-1]])
+            if isinstance(self.output_layer, TiedOutput):
+                rows, hidden = self.output_layer.rows(), self.output_layer.project(hidden)
+            else:
+                rows = tf.transpose(self.output_layer.kernel)
             losses = tf.nn.sampled_softmax_loss(
-                tf.transpose(self.output_layer.kernel), self.output_layer.bias,
+                rows, self.output_layer.bias,
                 tf.reshape(tf.cast(targets, tf.int64), [-1, 1]), hidden, self.samples, self.vocab_size)
             weights = tf.reshape(tf.cast(weights, losses.dtype), [-1])
             loss = tf.reduce_sum(losses * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
@@ -382,10 +388,12 @@ def train_codec(
     # With tied embeddings training runs its own decoder; the codec runs (and saves) ``decoder``,
     # which Untie brings up to date after every epoch and once more at the end.
     training_decoder = decoder
-    if settings.tie_embeddings:
-        if config.decoder != "autoregressive":
-            raise ValueError("--tie-embeddings needs the autoregressive decoder (--decoder autoregressive)")
-        training_decoder = tied_decoder(config, settings.dropout, encoder)
+    tied = settings.tie_embeddings or settings.tie_output
+    if settings.tie_embeddings and config.decoder != "autoregressive":
+        raise ValueError("--tie-embeddings needs the autoregressive decoder (--decoder autoregressive)")
+    if tied:
+        training_decoder = tied_decoder(config, settings.dropout, encoder, settings.tie_embeddings,
+                                        settings.tie_output)
     if settings.sampled_softmax and settings.sampled_softmax < config.vocab_size:
         autoencoder = SampledSoftmaxTraining(encoder, training_decoder, settings.sampled_softmax, config.vocab_size)
     else:
@@ -411,7 +419,7 @@ def train_codec(
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
     best = BestExactMatch(codec, validation, model_dir, budget)
     anneal = AnnealLearningRate(settings.learning_rate, budget)
-    callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if settings.tie_embeddings else []), best]
+    callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if tied else []), best]
     started = time.monotonic()
     history = autoencoder.fit(
         dataset,
@@ -429,7 +437,7 @@ def train_codec(
             "give it more time or train on fewer sequences"
         )
     autoencoder.set_weights(best.best_weights)
-    if settings.tie_embeddings:
+    if tied:
         untie(training_decoder, decoder)
     trained = min(budget.steps * settings.batch_size, len(train) * epochs_run)
     test_scores = evaluate(codec, test)

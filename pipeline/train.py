@@ -38,6 +38,7 @@ def train(
     splice: float | None = None,
     sampled_softmax: int | None = None,
     tie_embeddings: bool | None = None,
+    tie_output: bool | None = None,
     epochs: int = 200,
     time_budget: float | None = 600.0,
     validation_fraction: float = 0.1,
@@ -50,7 +51,7 @@ def train(
     ``input`` is a glob (or a directory) of Parquet files with a ``tokens_column``, or the token
     sequences themselves (lists or int arrays). The options are those of ``seqcodec train``,
     with the same defaults; ``time_budget`` 0 or None means no limit. ``decoder``, ``embedding_size``,
-    ``batch_size``, ``tie_embeddings`` and the regularization options left None take the measured
+    ``batch_size``, ``tie_embeddings``, ``tie_output`` and the regularization options left None take the measured
     default for the vocabulary's size (``seqcodec.model.train.defaults_for``). ``model_dir`` is checked
     before anything is read or trained. ValueError (one line) for bad options or data.
     """
@@ -83,11 +84,14 @@ def train(
         data = data.take(keep.nonzero()[0])
     given = {"decoder": decoder, "embedding_size": embedding_size, "batch_size": batch_size, "dropout": dropout,
              "word_dropout": word_dropout, "label_smoothing": label_smoothing, "weight_decay": weight_decay,
-             "splice": splice, "sampled_softmax": sampled_softmax, "tie_embeddings": tie_embeddings}
+             "splice": splice, "sampled_softmax": sampled_softmax, "tie_embeddings": tie_embeddings,
+             "tie_output": tie_output}
     # Options left unset take the measured default for this kind of data (letters or words).
     chosen = {k: default if given[k] is None else given[k] for k, default in defaults_for(vocab_size).items()}
     if tie_embeddings is None and chosen["decoder"] != "autoregressive":
         chosen["tie_embeddings"] = False  # only the autoregressive decoder reads tokens; asked for, it is an error
+    if tie_output is None and chosen["decoder"] != "autoregressive":
+        chosen["tie_output"] = False  # measured on words only; asked for, it trains the repeat decoder too
     config = CodecConfig(
         vocab_size=vocab_size,
         max_length=max_length,
@@ -172,6 +176,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the autoregressive decoder reads its previous tokens through the encoder's embedding "
                         "(shared weights: each word trains one vector, read or written; the saved decoder "
                         f"keeps its own copy, so models load as before; default: {by_vocab('tie_embeddings')})")
+    p.add_argument("--tie-output", action=argparse.BooleanOptionalAction,
+                   help="the output layer scores tokens against the encoder's embedding through a projection "
+                        "(shared weights; the saved decoder holds their product, so models load as before; "
+                        f"default: {by_vocab('tie_output')})")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,

@@ -120,7 +120,7 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
                                                                               chosen["embedding_size"])
         settings = manifest.metrics["settings"]
         for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice",
-                     "sampled_softmax", "tie_embeddings"):
+                     "sampled_softmax", "tie_embeddings", "tie_output"):
             assert settings[name] == chosen[name], (vocab, name)
 
 
@@ -211,6 +211,46 @@ def test_tied_training_decoder_shares_the_encoders_table_once(tmp_path):
     for name in ("decoder_lstm", "token_probs", "initial_h", "initial_c", "steps"):
         for got, want in zip(decoder.get_layer(name).get_weights(), trained.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("decoder, sampled", [("autoregressive", "5"), ("repeat", "0")])
+def test_tied_output_trains_and_saves_a_standard_output_layer(decoder, sampled, tmp_path):
+    """--tie-output, with a sampled or a full softmax: the model learns the rows of one repeated token
+    and the saved decoder's output layer is a plain Dense of the whole vocabulary."""
+    rng = np.random.default_rng(7)
+    rows = [np.full(int(rng.integers(1, 9)), int(rng.integers(0, 20))) for _ in range(800)]
+    manifest = train_on_rows(tmp_path, rows, "--epochs", "12", "--decoder", decoder, "--tie-output",
+                             "--sampled-softmax", sampled, "--learning-rate", "0.01")
+    assert manifest["metrics"]["settings"]["tie_output"] is True
+    assert manifest["metrics"]["test"]["token_accuracy"] > 0.3  # chance and the most frequent token: ~1/20
+    codec = load_codec(tmp_path / "model")
+    output = codec.decoder.get_layer("token_probs")
+    assert type(output) is keras.layers.Dense and output.units == 20
+    assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
+
+
+@pytest.mark.parametrize("embeddings", [True, False])
+def test_untied_decoder_computes_what_the_tied_output_trained(embeddings):
+    """``untie`` folds the tied output layer (projection times the encoder's token rows) into the
+    standard decoder's Dense: both give the same probabilities, and the training graph holds the
+    encoder's table once."""
+    config = CodecConfig(**TINY, decoder="autoregressive")
+    encoder, decoder = network.build_encoder(config), network.build_decoder(config)
+    trained = network.tied_decoder(config, 0.0, encoder, embeddings=embeddings, output=True)
+    variables = network.build_autoencoder(encoder, trained).trainable_variables
+    assert sum(v is encoder.get_layer("embedding").embeddings for v in variables) == 1
+    rng = np.random.default_rng(8)
+    for weight in encoder.weights + trained.weights:  # away from the initial values, biases included
+        weight.assign(weight + rng.normal(0, 0.3, weight.shape).astype("float32"))
+    network.untie(trained, decoder)
+    table = encoder.get_layer("embedding").embeddings.numpy()  # row t + 1 embeds token t
+    np.testing.assert_allclose(decoder.get_layer("token_probs").kernel.numpy(),
+                               trained.get_layer("token_probs").projection.numpy() @ table[1:].T, rtol=1e-5, atol=1e-6)
+    codes = np.asarray(encoder(np.array([[3, 1, 4, 1, 5], [2, 7, 1, 0, 0]], np.int32)))
+    previous = np.array([[start_id(config), 4, 2, 5, 2], [start_id(config), 3, 8, 2, 2]], np.int32)
+    want = np.asarray(trained([codes, previous]))
+    np.testing.assert_allclose(np.asarray(decoder([codes, previous])), want, rtol=1e-5, atol=1e-6)
+    assert want.argmax(-1).std() > 0  # the probabilities depend on the weights, not one constant token
 
 
 @pytest.mark.parametrize(
