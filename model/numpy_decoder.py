@@ -41,7 +41,9 @@ class DecoderWeights:
     ``code`` and ``bias`` project ``h0`` once per row; ``position``/``remaining`` (position signal) and
     ``previous`` (autoregressive: one row per shifted previous token) are added per step;
     ``initial`` is the autoregressive decoder's (kernel, bias) of ``initial_h`` and of ``initial_c``.
-    ``output`` is the output layer's kernel with its bias as one more row, multiplied by ``[h, 1]``.
+    ``output`` is the output layer's kernel with its bias as one more row, multiplied by ``[h, 1]``;
+    for a low-rank kernel (``--tie-output`` trains one of rank at most the embedding's width) it is
+    ``output_left @ output`` in factors, multiplied as ``[h @ output_left, 1] @ output``, fewer operations.
     """
 
     code: np.ndarray
@@ -52,6 +54,7 @@ class DecoderWeights:
     remaining: np.ndarray | None = None
     previous: np.ndarray | None = None
     initial: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    output_left: np.ndarray | None = None
 
     @classmethod
     def from_arrays(cls, lstm: tuple[np.ndarray, np.ndarray, np.ndarray], dense: tuple[np.ndarray, np.ndarray],
@@ -68,15 +71,34 @@ class DecoderWeights:
         def table(rows: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(np.asarray(rows, np.float32) @ w_code)
 
+        factors = low_rank_factors(np.asarray(dense[0], np.float32))
+        left, right = factors if factors is not None else (None, dense[0])
         return cls(
             code=w_code, bias=gate_columns(bias), recurrent=gate_columns(rec),
-            output=np.ascontiguousarray(np.vstack([dense[0], dense[1][None]]), np.float32),
+            output=np.ascontiguousarray(np.vstack([right, dense[1][None]]), np.float32), output_left=left,
             position=None if steps is None else table(steps[0]),
             remaining=None if steps is None else table(steps[1]),
             previous=None if embedding is None else gate_columns(np.asarray(embedding, np.float32) @ kernel[units:]),
             initial=None if initial is None else tuple(
                 (np.asarray(k, np.float32), np.asarray(b, np.float32)) for k, b in initial),
         )
+
+
+def low_rank_factors(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(left, right) with ``left @ right == kernel`` to float32 rounding, if the kernel's rank is low
+    enough for the two products to cost under 0.9 of one; else None.
+
+    Singular values below 1e-5 of the largest are float32 rounding of a product of narrower matrices
+    (a tied output layer's ``projection @ rows.T``), not part of the map: dropping them changes the
+    logits by about as much as summing in another order does.
+    """
+    width, vocab = kernel.shape
+    u, s, vt = np.linalg.svd(kernel.astype(np.float64), full_matrices=False)
+    rank = int((s > s[0] * 1e-5).sum()) if s.size and s[0] > 0 else 0
+    if rank == 0 or rank * (width + 1 + vocab) >= 0.9 * (width + 1) * vocab:
+        return None
+    return (np.ascontiguousarray(u[:, :rank] * s[:rank], np.float32),
+            np.ascontiguousarray(vt[:rank], np.float32))
 
 
 def decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -98,7 +120,9 @@ def decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray
     previous = np.full(rows, START_ID, np.int64) if weights.previous is not None else None
     last = None if weights.remaining is None else weights.remaining.shape[0] - 1
     z = np.empty_like(base)
-    h_one = np.ones((rows, units + 1), np.float32)  # [h, 1]: the output layer's bias rides in its matmul
+    left = weights.output_left
+    # [h, 1] (or [h @ left, 1]): the output layer's bias rides in its matmul
+    h_one = np.ones((rows, units + 1 if left is None else left.shape[1] + 1), np.float32)
     logits = np.empty((rows, weights.output.shape[1]), np.float32)
     for t in range(steps):
         np.matmul(h, weights.recurrent, out=z)
@@ -109,7 +133,10 @@ def decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray
             z += weights.position[t]
             z += weights.remaining[np.clip(lengths - 1 - t, 0, last)]
         h, c = lstm_update(z, c)
-        h_one[:, :units] = h
+        if left is None:
+            h_one[:, :units] = h
+        else:
+            np.matmul(h, left, out=h_one[:, :-1])
         np.matmul(h_one, weights.output, out=logits)
         token = logits.argmax(axis=1)
         tokens[:, t] = token

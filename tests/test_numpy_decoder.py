@@ -21,6 +21,7 @@ SHAPES = {
     "repeat, no position signal": {"position_signal": False},
     "autoregressive": {"decoder": "autoregressive"},
     "autoregressive, no position signal": {"decoder": "autoregressive", "position_signal": False},
+    "autoregressive, low-rank output layer": {"decoder": "autoregressive"},
 }
 
 
@@ -41,6 +42,11 @@ def shaken(codec: SequenceCodec, seed: int) -> SequenceCodec:
 def saved(request, tmp_path_factory):
     """(codec, its saved model dir) of each decoder shape."""
     codec = shaken(build_codec(CodecConfig(**TINY, **SHAPES[request.param]), seed=5), seed=6)
+    if "low-rank" in request.param:  # as --tie-output trains it: a product of narrower matrices
+        kernel = codec.decoder.get_layer("token_probs").kernel
+        rng = np.random.default_rng(7)
+        left, right = rng.normal(0, 1, (kernel.shape[0], 3)), rng.normal(0, 1, (3, kernel.shape[1]))
+        kernel.assign((left @ right).astype(np.float32))
     model_dir = tmp_path_factory.mktemp("numpy-decoder") / "model"
     save_codec(codec, model_dir)
     return codec, model_dir
@@ -55,6 +61,9 @@ def test_numpy_decoder_equals_the_keras_decoder(saved, sequences):
     loaded = load_decoder(model_dir)
     assert loaded is not None and loaded.fingerprint == codec.fingerprint
     assert codec.numpy_decoder is not None
+    # A low-rank output layer runs as two narrower products, a full-rank one as one.
+    assert (loaded.weights().output_left is not None) == (np.linalg.matrix_rank(
+        codec.decoder.get_layer("token_probs").kernel.numpy()) <= 3)
     for tokens in (graph_tokens, loaded.decode(codes), codec.decode(codes)):
         assert [t.tolist() for t in tokens] == [t.tolist() for t in keras_tokens]
     assert [len(t) for t in keras_tokens] == [len(s) for s in sequences]
