@@ -87,11 +87,12 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
     # Words: the decoder that sees its last token, a wider embedding, 1.6x the updates (batch 64), word
     # dropout so that it leans on the code rather than on its own (possibly wrong) last token, a softmax
     # sampled over 256 words in training (twice the epochs in a time budget), and the decoder reading
-    # its last token through the encoder's embedding (each word trains one vector). docs/MODEL.md has
-    # the runs against the letters' settings on the word sample.
+    # its last token through the encoder's embedding and scoring the next against it (each word trains
+    # one vector, read or written). docs/MODEL.md has the runs against the letters' settings on the word
+    # sample.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
             "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0, "sampled_softmax": 256,
-            "tie_embeddings": True, "tie_output": False}
+            "tie_embeddings": True, "tie_output": True}
 
 
 class SmoothedSparseCrossEntropy(keras.losses.Loss):
