@@ -6,11 +6,14 @@ Word sentences with the autoregressive model:
      .venv/bin/python -m bench.decode_bench --model-dir models/words --data data/words/sentences.parquet
 The numpy decoder's token budget alone (no jobs):
      ... --budgets 2048,4096,8192,16384 --rounds 6
+A low-rank output layer (--tie-output) as two products against one, in memory (no jobs):
+     ... --model-dir models/words --data data/words/sentences.parquet --factors --rounds 6
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -75,6 +78,41 @@ def budget_sweep(model_dir: Path, data: Path, rows: int, rounds: int, budgets: l
             for b in budgets}
 
 
+def factors(model_dir: Path, data: Path, rows: int, rounds: int) -> dict:
+    """The numpy decoder with its output layer in two factors against the same layer as one product,
+    rounds alternating; rows/s, the ratio, and how many tokens differ."""
+    from seqcodec.model.numpy_decoder import load_decoder
+    from seqcodec.model.numpy_encoder import load_encoder
+    from seqcodec.transforms.inference import flat_tokens
+
+    encoder, factored, whole = load_encoder(model_dir), load_decoder(model_dir), load_decoder(model_dir)
+    if encoder is None or factored is None or whole is None:
+        raise SystemExit(f"{model_dir}: no file digests in its manifest; save it again with this version")
+    weights = factored.weights()
+    if weights.output_left is None:
+        raise SystemExit(f"{model_dir}: its output layer is full rank; --factors compares a tied one")
+    product = np.vstack([weights.output_left @ weights.output[:-1], weights.output[-1:]])
+    one = dataclasses.replace(weights, output_left=None, output=np.ascontiguousarray(product, np.float32))
+    whole.weights = lambda: one
+    tokens = pq.read_table(data, columns=["tokens"]).column("tokens").slice(0, rows)
+    codes = encoder.encode_flat(*flat_tokens(tokens))
+    factored.decode_flat(codes[:1000])
+    whole.decode_flat(codes[:1000])
+    rates: dict[str, list[float]] = {"factors": [], "one product": []}
+    out: dict[str, np.ndarray] = {}
+    for r in range(rounds):
+        for name in ("factors", "one product") if r % 2 == 0 else ("one product", "factors"):
+            start = time.perf_counter()
+            out[name] = (factored if name == "factors" else whole).decode_flat(codes)[0]
+            rates[name].append(rows / (time.perf_counter() - start))
+        log(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()))
+    ratios = [f / o for f, o in zip(rates["factors"], rates["one product"], strict=True)]
+    return {"rank": int(weights.output_left.shape[1]), "width": int(weights.output_left.shape[0]),
+            "rows_per_second": {k: [round(x) for x in v] for k, v in rates.items()},
+            "median_speedup": round(float(np.median(ratios)), 3),
+            "tokens_differing": int((out["factors"] != out["one product"]).sum()), "tokens": int(out["factors"].size)}
+
+
 def jobs(model_dir: Path, data: Path, work: Path, repeats: int) -> dict:
     """`seqcodec encode` then `seqcodec decode` on its codes, alternating; rows/s from summary.json."""
     out: dict[str, list] = {"encode": [], "decode": []}
@@ -107,6 +145,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/seqcodec-bench/decode_bench.json")
     parser.add_argument("--budgets", help="only sweep the numpy decoder's token budget, e.g. 2048,4096,16384 "
                                           "(ratios to the last), --rounds rounds")
+    parser.add_argument("--factors", action="store_true",
+                        help="only time a low-rank output layer as two products against one, --rounds rounds")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="decode-", dir=Path(args.work)))
     model_dir = work / "model"
@@ -119,6 +159,12 @@ def main() -> None:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     result = {"commit": git_commit(), "rows": args.rows, "data": str(data), "model": manifest["fingerprint"],
               "decoder": manifest.get("decoder", "repeat"), "load_average_start": loadavg()}
+    if args.factors:
+        log("numpy decoder: output layer in two factors against one product")
+        result["factors"] = factors(model_dir, data, args.rows, args.rounds)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["factors"], indent=1))
+        return
     if args.budgets:
         log("numpy decoder per token budget")
         result["budgets"] = budget_sweep(model_dir, data, args.rows, args.rounds,
