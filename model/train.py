@@ -386,7 +386,7 @@ def train_codec(
     )
     encoder = build_encoder(config, settings.dropout)
     decoder = build_decoder(config, settings.dropout)
-    # With tied embeddings training runs its own decoder; the codec runs (and saves) ``decoder``,
+    # With tied embeddings or output training runs its own decoder; the codec runs (and saves) ``decoder``,
     # which Untie brings up to date after every epoch and once more at the end.
     training_decoder = decoder
     tied = settings.tie_embeddings or settings.tie_output
