@@ -24,7 +24,7 @@ from typing import Any
 
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.network import start_id
-from seqcodec.model.numpy_decoder import DecoderWeights
+from seqcodec.model.numpy_decoder import CachedFactors, DecoderWeights
 from seqcodec.model.numpy_encoder import EncoderWeights
 from seqcodec.model.tfenv import keras, tf
 
@@ -141,13 +141,15 @@ def numpy_decoder_weights(decoder: keras.Model, config: CodecConfig) -> Callable
     if found is None:
         return None
     steps_layer, parts, dense, embedding, initial_h, initial_c = found
+    factor = CachedFactors()
 
     def read() -> DecoderWeights:
         return DecoderWeights.from_arrays(
             tuple(v.numpy() for v in parts), (dense.kernel.numpy(), dense.bias.numpy()),
             (steps_layer.position.numpy(), steps_layer.remaining.numpy()) if steps_layer.position_signal else None,
             None if embedding is None else embedding.embeddings.numpy(),
-            None if embedding is None else tuple((d.kernel.numpy(), d.bias.numpy()) for d in (initial_h, initial_c)))
+            None if embedding is None else tuple((d.kernel.numpy(), d.bias.numpy()) for d in (initial_h, initial_c)),
+            factor)
 
     return read
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,11 +60,13 @@ class DecoderWeights:
     @classmethod
     def from_arrays(cls, lstm: tuple[np.ndarray, np.ndarray, np.ndarray], dense: tuple[np.ndarray, np.ndarray],
                     steps: tuple[np.ndarray, np.ndarray] | None = None, embedding: np.ndarray | None = None,
-                    initial: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> (
+                    initial: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                    factor: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray] | None] | None = None) -> (
             DecoderWeights):
         """From the arrays as Keras keeps them: the LSTM's (kernel, recurrent kernel, bias), the output
         layer's (kernel, bias), the steps layer's (position, remaining) if it has them, and the
-        autoregressive decoder's previous-token embedding and ``initial_h``/``initial_c``."""
+        autoregressive decoder's previous-token embedding and ``initial_h``/``initial_c``. ``factor``
+        splits the output kernel (default ``low_rank_factors``; ``CachedFactors`` for repeated reads)."""
         kernel, rec, bias = (np.asarray(a, np.float32) for a in lstm)
         units = rec.shape[0]
         w_code = gate_columns(kernel[:units])
@@ -71,7 +74,7 @@ class DecoderWeights:
         def table(rows: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(np.asarray(rows, np.float32) @ w_code)
 
-        factors = low_rank_factors(np.asarray(dense[0], np.float32))
+        factors = (factor or low_rank_factors)(np.asarray(dense[0], np.float32))
         left, right = factors if factors is not None else (None, dense[0])
         return cls(
             code=w_code, bias=gate_columns(bias), recurrent=gate_columns(rec),
@@ -99,6 +102,22 @@ def low_rank_factors(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None
         return None
     return (np.ascontiguousarray(u[:, :rank] * s[:rank], np.float32),
             np.ascontiguousarray(vt[:rank], np.float32))
+
+
+class CachedFactors:
+    """``low_rank_factors`` that runs its SVD (~60 ms for 192 x 4,000) again only when the kernel changed:
+    a codec on live Keras weights reads them at every ``decode`` call, and most calls see the same ones."""
+
+    def __init__(self) -> None:
+        self.last: tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None] | None = None
+
+    def __call__(self, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        last = self.last  # one read: another thread may replace the pair meanwhile
+        if last is not None and np.array_equal(last[0], kernel):
+            return last[1]
+        factors = low_rank_factors(kernel)
+        self.last = (kernel.copy(), factors)
+        return factors
 
 
 def decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:

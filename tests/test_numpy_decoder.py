@@ -13,7 +13,7 @@ from test_numpy_encoder import edit_manifest
 
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
-from seqcodec.model.numpy_decoder import NumpyDecoder, load_decoder
+from seqcodec.model.numpy_decoder import CachedFactors, NumpyDecoder, load_decoder
 from seqcodec.model.storage import load_codec, save_codec
 
 SHAPES = {
@@ -150,3 +150,19 @@ def test_decode_job_runs_the_numpy_decoder_and_beam_search_runs_tensorflow(saved
         assert [len(t) for t in tokens] == [len(t) for t in want]
         if width == "1":
             assert tokens == [t.tolist() for t in want]
+
+
+def test_cached_factors_run_the_svd_again_only_for_a_changed_kernel():
+    """A codec on live Keras weights reads them at every decode call: the factors are reused while
+    the output kernel is unchanged and recomputed, to its new rank, when it changes."""
+    factor = CachedFactors()
+    rng = np.random.default_rng(9)
+    kernel = (rng.normal(0, 1, (16, 3)) @ rng.normal(0, 1, (3, 40))).astype(np.float32)
+    first = factor(kernel)
+    assert first is not None and first[0].shape == (16, 3) and factor(kernel.copy()) is first
+    np.testing.assert_allclose(first[0] @ first[1], kernel, rtol=1e-4, atol=1e-4)
+    kernel[0, 0] += 1.0  # now of rank 4
+    second = factor(kernel)
+    assert second is not first and second[0].shape == (16, 4)
+    np.testing.assert_allclose(second[0] @ second[1], kernel, rtol=1e-4, atol=1e-4)
+    assert factor(rng.normal(0, 1, (16, 40)).astype(np.float32)) is None  # full rank: one product
