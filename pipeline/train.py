@@ -88,10 +88,11 @@ def train(
              "tie_output": tie_output}
     # Options left unset take the measured default for this kind of data (letters or words).
     chosen = {k: default if given[k] is None else given[k] for k, default in defaults_for(vocab_size).items()}
-    if tie_embeddings is None and chosen["decoder"] != "autoregressive":
-        chosen["tie_embeddings"] = False  # only the autoregressive decoder reads tokens; asked for, it is an error
-    if tie_output is None and chosen["decoder"] != "autoregressive":
-        chosen["tie_output"] = False  # measured on words only; asked for, it trains the repeat decoder too
+    # Tying is measured with the autoregressive decoder only, so a repeat decoder leaves both off unless
+    # asked: --tie-embeddings is then an error (it reads no tokens), --tie-output ties its output layer.
+    for name in ("tie_embeddings", "tie_output"):
+        if given[name] is None and chosen["decoder"] != "autoregressive":
+            chosen[name] = False
     config = CodecConfig(
         vocab_size=vocab_size,
         max_length=max_length,

@@ -122,6 +122,9 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
         for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice",
                      "sampled_softmax", "tie_embeddings", "tie_output"):
             assert settings[name] == chosen[name], (vocab, name)
+    # A word vocabulary with the repeat decoder asked for: neither kind of tying unless asked for too.
+    manifest = seqcodec.train(rows, tmp_path / "repeat", hidden_size=8, epochs=1, time_budget=0, decoder="repeat")
+    assert not manifest.metrics["settings"]["tie_embeddings"] and not manifest.metrics["settings"]["tie_output"]
 
 
 def train_on_rows(tmp_path, rows: list[np.ndarray], *args) -> dict:
