@@ -154,3 +154,45 @@ def test_bad_arguments_fail_at_construction(tiny_model_dir, tmp_path):
         seqcodec.EncodeSequences(str(tiny_model_dir), batch_tokens=0)
     with pytest.raises(seqcodec.ModelDirError, match="does not exist"):
         seqcodec.DecodeCodes(str(tmp_path / "nothing"))
+
+
+def test_overlapped_inference_emits_every_table_once_and_counts_it(tiny_model_dir, tiny_codec):
+    """The job's model step (one table behind the bundle): every table out once, right codes, rows counted."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from seqcodec.transforms.inference import CodecEncoderHandler, run_codec
+    from seqcodec.transforms.validate import METRICS_NAMESPACE
+
+    sequences = random_sequences(60, VOCAB, MAX_LEN, seed=9)
+    sizes = [1, 7, 12, 3, 20, 17]
+    starts = np.cumsum([0, *sizes])
+    tables = [pa.table({"id": pa.array(range(a, b), pa.int64()),
+                        "tokens": pa.array([s.tolist() for s in sequences[a:b]], pa.list_(pa.int32()))})
+              for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    expected = tiny_codec.encode(sequences[: starts[-1]])
+
+    def check(outs):
+        assert sorted(out.num_rows for out in outs) == sorted(sizes)
+        ids = np.concatenate([out.column("id").to_numpy() for out in outs])
+        codes = np.concatenate([np.array(out.column("code").to_pylist()) for out in outs])
+        assert sorted(ids.tolist()) == list(range(starts[-1]))
+        np.testing.assert_allclose(codes, expected[ids], atol=1e-5)
+
+    p = test_pipeline.TestPipeline(runner="FnApiRunner")
+    codes = run_codec(p | beam.Create(tables).with_output_types(pa.Table), CodecEncoderHandler(str(tiny_model_dir)))
+    assert_that(codes, check)
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+    assert {c.key.metric.name: c.committed for c in counters} == {"rows_encoded": starts[-1]}
+
+
+def test_overlapped_inference_raises_the_models_error(tiny_model_dir):
+    """A table the model refuses fails the pipeline with the model's own message (raised from its thread)."""
+    from seqcodec.transforms.inference import CodecEncoderHandler, run_codec
+
+    good = pa.table({"id": pa.array([0], pa.int64()), "tokens": pa.array([[1, 2]], pa.list_(pa.int32()))})
+    bad = pa.table({"id": pa.array([1], pa.int64()), "tokens": pa.array([[1, VOCAB]], pa.list_(pa.int32()))})
+    with pytest.raises(Exception, match=f"token id {VOCAB} is outside"):
+        run(lambda p: run_codec(p | beam.Create([good, bad, good]).with_output_types(pa.Table),
+                                CodecEncoderHandler(str(tiny_model_dir))))
