@@ -1,8 +1,6 @@
-"""Inference with the codec: columnar encoder and decoder ModelHandlers, and the DoFn that runs them on Arrow tables.
+"""RunInference with the codec: columnar encoder and decoder ModelHandlers, and the PTransforms around them.
 
-Each handler loads the model once per worker process. The handlers work with Beam's RunInference;
-the jobs run them through ``OverlappedInference``, which keeps the model busy while the bundle's
-thread reads, validates and writes the tables around it.
+Each handler loads the model once per worker process.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import os
 import resource
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
@@ -22,10 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base as _beam_base
-from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
-from apache_beam.utils import shared
-from apache_beam.utils.windowed_value import WindowedValue
 
 from seqcodec.model.config import Batching, threads_per_process
 from seqcodec.transforms.formats import codes_table, tokens_array
@@ -141,18 +136,6 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
         log.info("model %s loaded: TensorFlow, %d thread(s)", codec.fingerprint, threads)
         return codec
 
-    def infer(self, table: pa.Table, model: Any) -> pa.Table:
-        """One table through the model, nothing counted (``OverlappedInference`` runs it on its own thread)."""
-        raise NotImplementedError
-
-    def run_inference(
-        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[pa.Table]:
-        for table in batch:
-            out = self.infer(table, model)
-            self.count(table.num_rows)
-            yield out
-
     def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
         return sum(table.nbytes for table in batch)
 
@@ -172,9 +155,13 @@ class CodecEncoderHandler(CodecHandler):
         super().__init__(model_dir, batching, "encoded", total_rows)
         self.code_dtype = np.dtype(code_dtype)
 
-    def infer(self, table: pa.Table, model: Any) -> pa.Table:
-        codes = model.encode_flat(*flat_tokens(table.column("tokens")))
-        return codes_table(table.column("id").combine_chunks(), codes.astype(self.code_dtype, copy=False))
+    def run_inference(
+        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[pa.Table]:
+        for table in batch:
+            codes = model.encode_flat(*flat_tokens(table.column("tokens")))
+            self.count(table.num_rows)
+            yield codes_table(table.column("id").combine_chunks(), codes.astype(self.code_dtype, copy=False))
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_encoder"
@@ -183,8 +170,11 @@ class CodecEncoderHandler(CodecHandler):
 class CodecEncoderKeepingTokens(CodecEncoderHandler):
     """The encoder's handler, with the input ``tokens`` kept next to each code (for the round trip)."""
 
-    def infer(self, table: pa.Table, model: Any) -> pa.Table:
-        return super().infer(table, model).append_column("tokens", table.column("tokens"))
+    def run_inference(
+        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[pa.Table]:
+        for table, codes in zip(batch, super().run_inference(batch, model, inference_args), strict=True):
+            yield codes.append_column("tokens", table.column("tokens"))
 
 
 def for_pipeline(handler: CodecHandler, pcoll: beam.PCollection) -> CodecHandler:
@@ -193,54 +183,9 @@ def for_pipeline(handler: CodecHandler, pcoll: beam.PCollection) -> CodecHandler
     return handler
 
 
-class OverlappedInference(beam.DoFn):
-    """Arrow tables through a codec handler, the model one table behind the bundle's thread.
-
-    RunInference calls the model on the bundle's thread, so between two tables the model waits
-    while that thread writes the last result and reads and validates the next table (0.6 s of a
-    1M-row encode job). Here the model runs on a thread of its own: each table is handed to it
-    as it arrives and the previous table's result is emitted meanwhile, so at most two tables and
-    one result are held. The last result leaves at the end of the bundle. The model is loaded once
-    per process (``shared``, as RunInference does); rows are counted on the bundle's thread,
-    where Beam's metrics live.
-    """
-
-    def __init__(self, handler: CodecHandler) -> None:
-        self.handler = handler
-        self.model_handle = shared.Shared()
-
-    def setup(self) -> None:
-        self.model = self.model_handle.acquire(self.handler.load_model)
-        self.runner = ThreadPoolExecutor(1, thread_name_prefix="seqcodec-model")
-
-    def start_bundle(self) -> None:
-        self.pending: tuple[Future, int, Any, Any] | None = None
-
-    def process(self, table: pa.Table, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
-        previous = self.pending
-        self.pending = (self.runner.submit(self.handler.infer, table, self.model), table.num_rows, window, timestamp)
-        if previous is not None:
-            yield self.result(*previous)
-
-    def finish_bundle(self):
-        if self.pending is not None:
-            previous, self.pending = self.pending, None
-            yield self.result(*previous)
-
-    def result(self, future: Future, rows: int, window: Any, timestamp: Any) -> WindowedValue:
-        """A table's result (its model error, if any, raised here), counted, in the table's own window."""
-        out = future.result()
-        self.handler.count(rows)
-        return WindowedValue(out, timestamp, [window])
-
-    def teardown(self) -> None:
-        if getattr(self, "runner", None) is not None:
-            self.runner.shutdown(wait=True)
-
-
 def run_codec(tables: beam.PCollection, handler: CodecHandler) -> beam.PCollection:
-    """Arrow tables through a codec handler (``OverlappedInference``) whose thread policy knows the worker processes."""
-    return of_tables(tables | "Inference" >> beam.ParDo(OverlappedInference(for_pipeline(handler, tables))))
+    """RunInference with a codec handler whose thread policy knows the pipeline's worker processes."""
+    return tables | "RunInference" >> RunInference(for_pipeline(handler, tables))
 
 
 # -- decoding and the round trip ---------------------------------------------------------------------
@@ -278,26 +223,30 @@ class CodecDecoderHandler(CodecHandler):
         super().__init__(model_dir, batching, "decoded", total_rows)
         self.compare = compare
 
-    def infer(self, table: pa.Table, model: Any) -> pa.Table:
-        values, offsets = model.decode_flat(code_matrix(table.column("code")))
-        columns = {"id": table.column("id").combine_chunks(), "tokens": tokens_array(values, offsets)}
-        if self.compare:
-            original = table.column("tokens").combine_chunks()
-            original_values, original_offsets = flat_tokens(original)
-            if not np.array_equal(original_offsets, offsets):
-                raise ValueError("decoded lengths differ from the original sequences' lengths")
-            columns["original"] = original
-            columns["correct"] = pa.array(
-                correct_per_row(original_values == values, offsets).astype(np.int32), type=pa.int32()
-            )
-        return pa.table(columns)
+    def run_inference(
+        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[pa.Table]:
+        for table in batch:
+            values, offsets = model.decode_flat(code_matrix(table.column("code")))
+            columns = {"id": table.column("id").combine_chunks(), "tokens": tokens_array(values, offsets)}
+            if self.compare:
+                original = table.column("tokens").combine_chunks()
+                original_values, original_offsets = flat_tokens(original)
+                if not np.array_equal(original_offsets, offsets):
+                    raise ValueError("decoded lengths differ from the original sequences' lengths")
+                columns["original"] = original
+                columns["correct"] = pa.array(
+                    correct_per_row(original_values == values, offsets).astype(np.int32), type=pa.int32()
+                )
+            self.count(table.num_rows)
+            yield pa.table(columns)
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_decoder"
 
 
 class DecodeTables(beam.PTransform):
-    """Valid code tables -> decoded tables, through the codec's batched decoder (``run_codec``)."""
+    """Valid code tables -> decoded tables, through RunInference and the codec's batched decoder."""
 
     def __init__(self, model_dir: str, batching: Batching | None = None, compare: bool = False,
                  total_rows: int | None = None) -> None:
@@ -305,4 +254,4 @@ class DecodeTables(beam.PTransform):
         self.handler = CodecDecoderHandler(model_dir, batching, compare, total_rows)
 
     def expand(self, tables):
-        return run_codec(tables, self.handler)
+        return of_tables(run_codec(tables, self.handler))

@@ -30,7 +30,6 @@ from seqcodec.transforms.inference import (
     CodecHandler,
     code_matrix,
     for_pipeline,
-    run_codec,
 )
 from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import (
@@ -266,13 +265,14 @@ class _CodecTransform(beam.PTransform):
         return CodecOutputs(results.main, errors)
 
     def expand_tables(self, tables: beam.PCollection, validator: _Validate, handler: CodecHandler) -> CodecOutputs:
-        """The path of a PCollection declared to hold Arrow tables (the job's): validate, ``run_codec``, done.
+        """The path of a PCollection declared to hold Arrow tables (the job's): validate, RunInference, done.
 
         Tables out, typed as tables all the way: no routing, no Flatten (which the DirectRunner
         materializes) and no keys, and Beam sizes them with the Arrow coder instead of pickling them.
         """
         checked = tables | "Validate" >> beam.ParDo(validator).with_outputs(ERRORS_TAG, main="valid")
-        return CodecOutputs(run_codec(of_tables(checked.valid), handler), of_tables(checked[ERRORS_TAG]))
+        results = of_tables(checked.valid) | "RunInference" >> RunInference(for_pipeline(handler, tables))
+        return CodecOutputs(of_tables(results), of_tables(checked[ERRORS_TAG]))
 
 
 class CodecOutputs(NamedTuple):
