@@ -24,7 +24,7 @@ from seqcodec.pipeline.options import (
     use_filesystem_options,
 )
 from seqcodec.pipeline.outputs import Partition, partition_path
-from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
+from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_counts
 from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
 from seqcodec.transforms.table_coder import of_tables
@@ -56,9 +56,8 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
     errors_written = rejected | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), code_error_schema(job.inputs.id_type), 1
     )
-    counts = {"read": row_count(tables, "read"), "valid": row_count(valid, "valid"),
-              "decoded": row_count(stage.decoded, "decoded")}
-    return Graph([stage.written, errors_written], counts, stage.stats)
+    counted = {"read": tables, "rejected": rejected, "decoded": stage.decoded}
+    return Graph([stage.written, errors_written], row_counts(pipeline, counted), tuple(counted), stage.stats)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,7 +98,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
              "input_files_without_fingerprint": len(inputs.unmarked),
              "beam_width": manifest.config.beam_width(args.beam_width)}
     plan = make_plan(args, pipeline, partition, inputs.rows, "decoded", "decoded", facts, started,
-                     roundtrip="lengths")
+                     counted=graph.counted, roundtrip="lengths")
     return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)
 
 

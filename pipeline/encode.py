@@ -22,7 +22,7 @@ from seqcodec.pipeline.options import (
     use_filesystem_options,
 )
 from seqcodec.pipeline.outputs import Partition, partition_path
-from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_count
+from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_counts
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
 from seqcodec.transforms.sequences import EncodeSequences
@@ -76,14 +76,12 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     errors_written = encoded.errors | "Write errors" >> WriteTables(
         FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1
     )
-    read = row_count(tables, "read")
-    valid = read | "Rows valid" >> beam.Map(lambda n, rejected: n - rejected,
-                                            beam.pvalue.AsSingleton(row_count(encoded.errors, "rejected")))
-    counts = {"read": read, "valid": valid, "encoded": row_count(codes, "encoded")}
+    counted = {"read": tables, "rejected": encoded.errors, "encoded": codes}
     if not job.decode:
-        return Graph([codes_written, errors_written], counts)
-    counts["decoded"] = row_count(stage.decoded, "decoded")
-    return Graph([codes_written, errors_written, stage.written], counts, stage.stats, stage.mismatches)
+        return Graph([codes_written, errors_written], row_counts(pipeline, counted), tuple(counted))
+    counted["decoded"] = stage.decoded
+    return Graph([codes_written, errors_written, stage.written], row_counts(pipeline, counted), tuple(counted),
+                 stage.stats, stage.mismatches)
 
 def parser() -> argparse.ArgumentParser:
     p = job_parser("seqcodec encode", "Encode token sequences into length-prefixed codes.")
@@ -142,7 +140,8 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     if args.decode:
         facts.update(training_facts(manifest), beam_width=manifest.config.beam_width(args.beam_width))
     roundtrip = {"roundtrip": "compare", "expected_folder": "codes"} if args.decode else {}
-    plan = make_plan(args, pipeline, partition, inputs.rows, "codes", "encoded", facts, started, **roundtrip)
+    plan = make_plan(args, pipeline, partition, inputs.rows, "codes", "encoded", facts, started,
+                     counted=graph.counted, **roundtrip)
     return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)
 
 

@@ -78,7 +78,8 @@ def test_graph_on_a_test_pipeline_finalizes_once_after_the_writes(tiny_model_dir
         assert sorted(s["files"]) == sorted(str(p.relative_to(part)) for p in part.rglob("*.*") if p.is_file())
 
     assert_that(built.summary, published_once, label="summary")
-    assert_that(built.graph.counts["valid"], equal_to([len(valid)]), label="valid rows")
+    assert_that(built.graph.counts, equal_to([("read", 100), ("rejected", len(bad)), ("encoded", len(valid))]),
+                label="row counts")
     assert built.launch() == 0
     assert json.loads((part / SUMMARY).read_text())["run_id"] == built.plan.partition.run_id
     assert sorted(os.listdir(out)) == [f"dt={DATE}"]
@@ -218,3 +219,13 @@ def test_no_wait_on_the_direct_runner_returns_0_and_the_outcome_is_in_the_files(
     (staged,) = tmp_path.glob(".bad.staging-*/summary.json")
     s = json.loads(staged.read_text())
     assert (s["status"], s["exit_code"]) == ("not published", 3) and "more than --max-error-rate 0.05" in s["reason"]
+
+
+def test_counts_missing_from_the_combine_are_zero_and_valid_is_read_minus_rejected():
+    """A name with no rows never reaches the one CombinePerKey; finalize still reports it, as 0."""
+    from seqcodec.pipeline.run import job_counters
+
+    assert job_counters(("read", "rejected", "encoded"), {"read": 5, "rejected": 5}) == {
+        "read": 5, "encoded": 0, "valid": 0}
+    assert job_counters(("read", "rejected", "decoded"), {"read": 7, "decoded": 7}) == {
+        "read": 7, "decoded": 7, "valid": 7}
