@@ -5,15 +5,21 @@ bundle the DirectRunner executes, then prints one timeline (seconds from the job
 moment ``summary.json``'s ``elapsed_seconds`` counts from):
 
     .venv/bin/python -m bench.job_timeline encode --input FILE --output DIR --model-dir models/default
+    .venv/bin/python -m bench.job_timeline --tree /tmp/before-tree encode ...   # an earlier commit's job
 
-All arguments go to the job. A measuring tool: the timers add microseconds, nothing is asserted.
+All other arguments go to the job; ``--tree`` (first) runs another checkout's job (``git worktree add
+DIR REV``), as ``perf_bench --before-tree`` does. A measuring tool: the timers add microseconds, nothing is asserted.
 """
 
 from __future__ import annotations
 
 import functools
+import glob
+import importlib
 import sys
+import sysconfig
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -32,7 +38,19 @@ def wrap(owner: Any, name: str, events: list[tuple[float, str]], label: str) -> 
     setattr(owner, name, timed)
 
 
+def use_tree(tree: str) -> None:
+    """Import our packages from ``tree`` from now on: point the venv's editable-install map at it."""
+    finder = importlib.import_module(
+        Path(glob.glob(f"{sysconfig.get_paths()['purelib']}/__editable___seqcodec_*_finder.py")[0]).stem)
+    root = str(Path(__file__).resolve().parent.parent)
+    finder.MAPPING.update({k: v.replace(root, tree, 1) for k, v in finder.MAPPING.items()})
+
+
 def main() -> int:
+    args = sys.argv[1:]
+    if args[:1] == ["--tree"]:
+        use_tree(args[1])
+        args = args[2:]
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
     from seqcodec.model.numpy_decoder import NumpyDecoder
@@ -68,7 +86,7 @@ def main() -> int:
             stages.append((begin, time.time(), bundle.stage.name))
 
     fn_runner.FnApiRunner._execute_bundle = timed_bundle
-    code = cli(sys.argv[1:])
+    code = cli(args)
     if not started:
         return code
     zero = started[0]
