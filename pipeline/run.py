@@ -72,7 +72,7 @@ def row_counts(pipeline: beam.Pipeline, counted: dict[str, beam.PCollection]) ->
     """``(name, rows)`` per name of ``counted`` that has rows: the rows in all of its tables, in one combine.
 
     One CombinePerKey for all counts: a CombineGlobally per count added a grouping and a
-    default-value stage each (about 0.15 s of every job on the DirectRunner, docs/BENCHMARKS.md).
+    default-value stage each (0.2-0.3 s of every job on the DirectRunner, docs/BENCHMARKS.md).
     A name without rows is missing; finalize counts it as 0.
     """
     named = [pc | f"Rows {name}" >> beam.Map(lambda t, name=name: (name, t.num_rows)) for name, pc in counted.items()]
@@ -136,8 +136,7 @@ def add_finalize(pipeline: beam.Pipeline, graph: Graph, plan: Plan) -> beam.PCol
         side["stats"] = beam.pvalue.AsSingleton(graph.stats)
     if graph.mismatches is not None:
         side["mismatches"] = beam.pvalue.AsSingleton(graph.mismatches)
-    return (pipeline | "Finalize once" >> beam.Create([None])
-            | "Finalize" >> beam.Map(finalize, plan, **side))
+    return pipeline | "Finalize once" >> beam.Create([None]) | "Finalize" >> beam.Map(finalize, plan, **side)
 
 
 def job_counters(counted: tuple[str, ...], counts: dict[str, int]) -> dict[str, int]:
