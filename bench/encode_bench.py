@@ -85,6 +85,18 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def editable_map() -> tuple[str, str]:
+    """(module of this venv's editable-install finder, this checkout's root): what running another checkout remaps.
+
+    The finder's ``MAPPING`` points each ``seqcodec`` package at this checkout; replacing the root
+    in it before anything of ours is imported runs another checkout's code in this venv.
+    """
+    import glob
+    import sysconfig
+
+    return Path(glob.glob(f"{sysconfig.get_paths()['purelib']}/__editable___seqcodec_*_finder.py")[0]).stem, str(REPO)
+
+
 def seqcodec_cmd() -> list[str]:
     """The ``seqcodec`` console script of the running venv (fallback: the module)."""
     script = Path(sys.executable).parent / "seqcodec"

@@ -14,13 +14,12 @@ DIR REV``), as ``perf_bench --before-tree`` does. A measuring tool: the timers a
 from __future__ import annotations
 
 import functools
-import glob
 import importlib
 import sys
-import sysconfig
 import time
-from pathlib import Path
 from typing import Any
+
+from bench.encode_bench import editable_map
 
 
 def wrap(owner: Any, name: str, events: list[tuple[float, str]], label: str) -> None:
@@ -39,10 +38,9 @@ def wrap(owner: Any, name: str, events: list[tuple[float, str]], label: str) -> 
 
 
 def use_tree(tree: str) -> None:
-    """Import our packages from ``tree`` from now on: point the venv's editable-install map at it."""
-    finder = importlib.import_module(
-        Path(glob.glob(f"{sysconfig.get_paths()['purelib']}/__editable___seqcodec_*_finder.py")[0]).stem)
-    root = str(Path(__file__).resolve().parent.parent)
+    """Import our packages from ``tree`` from now on (as ``perf_bench.tree_cmd`` does in a child process)."""
+    name, root = editable_map()
+    finder = importlib.import_module(name)
     finder.MAPPING.update({k: v.replace(root, tree, 1) for k, v in finder.MAPPING.items()})
 
 

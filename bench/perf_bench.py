@@ -38,7 +38,17 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from bench.encode_bench import DEFAULT_MODEL, git_commit, loadavg, log, median, run_child, seqcodec_cmd, snapshot_model
+from bench.encode_bench import (
+    DEFAULT_MODEL,
+    editable_map,
+    git_commit,
+    loadavg,
+    log,
+    median,
+    run_child,
+    seqcodec_cmd,
+    snapshot_model,
+)
 from bench.make_rows import make_rows
 
 
@@ -148,11 +158,7 @@ def tree_cmd(tree: str) -> list[str]:
     The venv's editable install maps the ``seqcodec`` packages to this checkout; the child points
     that map at ``tree`` before it imports anything of ours.
     """
-    import glob
-    import sysconfig
-
-    finder = Path(glob.glob(f"{sysconfig.get_paths()['purelib']}/__editable___seqcodec_*_finder.py")[0]).stem
-    root = str(Path(__file__).resolve().parent.parent)
+    finder, root = editable_map()
     code = (f"import sys, {finder} as f; f.MAPPING.update({{k: v.replace({root!r}, {tree!r}, 1) "
             "for k, v in f.MAPPING.items()}); from seqcodec.pipeline.cli import main; sys.exit(main())")
     return [sys.executable, "-c", code]
