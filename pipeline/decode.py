@@ -11,7 +11,6 @@ import logging
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab
@@ -23,10 +22,10 @@ from seqcodec.pipeline.options import (
     single_worker,
     use_filesystem_options,
 )
-from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_counts
 from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
+from seqcodec.transforms.partition import Partition, partition_path, shard_prefix
 from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes
 
@@ -54,7 +53,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
     stage = add_decode_stage(valid, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
                              job.batching, job.num_shards, total_rows=job.progress_total, vocab=job.vocab)
     errors_written = rejected | "Write errors" >> WriteTables(
-        FileSystems.join(job.staging, "errors", "part"), code_error_schema(job.inputs.id_type), 1
+        shard_prefix(job.staging, "errors"), code_error_schema(job.inputs.id_type), 1
     )
     counted = {"read": tables, "rejected": rejected, "decoded": stage.decoded}
     return Graph([stage.written, errors_written], row_counts(pipeline, counted), tuple(counted), stage.stats)
@@ -86,7 +85,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     vocab = job_vocab(args, manifest)
     inputs = inspect_codes(args.input, args.id_column, args.code_column, manifest, args.model_dir)
     partition = Partition(partition_path(args.output, args.run_date))
-    partition.check()
+    partition.check("decode", inputs.paths)
     pipeline = pipeline or make_pipeline(beam_args)
     log.info("decoding %d codes from %d file(s) with model %s (code size %d) into %s",
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)

@@ -25,6 +25,7 @@ from seqcodec.model.manifest import Manifest
 from seqcodec.transforms.formats import decoded_schema
 from seqcodec.transforms.inference import DecodeTables
 from seqcodec.transforms.parquet_io import WriteTables
+from seqcodec.transforms.partition import shard_prefix
 from seqcodec.transforms.roundtrip import (
     KeepExamples,
     LengthStats,
@@ -79,7 +80,7 @@ def add_decode_stage(
     written = (
         decoded
         | "Decoded columns" >> beam.Map(decoded_columns, vocab).with_output_types(pa.Table)
-        | "Write decoded" >> WriteTables(FileSystems.join(staging, "decoded", "part"), schema, num_shards)
+        | "Write decoded" >> WriteTables(shard_prefix(staging, "decoded"), schema, num_shards)
     )
     stats = (
         decoded

@@ -9,7 +9,6 @@ import time
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab, training_facts
@@ -21,10 +20,10 @@ from seqcodec.pipeline.options import (
     single_worker,
     use_filesystem_options,
 )
-from seqcodec.pipeline.outputs import Partition, partition_path
 from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_counts
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
+from seqcodec.transforms.partition import Partition, partition_path, shard_prefix
 from seqcodec.transforms.sequences import EncodeSequences
 from seqcodec.transforms.validate import TOO_LONG_CHOICES
 
@@ -67,14 +66,14 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     else:
         codes = encoded.main
     codes_written = codes | "Write codes" >> WriteTables(
-        FileSystems.join(job.staging, "codes", "part"),
+        shard_prefix(job.staging, "codes"),
         code_schema(job.inputs.id_type, m.code_size, job.model_facts(), job.code_dtype), job.num_shards,
         # Floats that never repeat and are never filtered on: a dictionary would only be built and
         # dropped, and min/max statistics computed for nothing.
         plain_columns=["code"],
     )
     errors_written = encoded.errors | "Write errors" >> WriteTables(
-        FileSystems.join(job.staging, "errors", "part"), error_schema(job.inputs.id_type), 1
+        shard_prefix(job.staging, "errors"), error_schema(job.inputs.id_type), 1
     )
     counted = {"read": tables, "rejected": encoded.errors, "encoded": codes}
     if not job.decode:
@@ -125,7 +124,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     vocab = job_vocab(args, manifest)
     check_code_dtype(args.code_dtype, manifest.max_length)
     partition = Partition(partition_path(args.output, args.run_date))
-    partition.check()
+    partition.check("encode", inputs.paths)
     pipeline = pipeline or make_pipeline(beam_args)
     log.info("encoding %d rows from %d file(s) with model %s (code size %d) into %s",
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)

@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
 from seqcodec.model.data import first_line
 from seqcodec.pipeline.errors import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, UsageError, check_positive
+from seqcodec.transforms.partition import GRACE_SECONDS, check_run_date
 
 DIRECT_RUNNERS = (None, "DirectRunner", "direct")
 DEFAULT_MAX_ERROR_RATE = 0.05
@@ -62,6 +63,9 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-error-rate", type=float, metavar="F", default=DEFAULT_MAX_ERROR_RATE,
                         help="publish nothing (exit 3) if more than this fraction of the rows is rejected "
                              f"(default {DEFAULT_MAX_ERROR_RATE:g}; 1 turns the gate off)")
+    parser.add_argument("--grace-seconds", type=float, metavar="S", default=GRACE_SECONDS,
+                        help="how long the run a commit replaces stays readable for readers midway through it; "
+                             "later commits into OUTPUT delete it after that (default: %(default)g)")
     parser.add_argument("--no-wait", dest="wait", action="store_false",
                         help="submit the job, print its id where the runner has one, and exit 0; the job "
                              "publishes by itself (with the DirectRunner the job runs in this process anyway)")
@@ -69,11 +73,11 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_run_options(args: argparse.Namespace) -> None:
-    """ValueError (one line, exit 2) for a bad --run-date or --max-error-rate, before anything runs."""
-    from seqcodec.pipeline.outputs import check_run_date
-
+    """ValueError (one line, exit 2) for a bad --run-date, --grace-seconds or --max-error-rate, before anything runs."""
     if args.run_date is not None:
         check_run_date(args.run_date)
+    if args.grace_seconds < 0:
+        raise ValueError(f"--grace-seconds must be >= 0, got {args.grace_seconds:g}")
     if not 0.0 <= args.max_error_rate <= 1.0:
         raise ValueError(f"--max-error-rate must be a fraction between 0 and 1, got {args.max_error_rate}")
 

@@ -23,7 +23,7 @@ from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
 from seqcodec.pipeline.errors import ArgumentParser, exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import use_filesystem_options
-from seqcodec.transforms.parquet_io import SUCCESS, matching_paths, published_only
+from seqcodec.transforms.partition import SUCCESS, SUMMARY, committed_run_dir, matching_paths
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
 
 log = logging.getLogger("seqcodec")
@@ -38,17 +38,26 @@ def _read_text(path: str) -> str:
         return handle.read().decode()
 
 
-def read_summary(run_dir: str) -> dict[str, Any]:
-    """DIR/summary.json; InputDataError (one line) if the directory is not a finished run.
+def run_files(run_dir: str) -> str:
+    """Where a run's files are: a committed partition's run directory, or a (hidden) run directory itself.
 
-    On an object store a partition without ``_SUCCESS`` is refused: its publish is in progress or
-    failed, and its summary may be another run's than its files (a failed run's hidden staging
-    directory is read as it is).
+    InputDataError (one line) for a partition without ``_SUCCESS``: its run is still running or
+    failed, or the folder is a half copy; its files cannot be trusted.
     """
-    if (FileSystems.get_scheme(run_dir) is not None and not FileSystems.split(run_dir.rstrip("/"))[1].startswith(".")
-            and not FileSystems.exists(FileSystems.join(run_dir, SUCCESS))):
-        raise InputDataError(f"{run_dir}: not published (no {SUCCESS}); its run is still publishing or failed")
-    path = FileSystems.join(run_dir, "summary.json")
+    run_dir = run_dir.rstrip("/")
+    committed = committed_run_dir(run_dir)
+    if committed is not None:
+        return committed
+    if FileSystems.split(run_dir)[1].startswith("."):  # a run's own directory, read as it is for inspection
+        return run_dir
+    if not FileSystems.exists(FileSystems.join(run_dir, SUMMARY)):
+        raise InputDataError(f"{run_dir}: no readable summary.json (not a finished seqcodec run)")
+    raise InputDataError(f"{run_dir}: not published (no {SUCCESS}); its run is still running or failed")
+
+
+def read_summary(run_dir: str) -> dict[str, Any]:
+    """The summary.json of a run's files (``run_files``); InputDataError (one line) if it is not a finished run."""
+    path = FileSystems.join(run_dir, SUMMARY)
     try:
         text = _read_text(path)
     except Exception:  # FileSystems raises its own types per scheme
@@ -86,8 +95,7 @@ def lengths_from_codes(run_dir: str) -> list[dict[str, Any]] | None:
     import pyarrow.parquet as pq
 
     parts = []
-    paths = matching_paths(FileSystems.join(run_dir, "codes", "*.parquet"))
-    for path in published_only(paths) if paths else []:
+    for path in matching_paths(FileSystems.join(run_dir, "codes", "*.parquet")):
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             parts.append(pq.read_table(handle, columns=["length"]).column("length").to_numpy().astype(np.int64))
     lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -388,11 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
-    summary = read_summary(args.run_dir)
+    files = run_files(args.run_dir)
+    summary = read_summary(files)
     history = read_history(summary.get("model_dir"))
-    rows = length_rows(summary, args.run_dir)
+    rows = length_rows(summary, files)
     vocab = read_vocab(args.vocab, 0) if args.vocab else None
-    examples = read_examples(args.run_dir, vocab, args.vocab)
+    examples = read_examples(files, vocab, args.vocab)
     png = render_png(summary, history, rows, args.run_dir)
     out = args.out or args.run_dir
     png_path, html_path = FileSystems.join(out, PNG_NAME), FileSystems.join(out, HTML_NAME)

@@ -18,6 +18,8 @@ import time
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineState
@@ -25,10 +27,11 @@ from apache_beam.runners.runner import PipelineState
 from seqcodec.model.config import Batching
 from seqcodec.model.data import first_line
 from seqcodec.model.manifest import Manifest
-from seqcodec.pipeline.decode_stage import decode_report, log_roundtrip
+from seqcodec.pipeline.decode_stage import MISMATCHES, decode_report, log_roundtrip
 from seqcodec.pipeline.errors import EXIT_PIPELINE_FAILED, EXIT_TOO_MANY_REJECTS, PipelineFailed, TooManyRejects
-from seqcodec.pipeline.options import runner_name
-from seqcodec.pipeline.outputs import SUCCESS, SUMMARY, Partition, reason_counts, staged_files, staged_rows
+from seqcodec.pipeline.options import DIRECT_RUNNERS, runner_name
+from seqcodec.transforms.parquet_io import read_schema
+from seqcodec.transforms.partition import GRACE_SECONDS, SUCCESS, SUMMARY, Partition, PartitionBusy
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 log = logging.getLogger("seqcodec")
@@ -105,6 +108,11 @@ class Plan:
     counted: tuple[str, ...]  # the names of the graph's row counts (Graph.counted)
     roundtrip: str | None = None  # None, "lengths" (decode job) or "compare" (encode --decode)
     expected_folder: str | None = None  # with "compare": the decoded rows must match this folder's
+    grace_seconds: float = GRACE_SECONDS
+
+    @property
+    def job(self) -> str:
+        return "encode" if self.folder == "codes" else "decode"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,54 +157,67 @@ def job_counters(counted: tuple[str, ...], counts: dict[str, int]) -> dict[str, 
 
 def finalize(_: None, plan: Plan, written: list[str], counts: dict[str, int], stats: Any = None,
              mismatches: int | None = None) -> dict[str, Any]:
-    """Account for every row, write summary.json, apply the gate, publish: the run's summary.
+    """Account for every row, record the decision, commit if it says so: the run's summary.
 
-    Safe to retry (a runner may run this bundle again after a failure or a lost worker):
-    * the decision is made once: the first attempt writes it into staging's summary.json before
-      publishing, and a later attempt takes it from there instead of counting again (a cut-short
-      object-store publish has already moved some staged files away, so a recount would be wrong);
-    * publishing is idempotent per run id (``Partition.publish``): ``_SUCCESS`` names the run that
-      wrote it, so an attempt finding its own run id there does nothing, and one finding a
-      half-done publish completes it; a published partition of this run is never touched again.
+    Safe to run more than once, even at the same time (a runner may retry this bundle, or run it
+    twice): the decision is written once into the run's own directory, which nothing ever moves,
+    and a later attempt takes it from there instead of counting again; the commit itself is one
+    atomic step that leaves the same partition however often it runs (``Partition.commit``).
     A gate that fails is not an error of the stage (retrying cannot change the counts): the
-    reason goes into staging's summary.json and the stage ends normally, publishing nothing.
+    reason goes into the run's summary.json and the stage ends normally, committing nothing.
     """
     partition = plan.partition
-    if partition.committed_by() == partition.run_id:
-        summary = read_json(FileSystems.join(partition.path, SUMMARY))
-        partition.publish(summary["files"])  # already committed: only tidies a cut-short attempt's staging
-        return summary
-    summary = read_json(partition.staged(SUMMARY), missing_ok=True)
-    if summary is None or summary.get("run_id") != partition.run_id:
+    summary = partition.decision()
+    if summary is None:
         summary = account(plan, written, job_counters(plan.counted, counts), stats, mismatches)
-        partition.write_json(SUMMARY, summary)
+        partition.write_decision(summary)
     if summary["status"] != "published":
         log.error("not published: %s (summary in %s)", summary["reason"], partition.staged(SUMMARY))
+        partition.release_lease()
         return summary
-    partition.publish(summary["files"])
-    log.info("published %s (run %s)", partition.path, partition.run_id)
+    try:
+        previous = partition.commit(summary["files"], plan.job, summary[f"rows_{plan.done_label}"])
+    except PartitionBusy as exc:
+        log.error("not published: %s", exc)
+        return {**summary, "status": "not published", "reason": str(exc), "exit_code": EXIT_PIPELINE_FAILED}
+    if previous is not None:
+        log.info("published %s (run %s, %s rows %s), replacing run %s%s", partition.path, partition.run_id,
+                 f"{summary[f'rows_{plan.done_label}']:,}", plan.done_label, previous.run_id or "(unnamed)",
+                 f" ({previous.rows:,} rows)" if previous.rows >= 0 else "")
+    partition.clean_up(plan.grace_seconds)
     return summary
+
+
+def written_rows(written: list[str], folder: str) -> int:
+    """Rows in the shards of ``folder`` that the writes returned, from their footers."""
+    return sum(read_schema(path)[1] for path in in_folder(written, folder))
+
+
+def in_folder(written: list[str], folder: str) -> list[str]:
+    return sorted(p for p in written if FileSystems.split(FileSystems.split(p)[0])[1] == folder)
 
 
 def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
             mismatches: int | None) -> dict[str, Any]:
-    """The run's summary from what staging holds, with the outcome: ``status`` "published" or why not."""
+    """The run's summary from the files its writes returned, with the outcome: ``status`` "published" or why not."""
     partition = plan.partition
-    done = staged_rows(partition, plan.folder)
-    rejected = staged_rows(partition, "errors")
+    done = written_rows(written, plan.folder)
+    rejected = written_rows(written, "errors")
     elapsed = time.time() - plan.started
     summary: dict[str, Any] = {
         "status": "published",
         "reason": None,
+        "job": plan.job,
         "rows_read": plan.rows_read,
         f"rows_{plan.done_label}": done,
         "rows_rejected": rejected,
-        "rejected_by_reason": reason_counts(partition.staged("errors", "*.parquet")),
+        "rejected_by_reason": reason_counts(in_folder(written, "errors")),
         "elapsed_seconds": round(elapsed, 2),
         "sequences_per_second": round(plan.rows_read / elapsed, 1) if elapsed > 0 else None,
         "runner": plan.runner,
         "run_id": partition.run_id,
         "partition": partition.path,
+        "run_dir": partition.staging,
         "max_error_rate": plan.max_error_rate,
         **plan.facts,
     }
@@ -207,18 +228,17 @@ def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
             f"{plan.done_label} {done} + rejected {rejected}"
         )
     if plan.roundtrip is not None:
-        expected = staged_rows(partition, plan.expected_folder) if plan.expected_folder else done
-        fields, problem = decode_report(stats, plan.roundtrip == "compare", staged_rows(partition, "decoded"),
+        expected = written_rows(written, plan.expected_folder) if plan.expected_folder else done
+        fields, problem = decode_report(stats, plan.roundtrip == "compare", written_rows(written, "decoded"),
                                         expected, mismatches)
         summary.update(fields)
         problems += [problem] if problem else []
     summary["counters"] = {f"rows_{name}": n for name, n in sorted(counts.items())}
-    summary["files"] = sorted({*staged_files(partition), SUMMARY} - {SUCCESS})
+    relative = [p[len(partition.staging):].lstrip("/") for p in written if p.startswith(partition.staging)]
+    extra = ["/".join(MISMATCHES)] if mismatches is not None else []
+    summary["files"] = sorted({*relative, *extra, SUMMARY})
     summary["shards_written"] = len(written)
     rate = rejected / plan.rows_read if plan.rows_read else 0.0
-    if rejected:
-        log.warning("%d of %d rows rejected (%.2f%%) %s; they are in %s", rejected, plan.rows_read, 100 * rate,
-                    summary["rejected_by_reason"], FileSystems.join(partition.path, "errors"))
     if problems:
         summary.update(status="not published", reason="; ".join(problems), exit_code=EXIT_PIPELINE_FAILED)
     elif rate > plan.max_error_rate:
@@ -227,65 +247,89 @@ def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
             reason=f"{rejected} of {plan.rows_read} rows rejected ({rate:.2%}), more than --max-error-rate "
                    f"{plan.max_error_rate:g} allows",
         )
+    if rejected:
+        log.warning("%d of %d rows rejected (%.2f%%) %s; they are in %s", rejected, plan.rows_read, 100 * rate,
+                    summary["rejected_by_reason"], errors_folder(partition, summary["status"] == "published"))
     return summary
 
 
-def read_json(path: str, missing_ok: bool = False) -> dict[str, Any] | None:
-    """A JSON document on any Beam filesystem (None if it is missing and ``missing_ok``)."""
-    try:
+def errors_folder(partition: Partition, published: bool) -> str:
+    """Where a run's rejected rows are: the partition's errors/ once published locally, else its run directory's."""
+    if published and partition.local:
+        return FileSystems.join(partition.path, "errors")
+    return partition.staged("errors")
+
+
+def reason_counts(paths: list[str]) -> dict[str, int]:
+    """Rejected rows by reason, from the error shards' ``reason`` column alone."""
+    counts: dict[str, int] = {}
+    for path in paths:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            return json.loads(handle.read())
-    except Exception:
-        if missing_ok and not FileSystems.exists(path):
-            return None
-        raise
+            reasons = pq.read_table(handle, columns=["reason"]).column("reason").to_numpy(zero_copy_only=False)
+        for name, count in zip(*np.unique(reasons.astype(str), return_counts=True), strict=True):
+            counts[str(name)] = counts.get(str(name), 0) + int(count)
+    return dict(sorted(counts.items()))
 
 
 # -- the launcher -------------------------------------------------------------------------------------
 
 
 def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
-    """Submit the built pipeline; by default wait for it and map its outcome to an exit code (0, 3 or 4).
+    """Take the partition's lease, submit the pipeline; by default wait for it and map its outcome to 0, 3 or 4.
 
-    Without ``wait`` return 0 once the runner has the job: the job publishes its partition
-    itself, and its outcome is in summary.json / _SUCCESS, or in staging's summary.json.
-    Raises PipelineFailed (exit 4) or TooManyRejects (exit 3), naming the staging directory.
+    Without ``wait`` return 0 once the runner has the job: the job commits its partition itself,
+    and its outcome is in _SUCCESS and summary.json, or in its run directory's summary.json. On
+    the in-process DirectRunner the job has ended by then anyway, so its outcome is reported.
+    Raises PartitionBusy (exit 75) when another live run holds the partition, PipelineFailed
+    (exit 4) or TooManyRejects (exit 3), naming the run directory.
     """
     partition = plan.partition
+    in_process = plan.runner in DIRECT_RUNNERS
+    partition.take_lease(pid_bound=wait or in_process)
     try:
         result = pipeline.run()
-        if wait:
+        if wait or in_process:
             state = result.wait_until_finish()
     except ImportError as exc:  # the runner is not installed (e.g. DataflowRunner without apache-beam[gcp])
-        if plan.runner in ("DirectRunner", "direct"):
+        partition.release_lease()
+        if in_process:
             raise PipelineFailed(f"the pipeline failed, nothing was published ({first_line(exc)})") from exc
         raise ValueError(f"--runner {plan.runner}: {first_line(exc)}; nothing ran") from None
     except Exception as exc:
+        if wait or in_process:
+            partition.release_lease()
         raise PipelineFailed(
-            f"the pipeline failed, nothing was published ({first_line(exc)}); staging kept at {partition.staging}"
+            f"the pipeline failed, nothing was published ({first_line(exc)}); its files are in {partition.staging}"
         ) from exc
-    if not wait:
+    except BaseException:  # interrupted: this run will not commit
+        if wait or in_process:
+            partition.release_lease()
+        raise
+    if not wait and not in_process:
         job_id = job_id_of(result)
         log.info("submitted%s; the job publishes %s itself (%s written last); if it does not, the reason is in %s",
                  f" job {job_id}" if job_id else "", partition.path, SUCCESS, partition.staged(SUMMARY))
         if job_id:
             print(job_id)
         return 0
+    if not wait:
+        log.info("--no-wait: the DirectRunner ran the job in this process; its outcome follows")
+    partition.release_lease()  # a run that ended without committing gives the partition up
     if state not in (PipelineState.DONE, None):
-        raise PipelineFailed(f"the pipeline ended {state}, nothing was published; staging kept at {partition.staging}")
+        raise PipelineFailed(f"the pipeline ended {state}, nothing was published; its files are in {partition.staging}")
     summary = outcome(partition)
     if summary["status"] != "published":
         error = TooManyRejects if summary.get("exit_code") == EXIT_TOO_MANY_REJECTS else PipelineFailed
         where = (f"rejected rows are in {partition.staged('errors')} " if error is TooManyRejects else "")
         raise error(f"{summary['reason']}; nothing was published; {where}(summary in {partition.staged(SUMMARY)})")
-    if summary["rows_rejected"] and plan.runner != "DirectRunner":  # the DirectRunner's finalize logged it here
+    if summary["rows_rejected"] and not in_process:  # the in-process finalize logged it here
         log.warning("%d of %d rows rejected %s; they are in %s", summary["rows_rejected"], summary["rows_read"],
-                    summary["rejected_by_reason"], FileSystems.join(partition.path, "errors"))
+                    summary["rejected_by_reason"], errors_folder(partition, True))
     log.info(
-        "done: %d rows read, %d %s, %d rejected %s in %.1fs (%.0f sequences/s); published %s",
+        "done: %d rows read, %d %s, %d rejected %s in %.1fs (%.0f sequences/s); published %s%s",
         summary["rows_read"], summary[f"rows_{plan.done_label}"], plan.done_label, summary["rows_rejected"],
         summary["rejected_by_reason"] or "", summary["elapsed_seconds"], summary["sequences_per_second"] or 0,
-        partition.path,
+        partition.path, replaced(partition),
     )
     log_roundtrip(summary)
     counted = counters(result)
@@ -295,18 +339,30 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
     return 0
 
 
+def replaced(partition: Partition) -> str:
+    """", replacing run X (N rows)" when this run's commit replaced another run, else ""."""
+    current = partition.committed()
+    if current is None or current.run_id != partition.run_id or not current.superseded:
+        return ""
+    rows = f" ({current.replaced_rows:,} rows)" if current.replaced_rows >= 0 else ""
+    return f", replacing run {current.superseded[-1][0] or '(unnamed)'}{rows}"
+
+
 def outcome(partition: Partition) -> dict[str, Any]:
-    """The finished run's summary: the published one if _SUCCESS names this run, else staging's."""
-    if partition.committed_by() == partition.run_id:
-        return read_json(FileSystems.join(partition.path, SUMMARY))
-    summary = read_json(partition.staged(SUMMARY), missing_ok=True)
+    """The finished run's summary: the committed one if _SUCCESS names this run, else its own directory's."""
+    current = partition.committed()
+    summary = partition.decision()
+    if current is not None and current.run_id == partition.run_id and summary is not None:
+        return summary
     if summary is None:
-        raise PipelineFailed(f"the job ended without a summary, nothing was published; staging: {partition.staging}")
+        raise PipelineFailed(f"the job ended without a summary, nothing was published; its files are in "
+                             f"{partition.staging}")
     if summary["status"] == "published":  # decided to publish, but _SUCCESS does not name this run
-        raise PipelineFailed(
-            f"publishing {partition.path} failed; a reader must not trust it without {SUCCESS}; "
-            f"staging kept at {partition.staging}"
-        )
+        holder = partition.lease()
+        why = f"another run took the partition over: {holder.describe()}" if holder else "the commit did not happen"
+        if current is not None and current.committed_at > partition.started():
+            why = f"run {current.run_id} committed it meanwhile"
+        raise PipelineFailed(f"publishing {partition.path} failed ({why}); its files are in {partition.staging}")
     return summary
 
 
@@ -338,4 +394,4 @@ def make_plan(args: argparse.Namespace, pipeline: beam.Pipeline, partition: Part
     """The finalize plan from the shared options (the runner's name read before run(), which may clear it)."""
     return Plan(partition=partition, rows_read=rows_read, folder=folder, done_label=done_label,
                 max_error_rate=args.max_error_rate, started=started, runner=runner_name(pipeline.options),
-                facts=facts, **kw)
+                facts=facts, grace_seconds=args.grace_seconds, **kw)

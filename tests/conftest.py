@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import contextlib  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -65,6 +66,16 @@ def token_file(path: Path, n: int, bad_every: int = 0, seed: int = 0, row_group_
         seqs[i] = [99]
     write_tokens_parquet(path, list(range(n)), seqs, row_group_size=row_group_size)
     return path, sorted(set(range(n)) - set(bad)), bad
+
+
+def committed_run(partition: Path) -> str:
+    """The run id that a partition's commit record (``_SUCCESS``) names."""
+    return json.loads((partition / "_SUCCESS").read_text())["run_id"]
+
+
+def visible(folder: Path) -> list[str]:
+    """The names in ``folder`` that readers see (hidden run directories and the lease left out)."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
 
 
 def random_sequences(n: int, vocab: int, max_len: int, seed: int) -> list[np.ndarray]:

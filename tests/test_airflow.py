@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, write_tokens_parquet
 
-from seqcodec.pipeline.outputs import SUCCESS
+from seqcodec.transforms.partition import SUCCESS
 
 ROOT = Path(__file__).resolve().parent.parent
 DATE = "2026-11-26"

@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from conftest import write_tokens_parquet
 
 from seqcodec.pipeline.encode import parser
-from seqcodec.pipeline.outputs import SUCCESS
+from seqcodec.transforms.partition import SUCCESS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -5,6 +5,7 @@ process is the point (`python -m seqcodec.pipeline.encode`).
 """
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -75,7 +76,7 @@ def mixed_run(mixed_file, tiny_model_dir, tmp_path_factory):
 
 def test_mixed_run_layout_and_summary(mixed_run, tiny_model_dir):
     assert published(mixed_run) == {"codes", "errors", "summary.json", "_SUCCESS"}
-    assert [p.name for p in mixed_run.parent.iterdir()] == ["out"], "no staging or old directory left behind"
+    assert sorted(p.name for p in mixed_run.parent.iterdir()) == [os.readlink(mixed_run), "out"], "only its run"
     s = summary(mixed_run)
     manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
     assert s["rows_read"] == len(ROWS)
@@ -131,24 +132,26 @@ def test_mixed_run_code_rows(mixed_run, tiny_model_dir, loaded_codec):
 
 def test_published_partition_is_replaced_cleanly(mixed_file, tiny_model_dir, tmp_path, loaded_codec):
     out = tmp_path / "rerun"
-    code, _, err = run_seqcodec(encode_args(mixed_file, out, tiny_model_dir, "--num-shards", 3))
+    code, _, err = run_seqcodec(encode_args(mixed_file, out, tiny_model_dir, "--num-shards", 3, "--grace-seconds", 0))
     assert code == 0, err
-    assert [p.name for p in shards(out / "codes")] == [f"part-0000{i}-of-00003.parquet" for i in range(3)]
+    run_id = summary(out)["run_id"]
+    assert [p.name for p in shards(out / "codes")] == [f"part-{run_id}-0000{i}-of-00003.parquet" for i in range(3)]
     assert read_folder(out / "codes").num_rows == len(VALID)
     first_run = summary(out)["run_id"]
 
     small = write_table(tmp_path / "small.parquet", [500, 501, 502], [[1, 2], [VOCAB], [3]])
-    code, _, err = run_seqcodec(encode_args(small, out, tiny_model_dir, "--num-shards", 1))
+    code, _, err = run_seqcodec(encode_args(small, out, tiny_model_dir, "--num-shards", 1, "--grace-seconds", 0))
     assert code == 0, err
     assert published(out) == {"codes", "errors", "summary.json", "_SUCCESS"}
-    assert [p.name for p in shards(out / "codes")] == ["part-00000-of-00001.parquet"], "old shards left over"
+    run_id = summary(out)["run_id"]
+    assert [p.name for p in shards(out / "codes")] == [f"part-{run_id}-00000-of-00001.parquet"], "old shards"
     ids, _, codes = codes_by_id(out)
     assert ids == [500, 502]
     assert np.abs(codes - loaded_codec.encode([[1, 2], [3]])).max() <= ATOL
     assert [r[:2] for r in error_rows(out)] == [(501, "token_out_of_range")]
     s = summary(out)
     assert (s["rows_read"], s["rows_encoded"], s["rows_rejected"]) == (3, 2, 1) and s["run_id"] != first_run
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rerun", "small.parquet"], "hidden leftovers"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [os.readlink(out), "rerun", "small.parquet"], "leftovers"
 
 
 # -- options and id types ----------------------------------------------------------------------------

@@ -14,13 +14,13 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from conftest import token_file
+from conftest import committed_run, token_file, visible
 
 from seqcodec.pipeline import encode
 from seqcodec.pipeline.errors import TooManyRejects
 from seqcodec.pipeline.options import direct_runner
-from seqcodec.pipeline.outputs import SUCCESS, SUMMARY
 from seqcodec.pipeline.run import finalize
+from seqcodec.transforms.partition import SUCCESS, SUMMARY
 
 DATE = "2026-11-26"
 
@@ -74,7 +74,7 @@ def test_graph_on_a_test_pipeline_finalizes_once_after_the_writes(tiny_model_dir
             "published", None, 100, len(valid), len(bad))
         assert s["counters"] == {"rows_read": 100, "rows_valid": len(valid), "rows_encoded": len(valid)}
         # it ran after every write: the partition it names is complete and committed by this run
-        assert (part / SUCCESS).read_text() == s["run_id"] == built.plan.partition.run_id
+        assert committed_run(part) == s["run_id"] == built.plan.partition.run_id
         assert sorted(s["files"]) == sorted(str(p.relative_to(part)) for p in part.rglob("*.*") if p.is_file())
 
     assert_that(built.summary, published_once, label="summary")
@@ -82,7 +82,8 @@ def test_graph_on_a_test_pipeline_finalizes_once_after_the_writes(tiny_model_dir
                 label="row counts")
     assert built.launch() == 0
     assert json.loads((part / SUMMARY).read_text())["run_id"] == built.plan.partition.run_id
-    assert sorted(os.listdir(out)) == [f"dt={DATE}"]
+    assert visible(out) == [f"dt={DATE}"]
+    assert os.readlink(part) == f".dt={DATE}.run-{built.plan.partition.run_id}"  # no lease or other run left
 
 
 def test_run_takes_an_injected_pipeline(tiny_model_dir, data, tmp_path):
@@ -202,21 +203,22 @@ def test_failed_runs_never_rename_or_delete_a_users_path(seqcodec, tiny_model_di
         code, _, err = seqcodec(["encode", *argv])
         assert code == want, err
     after = tree(tmp_path)
-    ours = {k for k in after if k.startswith(f"codes/.dt={DATE}.staging-") or k.startswith("model")}
+    ours = {k for k in after if (k not in before and k.startswith(f"codes/.dt={DATE}.run-")) or k.startswith("model")}
     assert {k: v for k, v in after.items() if k not in ours} == {k: v for k, v in before.items() if k != "model"}
 
 
-def test_no_wait_on_the_direct_runner_returns_0_and_the_outcome_is_in_the_files(seqcodec, tiny_model_dir, data,
+def test_no_wait_on_the_direct_runner_reports_the_outcome_it_already_knows(seqcodec, tiny_model_dir, data,
                                                                                  tmp_path):
     """The DirectRunner runs the job in the launching process, so --no-wait returns when it has ended."""
     code, _, err = seqcodec(["encode", *encode_argv(tiny_model_dir, data["clean"][0], tmp_path / "ok", "--no-wait")])
     assert code == 0, err
-    assert (tmp_path / "ok" / SUCCESS).read_text() == json.loads((tmp_path / "ok" / SUMMARY).read_text())["run_id"]
+    assert committed_run(tmp_path / "ok") == json.loads((tmp_path / "ok" / SUMMARY).read_text())["run_id"]
 
     code, _, err = seqcodec(["encode", *encode_argv(tiny_model_dir, data["dirty"][0], tmp_path / "bad", "--no-wait")])
-    assert code == 0, err  # submitted; the job decided not to publish, and says why
+    assert code == 3, err  # the job has ended here: its outcome is known, and is the exit code
+    assert "its outcome follows" in err and "submitted" not in err
     assert not (tmp_path / "bad").exists()
-    (staged,) = tmp_path.glob(".bad.staging-*/summary.json")
+    (staged,) = tmp_path.glob(".bad.run-*/summary.json")
     s = json.loads(staged.read_text())
     assert (s["status"], s["exit_code"]) == ("not published", 3) and "more than --max-error-rate 0.05" in s["reason"]
 

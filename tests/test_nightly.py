@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import token_file
+from conftest import token_file, visible
 
-from seqcodec.pipeline.outputs import SUCCESS, SUMMARY, Partition
+from seqcodec.transforms.partition import SUCCESS, SUMMARY
 
 DATE = "2026-11-26"
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,9 @@ def data(tmp_path_factory):
 
 
 def encode(seqcodec, model_dir, input_path, output, *extra):
-    return seqcodec(["encode", "--input", input_path, "--output", output, "--model-dir", model_dir, *extra])
+    """The encode command; replaced runs are deleted at once (``--grace-seconds 0``) unless ``extra`` says otherwise."""
+    grace = [] if "--grace-seconds" in map(str, extra) else ["--grace-seconds", "0"]
+    return seqcodec(["encode", "--input", input_path, "--output", output, "--model-dir", model_dir, *grace, *extra])
 
 
 def ids(folder: Path) -> list[int]:
@@ -75,7 +77,7 @@ def test_run_date_layout_one_partition_per_date(seqcodec, tiny_model_dir, data, 
     assert code == 0, err
     assert "published" in err and f"dt={DATE}" in err
     part = out / f"dt={DATE}"
-    assert sorted(os.listdir(out)) == [f"dt={DATE}"]  # no staging or .old- left beside it
+    assert visible(out) == [f"dt={DATE}"] and hidden(out) == [os.readlink(part)]  # the run's own directory
     assert sorted(os.listdir(part)) == [SUCCESS, "codes", "errors", SUMMARY]
     assert ids(part / "codes") == valid and ids(part / "errors") == bad
     summary = json.loads((part / SUMMARY).read_text())
@@ -84,7 +86,7 @@ def test_run_date_layout_one_partition_per_date(seqcodec, tiny_model_dir, data, 
     before = snapshot(part)
     code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", "2026-11-27", "--max-error-rate", "1")
     assert code == 0, err
-    assert sorted(os.listdir(out)) == [f"dt={DATE}", "dt=2026-11-27"]
+    assert visible(out) == [f"dt={DATE}", "dt=2026-11-27"]
     assert snapshot(part) == before  # another date leaves this one alone
 
 
@@ -102,7 +104,7 @@ def test_rerun_replaces_the_partition_completely(seqcodec, tiny_model_dir, data,
         assert ids(part / "codes") == valid  # exactly the input's rows: no duplicates from earlier runs
         assert len(list((part / "codes").glob("*.parquet"))) == n  # and no stale shards of another count
         assert (part / SUCCESS).exists()
-    assert hidden(out if dated else tmp_path) == []
+    assert hidden(out if dated else tmp_path) == [os.readlink(part)]  # replaced runs go (--grace-seconds 0)
 
 
 @pytest.mark.parametrize("value", ["2026-11-31", "2026-13-01", "26-11-2026", "20261126", "yesterday", " 2026-11-26"])
@@ -137,7 +139,7 @@ def test_max_error_rate_exceeded_exit_3_keeps_previous_and_rejects_for_inspectio
     line = one_line(err[err.index("seqcodec: error:"):])  # progress lines come first on stderr
     assert "20 of 200 rows rejected (10.00%)" in line and "--max-error-rate 0.05" in line
     staging = Path(re.search(r"rejected rows are in (\S+)/errors", line).group(1))
-    assert staging.parent == out and staging.name.startswith(f".dt={DATE}.staging-")
+    assert staging.parent == out and staging.name.startswith(f".dt={DATE}.run-")
     assert ids(staging / "errors") == bad  # kept for inspection
     assert json.loads((staging / SUMMARY).read_text())["rows_rejected"] == len(bad)
     assert not (staging / SUCCESS).exists()
@@ -145,7 +147,7 @@ def test_max_error_rate_exceeded_exit_3_keeps_previous_and_rejects_for_inspectio
 
     code, _, err = encode(seqcodec, tiny_model_dir, data["clean"][0], out, "--run-date", DATE)
     assert code == 0, err
-    assert hidden(out) == []  # the next successful publish removed the failed run's staging
+    assert hidden(out) == [os.readlink(part)]  # the next successful publish removed the failed run's directory
 
 
 def test_output_that_is_not_a_partition_is_refused(seqcodec, tiny_model_dir, data, tmp_path):
@@ -154,7 +156,7 @@ def test_output_that_is_not_a_partition_is_refused(seqcodec, tiny_model_dir, dat
     (precious / "notes.txt").write_text("keep me")
     code, _, err = encode(seqcodec, tiny_model_dir, data["clean"][0], precious)
     assert code == 2 and "not a seqcodec partition" in one_line(err[err.index("seqcodec: error:"):])
-    assert os.listdir(precious) == ["notes.txt"] and hidden(tmp_path) == []
+    assert os.listdir(precious) == ["notes.txt"] and hidden(tmp_path) == []  # nothing created, not even a lease
 
     dated = tmp_path / "codes"
     (dated / f"dt={DATE}").mkdir(parents=True)
@@ -183,7 +185,7 @@ def test_killed_run_leaves_the_previous_partition_and_publishes_nothing(seqcodec
         job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 150
-        while "progress:" not in log.read_text() or not hidden(out):
+        while "progress:" not in log.read_text() or len(hidden(out)) < 3:  # the committed run, the lease, its own
             assert job.poll() is None, f"the job ended before it could be killed:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"no progress line in time:\n{log.read_text()}"
             time.sleep(0.1)
@@ -197,101 +199,17 @@ def test_killed_run_leaves_the_previous_partition_and_publishes_nothing(seqcodec
                      log.read_text())
 
     assert snapshot(part) == before  # same files, same bytes
-    leftovers = hidden(out)
-    assert len(leftovers) == 1 and leftovers[0].startswith(f".dt={DATE}.staging-")
-    assert not any(p.name == SUCCESS for p in (out / leftovers[0]).rglob("*"))
-    assert sorted(os.listdir(out)) == [leftovers[0], f"dt={DATE}"]
+    killed = [name for name in hidden(out) if name != os.readlink(part)]
+    assert killed == [f".dt={DATE}.lease", killed[1]] and killed[1].startswith(f".dt={DATE}.run-")
+    assert not any(p.name == SUCCESS for p in (out / killed[1]).rglob("*"))
+    assert visible(out) == [f"dt={DATE}"]
 
+    # Its lease names a process of this host that has ended: the rerun takes it over.
     code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--run-date", DATE, "--num-shards", 2)
     assert code == 0, err
-    assert sorted(os.listdir(out)) == [f"dt={DATE}"]  # the killed run's staging was cleaned up, never published
+    assert "taking over" in err and "it has ended or its lease expired" in err
+    assert hidden(out) == [os.readlink(part)]  # the killed run's directory was cleaned up, never published
     assert ids(part / "codes") == valid
-
-
-# -- the publish protocol on real directories -----------------------------------------------------
-
-
-def stage(partition: Partition, files: dict[str, str]) -> None:
-    partition.check()
-    for name, text in files.items():
-        target = Path(partition.staged(name))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-
-
-@pytest.mark.parametrize("mode", ["exchange", "two-renames", "object-store"])
-def test_publish_replaces_whole_partition(tmp_path, mode):
-    kwargs = {"exchange": {}, "two-renames": {"exchange": False}, "object-store": {"swap_dirs": False}}[mode]
-    path = tmp_path / "codes" / f"dt={DATE}"
-    first = Partition(str(path), **kwargs)
-    stage(first, {"codes/part-0-of-3": "a", "codes/part-1-of-3": "b", "codes/part-2-of-3": "c", "errors/e": "x"})
-    first.publish()
-    assert snapshot(path) == {SUCCESS: first.run_id.encode(), "codes/part-0-of-3": b"a", "codes/part-1-of-3": b"b",
-                              "codes/part-2-of-3": b"c", "errors/e": b"x"}
-    second = Partition(str(path), **kwargs)
-    stage(second, {"codes/part-0-of-1": "new", SUMMARY: "{}"})
-    assert second.publish() is True
-    assert snapshot(path) == {SUCCESS: second.run_id.encode(), "codes/part-0-of-1": b"new", SUMMARY: b"{}"}
-    assert hidden(path.parent) == []
-    # A retried publish of the same run (the runner re-ran the finalize bundle) changes nothing.
-    assert second.publish() is False
-    assert snapshot(path) == {SUCCESS: second.run_id.encode(), "codes/part-0-of-1": b"new", SUMMARY: b"{}"}
-
-
-def test_object_store_publish_cut_short_is_completed_by_a_retry(tmp_path):
-    path = tmp_path / "codes" / f"dt={DATE}"
-    first = Partition(str(path), swap_dirs=False)
-    stage(first, {"codes/old-0-of-1": "old", SUMMARY: "{}"})
-    first.publish()
-    run = Partition(str(path), swap_dirs=False)
-    stage(run, {"codes/part-0-of-2": "a", "codes/part-1-of-2": "b", SUMMARY: '{"new": 1}'})
-    files = ["codes/part-0-of-2", "codes/part-1-of-2", SUMMARY]
-    # The first attempt un-committed the partition and moved one shard, then its worker was lost.
-    (path / SUCCESS).unlink()
-    os.rename(run.staged("codes/part-0-of-2"), path / "codes" / "part-0-of-2")
-    assert run.publish(files) is True  # the retry: what staging still holds, then the stale shard, _SUCCESS last
-    want = {SUCCESS: run.run_id.encode(), "codes/part-0-of-2": b"a", "codes/part-1-of-2": b"b", SUMMARY: b'{"new": 1}'}
-    assert snapshot(path) == want
-    assert hidden(path.parent) == []
-    assert run.publish(files) is False and snapshot(path) == want
-
-
-def test_publish_cut_between_its_two_renames_is_rolled_back(tmp_path):
-    path = tmp_path / "codes" / f"dt={DATE}"
-    first = Partition(str(path))
-    stage(first, {"codes/part": "published"})
-    first.publish()
-    before = snapshot(path)
-
-    # The on-disk state of a two-rename publish killed between its renames: the new run is
-    # complete in staging (with _SUCCESS), the previous partition sits in .old-, NAME is missing.
-    cut = Partition(str(path), exchange=False)
-    stage(cut, {"codes/part": "never published", SUCCESS: ""})
-    os.rename(path, path.parent / f".{path.name}.old-{cut.run_id}")
-
-    nxt = Partition(str(path), exchange=False)
-    nxt.check()  # only looks: nothing is renamed before the job runs
-    assert not path.exists()
-    Path(nxt.staged("codes")).mkdir(parents=True)
-    Path(nxt.staged("codes", "part")).write_text("next")
-    nxt._restore_interrupted_swap()  # what publish does first: the previous partition back, intact
-    assert snapshot(path) == before
-    assert Path(cut.staging).exists()  # the cut run's staging is not published...
-    nxt.publish()
-    assert snapshot(path) == {SUCCESS: nxt.run_id.encode(), "codes/part": b"next"}
-    assert hidden(path.parent) == []  # ...and goes with the next successful publish
-
-
-def test_leftovers_of_a_newer_run_are_kept(tmp_path):
-    path = tmp_path / f"dt={DATE}"
-    current = Partition(str(path))
-    newer = tmp_path / f".dt={DATE}.staging-29991231T000000.000000Z-abcdef"  # started after `current`
-    newer.mkdir()
-    other = tmp_path / f".dt={DATE}x.staging-20000101T000000.000000Z-abcdef"  # another partition's
-    other.mkdir()
-    stage(current, {"codes/part": "x"})
-    current.publish()
-    assert newer.exists() and other.exists()
 
 
 def test_pipeline_failure_exit_4_keeps_the_previous_partition(seqcodec, tiny_model_dir, data, tmp_path):

@@ -90,6 +90,9 @@ def test_report_without_round_trip_or_history(trained_run, tmp_path, tiny_model_
     summary = {k: v for k, v in trained_run.summary.items() if k not in ("roundtrip", "rows_decoded")}
     summary["model_dir"] = str(tiny_model_dir)
     (run / "summary.json").write_text(json.dumps(summary))
+    code, _, err = run_seqcodec(["report", run])
+    assert code == 2 and "not published (no _SUCCESS)" in err  # a copy is read only once it is whole
+    (run / "_SUCCESS").write_text(summary["run_id"])  # as a partition of an earlier version had it
     code, out, err = run_seqcodec(["report", run, "--out", tmp_path / "pictures"])
     assert code == 0, err
     png = tmp_path / "pictures" / "report.png"

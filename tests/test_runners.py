@@ -46,7 +46,7 @@ from helpers_beam import (
 from seqcodec.model.storage import load_codec
 from seqcodec.pipeline import encode
 from seqcodec.pipeline.options import make_pipeline
-from seqcodec.pipeline.outputs import SUCCESS, SUMMARY
+from seqcodec.transforms.partition import SUCCESS, SUMMARY
 
 ROWS = mixed_rows(n_valid=30, seed=8)
 EXTRA = [s.tolist() for s in random_sequences(60, VOCAB, MAX_LEN, seed=12)]

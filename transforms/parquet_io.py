@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import re
 from collections.abc import Iterable
 
 import apache_beam as beam
@@ -20,13 +18,9 @@ from seqcodec.model.data import InputDataError, directory_pattern, first_line, r
 from seqcodec.model.manifest import Manifest
 from seqcodec.transforms.formats import schema_metadata
 from seqcodec.transforms.parquet_sink import ParquetTableSink
+from seqcodec.transforms.partition import matching_paths, partition_inputs
 from seqcodec.transforms.table_coder import ArrowTableCoder  # noqa: F401 - registers the coder of pa.Table
 from seqcodec.transforms.validate import CODE_VALUE_TYPES
-
-SUCCESS = "_SUCCESS"  # a published partition's commit marker, written last; it holds the publishing run's id
-SUMMARY = "summary.json"  # names the run (run_id) and, since runs publish from the job, its files
-DATA_FOLDERS = ("codes", "decoded", "errors")
-SHARD_NAME = re.compile(r"part-\d{5}-of-\d{5}\.parquet")
 
 log = logging.getLogger("seqcodec")
 
@@ -49,6 +43,12 @@ def match_files(pattern: str) -> dict[str, int]:
 
     InputDataError if none.
     """
+    committed = partition_inputs(pattern)
+    if committed is not None:  # a seqcodec partition's folder: the files its commit names, wherever they are
+        if not committed:
+            raise InputDataError(f"{pattern}: the committed run wrote no file there")
+        results = FileSystems.match(committed)
+        return {m.path: m.size_in_bytes for r in results for m in r.metadata_list}
     pattern = directory_pattern(pattern, is_directory(pattern))
     try:
         results = FileSystems.match([pattern])
@@ -67,94 +67,6 @@ def is_directory(path: str) -> bool:
     if any(c in path for c in "*?["):
         return False
     return bool(matching_paths(path.rstrip("/") + "/*"))
-
-
-def matching_paths(pattern: str) -> list[str]:
-    """Files matching ``pattern``, sorted; empty when nothing matches (some filesystems raise then)."""
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:
-        return []
-
-
-def read_text(path: str) -> str | None:
-    """A small text file on any Beam filesystem, or None if it cannot be read (missing)."""
-    try:
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            return handle.read().decode()
-    except Exception:  # each filesystem raises its own type for a missing file
-        return None
-
-
-def published_files(partition: str) -> set[str] | None:
-    """The files of a published seqcodec partition, as the run named by its ``_SUCCESS`` wrote them.
-
-    None if ``partition`` has no ``_SUCCESS`` (never published, or a publish in progress: on object
-    stores files are moved one by one). ``_SUCCESS`` names the publishing run; when ``summary.json``
-    is that run's and lists its files, only those count (anything else is from a publish in progress
-    or not seqcodec's); partitions written before runs recorded their files count every file.
-    """
-    committed = read_text(FileSystems.join(partition, SUCCESS))
-    if committed is None:
-        return None
-    text = read_text(FileSystems.join(partition, SUMMARY))
-    try:
-        summary = json.loads(text) if text else {}
-    except ValueError:
-        summary = {}
-    files = summary.get("files") if isinstance(summary, dict) else None
-    if committed.strip() and summary.get("run_id") != committed.strip():
-        raise InputDataError(
-            f"{partition}: {SUCCESS} names run {committed.strip()} but {SUMMARY} does not: "
-            "it is being republished; read it once the run finished"
-        )
-    if not isinstance(files, list):
-        return set(matching_paths(FileSystems.join(partition, "**")))
-    return {FileSystems.join(partition, name) for name in files}
-
-
-def partition_of(path: str) -> str | None:
-    """The partition directory of a shard seqcodec wrote on an object store (``P/codes/part-*``), else None.
-
-    Local partitions are swapped in whole, so a reader there never sees half of one; hidden
-    directories (a failed run's staging, kept for inspection) are read as they are.
-    """
-    if FileSystems.get_scheme(path) is None:
-        return None
-    folder, name = FileSystems.split(path)
-    partition, kind = FileSystems.split(folder)
-    if kind not in DATA_FOLDERS or not SHARD_NAME.fullmatch(name) or FileSystems.split(partition)[1].startswith("."):
-        return None
-    return partition
-
-
-def published_only(paths: list[str]) -> list[str]:
-    """``paths`` less the shards that a reader of object-store partitions must not read (see README).
-
-    InputDataError if one lies in a partition without ``_SUCCESS``; shards its publishing run did not
-    write (left over, or from a publish in progress) are skipped with a warning.
-    """
-    known: dict[str, set[str] | None] = {}
-    out, skipped = [], []
-    for path in paths:
-        partition = partition_of(path)
-        if partition is None:
-            out.append(path)
-            continue
-        if partition not in known:
-            known[partition] = published_files(partition)
-        files = known[partition]
-        if files is None:
-            raise InputDataError(
-                f"{path}: {partition} is not published (no {SUCCESS}); its run is still publishing or failed: "
-                f"wait for {FileSystems.join(partition, SUCCESS)}"
-            )
-        (out if path in files else skipped).append(path)
-    if skipped:
-        log.warning("skipped %d file(s) that the published runs did not write, e.g. %s", len(skipped), skipped[0])
-    if not out:
-        raise InputDataError(f"{paths[0]}: no file of a published run matches")
-    return out
 
 
 def read_schema(path: str) -> tuple[pa.Schema, int]:
@@ -242,7 +154,7 @@ def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: Mani
     """
     fingerprint, code_size = manifest.fingerprint, manifest.code_size
     sizes = match_files(pattern)
-    paths = published_only(list(sizes))
+    paths = list(sizes)
     total = 0
     id_type: pa.DataType | None = None
     unmarked = []
