@@ -23,7 +23,7 @@ from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
 from seqcodec.pipeline.errors import ArgumentParser, exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import use_filesystem_options
-from seqcodec.transforms.partition import SUCCESS, SUMMARY, committed_run_dir, matching_paths
+from seqcodec.transforms.partition import SUCCESS, SUMMARY, committed_run_dir, matching_paths, seqcodec_files
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
 
 log = logging.getLogger("seqcodec")
@@ -50,7 +50,7 @@ def run_files(run_dir: str) -> str:
         return committed
     if FileSystems.split(run_dir)[1].startswith("."):  # a run's own directory, read as it is for inspection
         return run_dir
-    if not FileSystems.exists(FileSystems.join(run_dir, SUMMARY)):
+    if not seqcodec_files(run_dir):
         raise InputDataError(f"{run_dir}: no readable summary.json (not a finished seqcodec run)")
     raise InputDataError(f"{run_dir}: not published (no {SUCCESS}); its run is still running or failed")
 

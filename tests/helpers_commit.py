@@ -23,9 +23,9 @@ def ids_of(paths: list[str]) -> list[int]:
     return sorted(out)
 
 
-def committed_ids(part: str) -> list[int] | None:
-    """What a reader following the protocol reads from ``part``'s codes: None while it has no commit."""
-    files = committed_files(part, "codes")
+def committed_ids(part: str, folder: str = "codes") -> list[int] | None:
+    """What a reader following the protocol reads from ``part``'s ``folder``: None while it has no commit."""
+    files = committed_files(part, folder)
     return None if files is None else ids_of(files)
 
 

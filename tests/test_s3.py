@@ -23,6 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 from helpers_beam import REPO, child_env, free_port, stop_process_group, wait_for_port
+from helpers_commit import committed_ids, crash_after_each_step, staged_run
+
+from seqcodec.transforms.partition import Partition
 
 DATE = "2026-11-26"
 BUCKET = "nightly"
@@ -139,46 +142,86 @@ def published(s3, inputs):
     return f"codes/dt={DATE}"
 
 
+def commit_record(s3, partition: str) -> dict:
+    return json.loads(s3.objects(f"{partition}/_SUCCESS")[""])
+
+
 def test_dated_run_publishes_on_s3(s3, inputs, published):
-    objects = s3.objects(published)
-    shards = sorted(k for k in objects if k.startswith("codes/"))
-    assert shards == [f"codes/part-0000{i}-of-00003.parquet" for i in range(3)]
-    assert {"_SUCCESS", "summary.json", "errors/part-00000-of-00001.parquet"} <= set(objects)
+    assert set(s3.objects(published)) == {"_SUCCESS"}  # the commit record; the files stay where the run wrote them
+    record = commit_record(s3, published)
+    run_id, run_dir = record["run_id"], record["run_dir"]
+    assert run_dir == f".dt={DATE}.run-{run_id}" and record["job"] == "encode" and record["rows"] == 120
+    objects = s3.objects(f"codes/{run_dir}")
+    assert sorted(objects) == sorted(record["files"])  # no _SUCCESS inside: only the record commits
+    assert sorted(k for k in objects if k.startswith("codes/")) == [
+        f"codes/part-{run_id}-0000{i}-of-00003.parquet" for i in range(3)]
     summary = json.loads(objects["summary.json"])
-    assert objects["_SUCCESS"].decode() == summary["run_id"]  # the commit marker names the run
-    assert sorted(summary["files"]) == sorted(set(objects) - {"_SUCCESS"})
-    assert s3.ids(f"{published}/codes") == inputs["ids"]
-    assert sorted({key.split("/", 1)[0] for key in s3.objects("codes")}) == [f"dt={DATE}"]  # staging removed
+    assert summary["run_id"] == run_id and sorted(summary["files"]) == sorted(record["files"])
+    assert committed_ids(f"s3://{BUCKET}/{published}") == inputs["ids"]
+    assert sorted({key.split("/", 1)[0] for key in s3.objects("codes")}) == [run_dir, f"dt={DATE}"]  # no lease left
 
 
 def test_decode_and_report_read_only_a_published_partition(s3, inputs, published):
     decode = ["decode", "--input", f"s3://{BUCKET}/{published}/codes/*.parquet", "--output",
               f"s3://{BUCKET}/decoded", "--model-dir", inputs["model"], "--run-date", DATE, *s3.beam_args]
     report = ["report", f"s3://{BUCKET}/{published}", "--out", f"s3://{BUCKET}/report", *s3.beam_args]
-    # A shard its run did not write (left over, or from a publish in progress) is not read.
+    # An object beside the record (left by hand, or by another tool) is not the committed run's: not read.
     stray = f"{published}/codes/part-00007-of-00008.parquet"
     s3.client.copy_object(Bucket=BUCKET, Key=stray, CopySource={"Bucket": BUCKET, "Key": f"tokens/dt={DATE}/a.parquet"})
     try:
         code, _, err = run_seqcodec(decode)
         assert code == 0, err
-        assert "skipped 1 file(s) that the published runs did not write" in err
-        assert s3.ids(f"decoded/dt={DATE}/decoded") == inputs["ids"]
+        assert committed_ids(f"s3://{BUCKET}/decoded/dt={DATE}", "decoded") == inputs["ids"]
     finally:
         s3.client.delete_object(Bucket=BUCKET, Key=stray)
     code, _, err = run_seqcodec(report)
     assert code == 0, err
     assert set(s3.objects("report")) == {"report.png", "report.html"}
 
-    # Without _SUCCESS (a publish in progress, or one that failed) both refuse, in one line.
+    # Without _SUCCESS (never committed, or deleted by hand) both refuse, in one line.
     success = s3.objects(f"{published}/_SUCCESS")[""]
     s3.client.delete_object(Bucket=BUCKET, Key=f"{published}/_SUCCESS")
     try:
         code, _, err = run_seqcodec(decode)
-        assert code == 2 and "is not published (no _SUCCESS)" in one_line(err)
+        assert code == 2 and "is not committed (no _SUCCESS)" in one_line(err)
         code, _, err = run_seqcodec(report)
         assert code == 2 and "not published (no _SUCCESS)" in one_line(err)
     finally:
         s3.client.put_object(Bucket=BUCKET, Key=f"{published}/_SUCCESS", Body=success)
+
+
+def test_a_crash_after_any_step_of_the_commit_on_s3_is_completed_by_a_retry(s3, inputs, monkeypatch, tmp_path):
+    """The object-store commit: a retried finalize after a crash at any point leaves one run whole, never a mix."""
+    seqs = random_sequences(40, 13, 12, seed=23)
+    write_tokens_parquet(tmp_path / "c.parquet", range(500, 540), seqs, row_group_size=20)
+    other = s3.put_file(tmp_path / "c.parquet", "tokens-crash/c.parquet")
+    output = f"s3://{BUCKET}/crash"
+
+    def argv(source: str) -> list[str]:
+        return [str(a) for a in ("--input", source, "--output", output, "--model-dir", inputs["model"],
+                                 "--run-date", DATE, *s3.beam_args)]
+
+    code, _, err = run_seqcodec(["encode", *argv(inputs["tokens"])])
+    assert code == 0, err
+    sources = {"first": inputs["tokens"], "other": other}
+    steps = crash_after_each_step(monkeypatch, lambda name: staged_run(monkeypatch, argv(sources[name])),
+                                  f"{output}/dt={DATE}", {"first": inputs["ids"], "other": list(range(500, 540))},
+                                  current="first")
+    assert steps >= 3  # the decision, the record, the lease (and the clean-up)
+
+
+def test_a_second_run_of_a_date_on_s3_waits_for_the_first(s3, inputs):
+    """Run A holds the lease of dt=D (this process, alive): run B exits 75 and writes nothing; then B runs."""
+    output = f"s3://{BUCKET}/fenced"
+    holder = Partition(f"{output}/dt={DATE}")
+    holder.take_lease(pid_bound=True)
+    code, _, err = run_seqcodec(encode_args(s3, inputs, output))
+    assert code == 75 and f"is being written by run {holder.run_id}" in one_line(err)
+    assert set(s3.objects("fenced")) == {f".dt={DATE}.lease"}
+    holder.release_lease()
+    code, _, err = run_seqcodec(encode_args(s3, inputs, output))
+    assert code == 0, err
+    assert committed_ids(f"{output}/dt={DATE}") == inputs["ids"]
 
 
 def test_killed_run_changes_nothing_and_a_rerun_with_other_shards_and_workers_replaces_all(
@@ -212,11 +255,14 @@ def test_killed_run_changes_nothing_and_a_rerun_with_other_shards_and_workers_re
         assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
         stop_process_group(job)
-    after = s3.objects(published)
-    assert sorted(k for k in after if k.startswith("codes/")) == ["codes/part-00000-of-00001.parquet"]
-    assert s3.ids(f"{published}/codes") == inputs["ids"]  # no duplicate, no stale shard
-    assert after["_SUCCESS"] != before["_SUCCESS"]
-    assert sorted({key.split("/", 1)[0] for key in s3.objects("codes")}) == [f"dt={DATE}"]  # killed staging gone
+    record = commit_record(s3, published)
+    assert record["run_id"] != json.loads(before["_SUCCESS"])["run_id"]
+    assert [f for f in record["files"] if f.startswith("codes/")] == [
+        f"codes/part-{record['run_id']}-00000-of-00001.parquet"]
+    assert committed_ids(f"s3://{BUCKET}/{published}") == inputs["ids"]  # no duplicate, no stale shard
+    # the killed run's files are gone; the replaced run stays readable for --grace-seconds
+    assert sorted({key.split("/", 1)[0] for key in s3.objects("codes")}) == sorted(
+        [record["run_dir"], json.loads(before["_SUCCESS"])["run_dir"], f"dt={DATE}"])
 
 
 def test_bad_file_on_s3_is_one_line_and_writes_nothing(s3, inputs, tmp_path):

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import datetime
 import errno
+import glob
 import json
 import logging
 import os
@@ -616,9 +617,7 @@ def partition_inputs(pattern: str) -> list[str] | None:
         partitions = [FileSystems.split(p)[0] for p in matching_paths(FileSystems.join(partition, SUCCESS))]
     elif FileSystems.exists(FileSystems.join(partition, SUCCESS)):
         partitions = [partition]
-    elif not FileSystems.exists(FileSystems.join(partition, SUMMARY)) and not any(
-            SHARD_NAME.fullmatch(FileSystems.split(path)[1])
-            for path in matching_paths(FileSystems.join(partition, folder, "*"))):
+    elif not seqcodec_files(partition, folder):
         return None  # a user's own folder that happens to be called codes/
     else:  # seqcodec's files without a commit: a run in progress or failed, or a half copy
         raise InputDataError(
@@ -629,6 +628,18 @@ def partition_inputs(pattern: str) -> list[str] | None:
     for p in partitions:
         out += [f for f in committed_files(p, folder) or [] if f.endswith(".parquet")]
     return out
+
+
+def seqcodec_files(partition: str, folder: str | None = None) -> bool:
+    """Whether ``partition`` (uncommitted) holds seqcodec's files: a summary, shards, or runs of its own."""
+    parent, name = FileSystems.split(partition.rstrip("/"))
+    if FileSystems.exists(FileSystems.join(partition, SUMMARY)):
+        return True
+    if matching_paths(FileSystems.join(parent, f".{name}.run-*", SUMMARY)) or (
+            is_local(partition) and glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.run-*"))):
+        return True
+    shards = matching_paths(FileSystems.join(partition, folder, "*")) if folder else []
+    return any(SHARD_NAME.fullmatch(FileSystems.split(path)[1]) for path in shards)
 
 
 def committed_summary(partition: str) -> dict[str, Any] | None:
