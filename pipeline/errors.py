@@ -23,14 +23,16 @@ EXIT_CODES_HELP = """exit codes:
   0    the run succeeded and its partition was published (_SUCCESS written last)
   2    bad arguments or input (bad --run-date, missing files, unreadable model, ...): nothing was run
   3    more rows were rejected than --max-error-rate allows (default 0.05): nothing was
-       published, the rejected rows are kept in the staging directory named in the error line
+       published, the rejected rows are kept in the run directory named in the error line
   4    the pipeline failed, its rows did not add up, or publishing failed: nothing new was published
+  75   another run of the same partition holds its lease: this run did not start, touched nothing
   130  interrupted (Ctrl-C); a shell reports 128+N for a run killed by signal N (137: SIGKILL)
   Any failure leaves the previously published partition as it was and prints one line
   `seqcodec: error: ...` saying why.
   With --no-wait the codes above cover only the checks and the submission (0: submitted); the job
   publishes by itself, and its outcome is OUTPUT's summary.json and _SUCCESS, or, if it did not
-  publish, the reason in the staging directory's summary.json (printed at submission)."""
+  publish, the reason in its run directory's summary.json (printed at submission); on the
+  in-process DirectRunner the job has ended by then, and its outcome is the exit code."""
 
 
 class UsageError(ValueError):

@@ -34,10 +34,12 @@ _EXPORTS = {
     "SequenceModelHandler": "seqcodec.transforms.sequences",
     "REASONS": "seqcodec.transforms.validate",
     "CODE_REASONS": "seqcodec.transforms.validate",
+    "committed_files": "seqcodec.transforms.partition",
 }
 __all__ = [  # the same names as _EXPORTS (tests/test_library.py checks), written out for linters
     "__version__", "load", "train", "SequenceCodec", "CodecConfig", "Manifest", "read_manifest", "ModelDirError",
     "InputDataError", "EncodeSequences", "DecodeCodes", "SequenceModelHandler", "REASONS", "CODE_REASONS",
+    "committed_files",
 ]
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from seqcodec.model.manifest import Manifest, ModelDirError, read_manifest
     from seqcodec.model.storage import load
     from seqcodec.pipeline.train import train
+    from seqcodec.transforms.partition import committed_files
     from seqcodec.transforms.sequences import DecodeCodes, EncodeSequences, SequenceModelHandler
     from seqcodec.transforms.validate import CODE_REASONS, REASONS
 

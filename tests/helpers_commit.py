@@ -85,6 +85,7 @@ def crash_after_each_step(monkeypatch, stage: Callable[[str], dict], part: str, 
 
         with monkeypatch.context() as patch:
             patch.setattr(protocol, "write_text", counted(protocol.write_text))
+            patch.setattr(protocol, "write_if", counted(protocol.write_if))
             patch.setattr(protocol, "_delete_tree", counted(protocol._delete_tree))
             patch.setattr(os, "replace", counted(os.replace))
             patch.setattr(FileSystems, "delete", counted(FileSystems.delete))

@@ -165,8 +165,8 @@ def wait_for(predicate, what: str, logs=()) -> None:
 
 
 def staged_summary(partition: Path) -> dict | None:
-    """The summary.json in the staging directory of ``partition`` (its hidden sibling), once it is there."""
-    for path in partition.parent.glob(f".{partition.name}.staging-*/summary.json"):
+    """The summary.json in the run directory of ``partition`` (its hidden sibling), once it is there."""
+    for path in partition.parent.glob(f".{partition.name}.run-*/summary.json"):
         try:
             return json.loads(path.read_text())
         except ValueError:  # caught while the job writes it
@@ -195,10 +195,10 @@ def test_portable_no_wait_publishes_once_after_the_launcher_exits(dataset, tiny_
     wait_for(lambda: (part / SUCCESS).exists(), "the partition's _SUCCESS", portable_services["logs"].values())
     assert (part / SUCCESS).stat().st_mtime >= exited - 0.01  # published by the job, after the launcher had gone
     s = summary(part)
-    assert s["status"] == "published" and (part / SUCCESS).read_text() == s["run_id"]
+    assert s["status"] == "published" and json.loads((part / SUCCESS).read_text())["run_id"] == s["run_id"]
     assert s["runner"] == "PortableRunner"
     assert_same_output(part, runs["in-memory"])  # every row once: no duplicate, nothing missing
-    assert sorted(os.listdir(out)) == [f"dt={DATE}"]  # published once: no staging or .old- left
+    assert sorted(os.listdir(out)) == [os.readlink(part), f"dt={DATE}"]  # published once, the lease released
 
 
 def test_portable_no_wait_failed_gate_publishes_nothing_and_says_why(dataset, tiny_model_dir, portable_services,

@@ -25,7 +25,7 @@ from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 from helpers_beam import REPO, child_env, free_port, stop_process_group, wait_for_port
 from helpers_commit import committed_ids, crash_after_each_step, staged_run
 
-from seqcodec.transforms.partition import Partition
+from seqcodec.transforms.partition import Partition, read_versioned, write_if
 
 DATE = "2026-11-26"
 BUCKET = "nightly"
@@ -277,3 +277,16 @@ def test_bad_file_on_s3_is_one_line_and_writes_nothing(s3, inputs, tmp_path):
     assert code == 2
     assert f"s3://{BUCKET}/tokens-bad/c.parquet: not a readable Parquet file" in one_line(err)
     assert s3.objects("bad") == {}
+
+
+def test_the_lease_and_the_commit_record_are_conditional_writes_on_s3(s3, inputs):
+    """S3 has If-None-Match / If-Match: of two writers that read the same state, only the first writes."""
+    path = f"s3://{BUCKET}/conditional/.dt={DATE}.lease"
+    run_cli_options = run_seqcodec(["report", "--help", *s3.beam_args])  # sets this process's S3 options
+    assert run_cli_options[0] == 0
+    assert write_if(path, "first", None) is True
+    assert write_if(path, "second", None) is False  # it exists now: a second creator loses
+    text, version = read_versioned(path)
+    assert text == "first" and version
+    assert write_if(path, "third", '"not-the-etag"') is False  # changed since it was read: refused
+    assert write_if(path, "third", version) is True and read_versioned(path)[0] == "third"

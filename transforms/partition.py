@@ -115,6 +115,55 @@ def write_text(path: str, text: str) -> None:
             handle.write(text.encode())
 
 
+def _s3(path: str) -> tuple[Any, str, str] | None:
+    """(boto3 client, bucket, key) of an s3:// path, for the conditional writes S3 has; None elsewhere."""
+    if not path.startswith("s3://"):
+        return None
+    try:
+        from apache_beam.io.aws.clients.s3 import boto3_client
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        client = boto3_client.Client(options=FileSystems._pipeline_options or PipelineOptions([])).client
+    except Exception:  # boto3 missing: Beam's own S3 filesystem cannot work either, and says so
+        return None
+    bucket, key = path[len("s3://"):].split("/", 1)
+    return client, bucket, key
+
+
+def read_versioned(path: str) -> tuple[str | None, str | None]:
+    """A small file's text (None if missing) and, on S3, the version (ETag) that a conditional write can name."""
+    s3 = _s3(path)
+    if s3 is None:
+        return read_text(path), None
+    client, bucket, key = s3
+    try:
+        got = client.get_object(Bucket=bucket, Key=key)
+    except client.exceptions.NoSuchKey:
+        return None, None
+    return got["Body"].read().decode(), got["ETag"]
+
+
+def write_if(path: str, text: str, version: str | None) -> bool:
+    """Write ``path`` only if it is still as read (``version``; None: it did not exist); False if another came first.
+
+    S3 checks that itself (If-Match / If-None-Match); elsewhere the write is plain: local callers hold
+    the parent's lock, and other object stores are checked by reading back.
+    """
+    s3 = _s3(path)
+    if s3 is None:
+        write_text(path, text)
+        return True
+    client, bucket, key = s3
+    condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=text.encode(), **condition)
+    except client.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            return False
+        raise
+    return True
+
+
 # -- the commit record ---------------------------------------------------------------------------------
 
 
@@ -196,7 +245,7 @@ class Lease:
 class PartitionBusy(InputDataError):
     """Another live run holds the partition's lease: this run did not start (exit 75, like the cron lock)."""
 
-    exit_code = 75
+    exit_code = 75  # EX_TEMPFAIL: try again later (the cron wrapper's lock says the same)
 
 
 # -- the partition -------------------------------------------------------------------------------------
@@ -288,7 +337,8 @@ class Partition:
         now = time.time()
         mine = Lease(self.run_id, socket.gethostname(), os.getpid(), pid_bound, now, now + seconds)
         with self._lock():
-            held = self.lease()
+            text, version = read_versioned(self.lease_path)
+            held = Lease.from_text(text) if text is not None else None
             if held is not None and held.run_id != self.run_id and held.live(now):
                 raise PartitionBusy(
                     f"{self.path} is being written by {held.describe()}; this run did not start "
@@ -307,9 +357,9 @@ class Partition:
                     with os.fdopen(fd, "w") as handle:
                         handle.write(mine.to_json())
                     return
-            write_text(self.lease_path, mine.to_json())
-            if not self.holds_lease():  # object stores: another launcher wrote it at the same moment
-                raise PartitionBusy(f"{self.path} is being written by another run; this run did not start")
+            if not write_if(self.lease_path, mine.to_json(), version) or not self.holds_lease():
+                raise PartitionBusy(f"{self.path} is being written by another run that started at the same moment; "
+                                    "this run did not start")
 
     def holds_lease(self) -> bool:
         held = self.lease()
@@ -366,7 +416,8 @@ class Partition:
         already committed is not committed again, and two attempts at once leave the same partition.
         """
         with self._lock():
-            previous = self.committed()
+            text, version = read_versioned(FileSystems.join(self.path, SUCCESS))
+            previous = Commit.from_text(text) if text is not None else None
             if previous is not None and previous.run_id == self.run_id:
                 log.info("%s is already committed by this run (%s)", self.path, self.run_id)
                 if self.holds_lease():  # an earlier attempt was lost between its commit and the release
@@ -389,8 +440,9 @@ class Partition:
                             replaced_rows)
             if self.local:
                 self._commit_link(record)
-            else:
-                write_text(FileSystems.join(self.path, SUCCESS), record.to_json())
+            elif not write_if(FileSystems.join(self.path, SUCCESS), record.to_json(), version):
+                if self.committed_by() != self.run_id:  # not an attempt of this run that came first
+                    raise PartitionBusy(f"run {self.committed_by()} committed {self.path} meanwhile; not committed")
             FileSystems.delete([self.lease_path])
         return previous
 
@@ -638,7 +690,8 @@ def seqcodec_files(partition: str, folder: str | None = None) -> bool:
     if matching_paths(FileSystems.join(parent, f".{name}.run-*", SUMMARY)) or (
             is_local(partition) and glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.run-*"))):
         return True
-    shards = matching_paths(FileSystems.join(partition, folder, "*")) if folder else []
+    folders = [folder] if folder else DATA_FOLDERS
+    shards = [path for name in folders for path in matching_paths(FileSystems.join(partition, name, "*"))]
     return any(SHARD_NAME.fullmatch(FileSystems.split(path)[1]) for path in shards)
 
 
