@@ -240,3 +240,19 @@ def test_encode_refuses_to_replace_a_decode_partition_and_reads_only_committed_f
     assert code == 2 and "is not committed (no _SUCCESS)" in err.strip().splitlines()[-1]
     code, _, err = seqcodec(["report", half])
     assert code == 2 and "not published (no _SUCCESS)" in err.strip().splitlines()[-1]
+
+
+def test_a_replaced_run_of_another_date_goes_with_a_later_commit_beside_it(tiny_model_dir, data, tmp_path):
+    """A date rerun once keeps its replaced run only for the grace period: the next night's commit removes it."""
+    out = tmp_path / "codes"
+    for name in ("old", "new"):
+        assert encode.run(argv(tiny_model_dir, data[name][0], out)) == 0
+    replaced = [n for n in os.listdir(out) if n.startswith(".") and n != os.readlink(out / f"dt={DATE}")]
+    assert len(replaced) == 1  # kept: within --grace-seconds
+    next_night = [str(a) for a in ("--input", data["old"][0], "--output", out, "--model-dir", tiny_model_dir,
+                                   "--run-date", "2026-11-27")]
+    assert encode.run(next_night) == 0
+    assert (out / replaced[0]).exists()  # still within its grace period
+    assert encode.run([*next_night, "--grace-seconds", "0"]) == 0
+    assert not (out / replaced[0]).exists()
+    assert committed_ids(str(out / f"dt={DATE}")) == data["new"][1]

@@ -480,9 +480,10 @@ class Partition:
         return sorted(out)
 
     def clean_up(self, grace: float = GRACE_SECONDS) -> list[str]:
-        """After this run committed: delete superseded runs past their grace period and runs that never committed.
-
-        Runs that are live (hold the lease) and the committed run are never touched. Returns what was deleted.
+        """After this run committed: delete this partition's runs that never committed, and superseded runs
+        past their grace period, of this partition and of the others beside it (so a date rerun once does
+        not keep its replaced run for ever). The committed run and a run holding the lease are never
+        touched. Returns what was deleted.
         """
         current = self.committed()
         if current is None:
@@ -490,25 +491,36 @@ class Partition:
         when = dict(current.superseded)
         held = self.lease()
         live = held.run_id if held is not None and held.live() else None
-        deleted, kept = [], []
         now = time.time()
-        for run_id, path in self.run_dirs():
-            if run_id in (current.run_id, live):
-                continue
-            if run_id in when and now - when[run_id] < grace:
-                kept.append((run_id, when[run_id]))
-                continue
+        doomed = [path for run_id, path in self.run_dirs()
+                  if run_id not in (current.run_id, live) and now - when.get(run_id, 0.0) >= grace]
+        doomed += self._expired_beside(grace, now)
+        for path in doomed:
             _delete_tree(path, self.local)
-            deleted.append(path)
-        if current.run_id == "" or not current.run_dir:  # legacy record: nothing to rewrite
-            return deleted
-        still = tuple(item for item in current.superseded if item in kept)
-        if still != current.superseded and not self.local:
-            record = dataclasses.replace(current, superseded=still)
-            write_text(FileSystems.join(self.path, SUCCESS), record.to_json())
-        for path in deleted:
-            log.info("removed %s (superseded or never committed)", path)
-        return deleted
+            log.info("removed %s (replaced or never committed)", path)
+        return doomed
+
+    def _expired_beside(self, grace: float, now: float) -> list[str]:
+        """Run directories of the other partitions in this parent whose commit replaced them over ``grace`` ago."""
+        if self.local:
+            names = os.listdir(self.parent) if os.path.isdir(self.parent) else []
+        else:
+            found = matching_paths(FileSystems.join(self.parent, ".*.run-*", SUMMARY))
+            names = sorted({p[len(self.parent):].lstrip("/").split("/", 1)[0] for p in found})
+        pattern = re.compile(rf"\.(.+)\.run-({RUN_ID_PATTERN})")
+        runs: dict[str, dict[str, str]] = {}
+        for name in names:
+            hit = pattern.fullmatch(name)
+            if hit and hit.group(1) != self.name:
+                runs.setdefault(hit.group(1), {})[hit.group(2)] = FileSystems.join(self.parent, name)
+        out = []
+        for other, dirs in sorted(runs.items()):
+            text = read_text(FileSystems.join(self.parent, other, SUCCESS))
+            record = Commit.from_text(text) if text is not None else None
+            if record is None or not record.run_dir:
+                continue
+            out += [dirs[run_id] for run_id, at in record.superseded if run_id in dirs and now - at >= grace]
+        return out
 
 
 def _ancestors(path: str) -> list[str]:
