@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 from helpers_beam import REPO, child_env, free_port, stop_process_group, wait_for_port
 from helpers_commit import committed_ids, crash_after_each_step, staged_run
 
+from seqcodec.pipeline import run
+from seqcodec.pipeline.options import use_filesystem_options
 from seqcodec.transforms.partition import Partition, read_versioned, write_if
 
 DATE = "2026-11-26"
@@ -282,11 +285,35 @@ def test_bad_file_on_s3_is_one_line_and_writes_nothing(s3, inputs, tmp_path):
 def test_the_lease_and_the_commit_record_are_conditional_writes_on_s3(s3, inputs):
     """S3 has If-None-Match / If-Match: of two writers that read the same state, only the first writes."""
     path = f"s3://{BUCKET}/conditional/.dt={DATE}.lease"
-    run_cli_options = run_seqcodec(["report", "--help", *s3.beam_args])  # sets this process's S3 options
-    assert run_cli_options[0] == 0
+    use_filesystem_options(s3.beam_args)  # what the launcher does first: this process's S3 options
     assert write_if(path, "first", None) is True
     assert write_if(path, "second", None) is False  # it exists now: a second creator loses
     text, version = read_versioned(path)
     assert text == "first" and version
     assert write_if(path, "third", '"not-the-etag"') is False  # changed since it was read: refused
     assert write_if(path, "third", version) is True and read_versioned(path)[0] == "third"
+
+
+def test_finalize_twice_at_once_on_s3_commits_once(s3, inputs, monkeypatch):
+    """Two attempts of one run's finalize at the same moment: both end published, the record is written once."""
+    output = f"s3://{BUCKET}/twice"
+    argv = [str(a) for a in ("--input", inputs["tokens"], "--output", output, "--model-dir", inputs["model"],
+                             "--run-date", DATE, *s3.beam_args)]
+    side = staged_run(monkeypatch, argv)
+    barrier, results, errors = threading.Barrier(2), [], []
+
+    def attempt():
+        barrier.wait()
+        try:
+            results.append(run.finalize(None, **side))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and [r["status"] for r in results] == ["published", "published"], (errors, results)
+    assert committed_ids(f"{output}/dt={DATE}") == inputs["ids"]
+    assert f".dt={DATE}.lease" not in s3.objects("twice")
