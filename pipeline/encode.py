@@ -122,7 +122,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     started = time.time()
     inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
     manifest = read_manifest(args.model_dir)
-    vocab = job_vocab(args, manifest)
+    vocab = job_vocab(args, manifest) if args.decode else None
     check_code_dtype(args.code_dtype, manifest.max_length)
     partition = Partition(partition_path(args.output, args.run_date))
     partition.check()

@@ -94,6 +94,20 @@ def test_train_in_memory_and_loadable(tmp_path):
     assert seqcodec.load(tmp_path / "m").encode([[1, 2]]).shape == (1, 9)
 
 
+def test_train_never_replaces_a_model_unless_asked(tmp_path):
+    sequences = [[i % 5, (i * 3) % 5, 4][: 1 + i % 3] for i in range(40)]
+    options = {"hidden_size": 8, "embedding_size": 4, "epochs": 1, "batch_size": 16, "time_budget": 0}
+    first = seqcodec.train(sequences, tmp_path / "m", seed=2, **options)
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    with pytest.raises(seqcodec.ModelDirError, match="holds a model already; pass --overwrite"):
+        seqcodec.train(sequences, tmp_path / "m", seed=3, **options)
+    assert seqcodec.read_manifest(tmp_path / "m") == first
+    second = seqcodec.train(sequences, tmp_path / "m", seed=3, overwrite=True, **options)
+    assert second.fingerprint != first.fingerprint
+    assert seqcodec.load(tmp_path / "m").fingerprint == second.fingerprint
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
 def test_train_checks_the_model_dir_first(tmp_path, request):
     """A bad --model-dir stops training before the data is read (the input here does not even exist)."""
     cli = request.getfixturevalue("seqcodec")  # the conftest fixture that runs the command
