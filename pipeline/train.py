@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -130,15 +131,15 @@ def train(
     return train_codec(data, config, settings, model_dir, tokens)
 
 
-def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray]) -> TokenSequences:
-    """Token sequences given in Python as TokenSequences; empty ones are skipped, as from files."""
+def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray] | Any) -> TokenSequences:
+    """Token sequences given in Python (or as Arrow data) as TokenSequences; empty ones are skipped, as from files."""
     from seqcodec.model.batches import flatten
 
-    kept = [s for s in sequences if len(s)]
-    values, offsets = flatten(kept)
-    if values.size and values.min() < 0:
-        raise ValueError(f"the sequences hold a negative token id {values.min()}")
-    return TokenSequences(values, offsets)
+    data = TokenSequences(*flatten(sequences))
+    data = data.take(np.flatnonzero(data.lengths))
+    if data.values.size and data.values.min() < 0:
+        raise ValueError(f"the sequences hold a negative token id {data.values.min()}")
+    return data
 
 
 def by_vocab(name: str) -> str:

@@ -107,7 +107,8 @@ def test_decode_codes_round_trip_and_bad_codes(tiny_model_dir, tiny_codec):
     good = [(i, c) for i, c in enumerate(codes)] + [(100, codes[0].astype(np.float16).tolist())]
     wrong_length = codes[1].copy()
     wrong_length[0] = 2.5
-    bad = [(200, codes[0][:5]), (201, wrong_length), (202, None), (None, codes[0]), (203, "xyz")]
+    bad = [(200, codes[0][:5]), (201, wrong_length), (202, None), (None, codes[0]), (203, "xyz"),
+           (204, codes[0].astype(np.int64)), (205, np.round(codes[1]).astype(int).tolist())]  # integers: no codes
 
     def build(p):
         out = p | beam.Create(good + bad) | seqcodec.DecodeCodes(str(tiny_model_dir), batch_tokens=300)
@@ -123,7 +124,7 @@ def test_decode_codes_round_trip_and_bad_codes(tiny_model_dir, tiny_codec):
         assert_that(out.main, check, label="tokens")
         assert_that(out.errors | beam.Map(lambda e: (e["id"], e["reason"])),
                     equal_to([(200, "wrong_width"), (201, "bad_length"), (202, "null_code"), (None, "null_id"),
-                              (203, "not_a_code")]), label="errors")
+                              (203, "not_a_code"), (204, "not_a_code"), (205, "not_a_code")]), label="errors")
 
     run(build)
 

@@ -111,12 +111,16 @@ def integer_list(value: Any) -> np.ndarray | list | None:
 
 
 def number_list(value: Any) -> np.ndarray | None:
-    """A code as float64 values (nulls as NaN are caught by the shared checks); ValueError if not numbers."""
+    """A code as float64 values (nulls as NaN are caught by the shared checks); ValueError if not floats.
+
+    Integers are refused as the codec refuses them: a code is floats, an integer list is most
+    often token ids, and decoding it would give tokens without an error.
+    """
     if value is None:
         return None
     array = np.asarray(value) if not isinstance(value, np.ndarray) else value
-    if array.ndim != 1 or not (array.dtype.kind in "iuf" or array.size == 0):
-        raise ValueError(f"a code must be a 1-D list of numbers, got {array.dtype} of shape {array.shape}")
+    if array.ndim != 1 or not (array.dtype.kind == "f" or array.size == 0):
+        raise ValueError(f"a code must be a 1-D list of floats, got {array.dtype} of shape {array.shape}")
     return array.astype(np.float64, copy=False)
 
 

@@ -38,7 +38,7 @@ CODE_REASONS: dict[str, str] = {
 }
 # Only for Python elements (EncodeSequences, DecodeCodes): the jobs check a column's type once per file.
 NOT_TOKEN_LIST = "not_token_list"  # the tokens are not a list of integers
-NOT_A_CODE = "not_a_code"  # the code is not a list of numbers
+NOT_A_CODE = "not_a_code"  # the code is not a list of floats
 CODE_VALUE_TYPES = (pa.float16(), pa.float32(), pa.float64())
 
 
