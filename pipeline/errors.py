@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from seqcodec.model.data import InputDataError
 from seqcodec.model.manifest import ModelDirError
@@ -38,7 +39,12 @@ class UsageError(ValueError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, except that a mistake raises UsageError (one ``seqcodec: error:`` line) instead of a usage dump."""
+    """argparse, except that a mistake raises UsageError (one ``seqcodec: error:`` line) instead of a usage dump,
+    and that an abbreviated option is unknown: a crontab line's ``--num-shard`` must not change meaning (or
+    become ambiguous) when an option is added."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")

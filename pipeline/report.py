@@ -23,7 +23,7 @@ from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
 from seqcodec.model.manifest import VOCAB_FILE, ModelDirError, model_vocab, read_manifest
 from seqcodec.pipeline.errors import ArgumentParser, exit_process, run_cli, setup_logging
-from seqcodec.pipeline.options import use_filesystem_options
+from seqcodec.pipeline.options import check_beam_arguments, use_filesystem_options
 from seqcodec.transforms.parquet_io import SUCCESS, matching_paths, published_only
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
 
@@ -411,9 +411,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args, beam_args = p.parse_known_args(argv)
-    unknown = [a for a in beam_args if not a.startswith("--")]
-    if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check_beam_arguments(beam_args)  # an option neither the report nor Beam knows would be dropped silently
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
     summary = read_summary(args.run_dir)

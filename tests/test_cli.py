@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import write_tokens_parquet
 
@@ -58,6 +60,28 @@ def test_unknown_option_for_a_job_is_refused_before_it_runs(tmp_path, tiny_model
     assert code == 2 and err.strip().splitlines()[-1] == (
         "seqcodec: error: unrecognized arguments: --too-lng truncate (neither the job's nor Beam's)")
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("command, abbreviated", [
+    ("encode", ["--num-shard", "2"]),  # --num-shards: neither taken for it nor handed on to Beam
+    ("decode", ["--max-error", "1"]),
+    ("train", ["--hidden", "8"]),
+    ("report", ["--ou", "elsewhere"]),
+])
+def test_abbreviated_options_are_unrecognized(command, abbreviated, tmp_path, tiny_model_dir, seqcodec):
+    if command == "decode":
+        pq.write_table(pa.table({"id": [1], "code": pa.array([[1.0] * 17], pa.list_(pa.float32()))}),
+                       tmp_path / "in.parquet")
+    else:
+        write_tokens_parquet(tmp_path / "in.parquet", [1], [[1, 2]])
+    args = {"report": [tmp_path / "run"], "train": ["--input", tmp_path / "in.parquet", "--model-dir", tmp_path / "m"]}
+    argv = [command, *args.get(command, ["--input", tmp_path / "in.parquet", "--output", tmp_path / "out",
+                                         "--model-dir", tiny_model_dir]), *abbreviated]
+    code, out, err = seqcodec(argv)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"seqcodec: error: unrecognized arguments: {' '.join(abbreviated)}"), err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()
 
 
 def test_version(seqcodec):
