@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,6 +19,7 @@ from conftest import write_tokens_parquet
 import seqcodec
 from seqcodec.pipeline import decode, encode, train
 
+REPO = Path(__file__).resolve().parents[1]
 PARSERS = {"train": train.parser, "encode": encode.parser, "decode": decode.parser}
 
 
@@ -131,3 +137,37 @@ def test_input_directory_means_its_parquet_files(tmp_path, tiny_model_dir, seqco
     code, _, err = seqcodec(["decode", "--input", tmp_path / "out" / "codes", "--output", tmp_path / "back",
                              "--model-dir", tiny_model_dir])
     assert code == 0, err
+
+
+def test_ctrl_c_during_a_job_is_exit_130_in_one_line(tmp_path):
+    """SIGINT to a real running encode job (a subprocess): exit 130 and one line, not Beam's traceback and exit 4."""
+    rng = np.random.default_rng(0)
+    rows = 300_000  # the default model encodes 15k-60k rows/s here: still running when interrupted
+    lengths = rng.integers(1, 29, rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    tokens = pa.ListArray.from_arrays(offsets, rng.integers(0, 26, int(offsets[-1])).astype(np.int32))
+    pq.write_table(pa.table({"id": np.arange(rows), "tokens": tokens}), tmp_path / "in.parquet")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "seqcodec.pipeline.cli", "encode", "--input", str(tmp_path / "in.parquet"),
+         "--output", str(tmp_path / "out"), "--model-dir", str(REPO / "models" / "default")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    try:
+        seen = []
+        for line in job.stderr:  # the worker's "model ... loaded" line: the pipeline is running
+            seen.append(line)
+            if " loaded: " in line:
+                break
+        assert job.poll() is None, "".join(seen)
+        time.sleep(0.5)
+        job.send_signal(signal.SIGINT)
+        _, rest = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    err = "".join(seen) + rest
+    assert job.returncode == 130, err
+    assert "Traceback" not in err and "seqcodec: error" not in err, err
+    # Besides the job's timestamped log lines, one line: the last.
+    own = [line for line in err.splitlines() if not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line)]
+    assert own == ["seqcodec: interrupted"] and err.splitlines()[-1] == "seqcodec: interrupted", err
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
