@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from seqcodec.model.config import DECODERS, CodecConfig
 from seqcodec.model.data import TokenSequences, read_token_sequences, read_vocab
 from seqcodec.model.figures import percent
-from seqcodec.model.manifest import Manifest
+from seqcodec.model.manifest import VOCAB_FILE, Manifest, ModelDirError
 from seqcodec.pipeline.errors import ArgumentParser, HelpFormatter, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
@@ -62,7 +63,7 @@ def train(
     decoding shows words without being told; it sets the vocabulary's size. ValueError (one line) for
     bad options or data.
     """
-    from seqcodec.model.storage import check_model_dir
+    from seqcodec.model.storage import check_model_dir, own_files
     from seqcodec.model.train import TrainSettings, defaults_for, train_codec  # TensorFlow is imported here
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("embedding_size", embedding_size)):
@@ -84,6 +85,12 @@ def train(
         if vocab_size is not None and vocab_size != len(tokens):
             raise ValueError(f"{named} has {len(tokens)} tokens, but --vocab-size is {vocab_size}")
         vocab_size = len(tokens)
+        theirs = Path(model_dir) / VOCAB_FILE
+        # A vocab.txt that training did not write is someone's file: replacing it with another list would lose it.
+        if (theirs.is_file() and VOCAB_FILE not in own_files(Path(model_dir))
+                and read_vocab(str(theirs), None) != tokens):
+            raise ModelDirError(f"model directory {model_dir}: holds a {VOCAB_FILE} that is not the model's and "
+                                f"differs from {named}; move it away first")
     where = input if isinstance(input, str) else "the sequences"
     data = read_token_sequences(input, tokens_column) if isinstance(input, str) else in_memory(input)
     if len(data) < 4:

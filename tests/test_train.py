@@ -404,3 +404,16 @@ def test_train_refuses_a_vocab_that_does_not_fit(lines, extra, message, corpus_g
                              "--vocab", vocab, *map(str, extra)])
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "model").exists()
+
+
+def test_train_keeps_a_vocab_txt_it_did_not_write(trained, corpus_glob, tmp_path, seqcodec):
+    model_dir = model_copy(trained, tmp_path / "model")
+    write_words(model_dir / "vocab.txt", VOCAB)  # the owner's own list, beside a model trained without one
+    code, _, err = seqcodec(["train", "--input", corpus_glob, "--model-dir", model_dir, *TRAIN_ARGS, "--overwrite",
+                             "--vocab", write_words(tmp_path / "other.txt", VOCAB + 1)])
+    assert code == 2 and len(err.splitlines()) == 1 and "holds a vocab.txt that is not the model's" in err, err
+    assert (model_dir / "vocab.txt").read_text() == "".join(f"w{i}\n" for i in range(VOCAB))
+    # The same list is no loss: training stores it as the model's.
+    code, _, err = train(corpus_glob, model_dir, "--overwrite", "--vocab", model_dir / "vocab.txt")
+    assert code == 0, err
+    assert manifest_of(model_dir)["vocab"] == "vocab.txt" and (model_dir / "README.md").exists()
