@@ -82,6 +82,9 @@ def train(
         named = f"--vocab {os.fspath(vocab)}" if isinstance(vocab, str | os.PathLike) else "the vocabulary"
         if not tokens:
             raise ValueError(f"{named} holds no tokens")
+        broken = [i for i, token in enumerate(tokens) if len(f"{token}\n".splitlines()) != 1]
+        if broken:  # vocab.txt is one token per line: this one would shift every id after it
+            raise ValueError(f"{named}: token {broken[0]} holds a line break")
         if vocab_size is not None and vocab_size != len(tokens):
             raise ValueError(f"{named} has {len(tokens)} tokens, but --vocab-size is {vocab_size}")
         vocab_size = len(tokens)

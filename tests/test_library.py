@@ -144,6 +144,18 @@ def test_train_never_replaces_a_model_unless_asked(tmp_path):
     assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
 
 
+def test_train_stores_a_vocabulary_given_as_tokens(tmp_path):
+    sequences = [[i % 5, (i * 3) % 5, 4][: 1 + i % 3] for i in range(40)]
+    options = {"hidden_size": 8, "embedding_size": 4, "epochs": 1, "batch_size": 16, "time_budget": 0}
+    words = ["zero", "one", "", "three", "four", "five"]  # an empty token is a token too; 6 tokens: 6 ids
+    manifest = seqcodec.train(sequences, tmp_path / "m", vocab=words, **options)
+    assert manifest.config.vocab_size == 6 and manifest.extra["vocab"] == "vocab.txt"
+    assert (tmp_path / "m" / "vocab.txt").read_text().splitlines() == words
+    with pytest.raises(ValueError, match="the vocabulary: token 1 holds a line break"):
+        seqcodec.train(sequences, tmp_path / "n", vocab=["a", "b\nc", "d", "e", "f"], **options)
+    assert not (tmp_path / "n").exists()
+
+
 def test_train_checks_the_model_dir_first(tmp_path, request):
     """A bad --model-dir stops training before the data is read (the input here does not even exist)."""
     cli = request.getfixturevalue("seqcodec")  # the conftest fixture that runs the command
