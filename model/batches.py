@@ -6,14 +6,20 @@ Nothing here imports TensorFlow, so the numpy encoder and a job's launcher can u
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from seqcodec.model.config import CodecConfig
 
 
-def flatten(sequences: Sequence[np.ndarray] | Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """List of token sequences -> (values, offsets) in Arrow's list layout; rejects non-integer tokens."""
+def flatten(sequences: Sequence[np.ndarray] | Sequence[Sequence[int]] | Any) -> tuple[np.ndarray, np.ndarray]:
+    """Token sequences -> (values, offsets) in Arrow's list layout; rejects non-integer tokens.
+
+    ``sequences`` is a list of token lists or int arrays, or Arrow data (``arrow_lists``).
+    """
+    if type(sequences).__module__.split(".")[0] == "pyarrow":
+        return arrow_lists(sequences)
     arrays = [np.asarray(s) for s in sequences]
     for i, a in enumerate(arrays):
         if a.ndim != 1:
@@ -25,6 +31,44 @@ def flatten(sequences: Sequence[np.ndarray] | Sequence[Sequence[int]]) -> tuple[
     np.cumsum(lengths, out=offsets[1:])
     values = np.concatenate(arrays).astype(np.int64) if arrays else np.zeros(0, np.int64)
     return values, offsets
+
+
+def arrow_lists(data: Any, tokens_column: str = "tokens") -> tuple[np.ndarray, np.ndarray]:
+    """Arrow token sequences -> (values, offsets): a table's ``tokens`` column, or a (chunked) list array.
+
+    Iterating an Arrow table gives its columns, not its rows, so tables are never read as lists of
+    sequences; anything else from Arrow is refused with a ValueError that says what to pass.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(data, pa.Table | pa.RecordBatch):
+        if tokens_column not in data.column_names:
+            raise ValueError(f"an Arrow table needs a {tokens_column!r} column of token lists (it has "
+                             f"{', '.join(map(repr, data.column_names)) or 'none'}); pass table.column(NAME) "
+                             "to encode another column")
+        data = data.column(tokens_column)
+    if isinstance(data, pa.ChunkedArray):
+        data = data.combine_chunks()
+    kind = getattr(data, "type", None)
+    if not isinstance(data, pa.Array) or not (pa.types.is_list(kind) or pa.types.is_large_list(kind)
+                                              or pa.types.is_fixed_size_list(kind)):
+        raise ValueError(f"cannot read an Arrow {kind or type(data).__name__} as token sequences: pass a table "
+                         "with a 'tokens' column, a list array of integers, or a list of token lists")
+    if not pa.types.is_integer(kind.value_type):
+        raise ValueError(f"token ids must be integers, got Arrow {kind.value_type}")
+    if data.null_count:
+        row = int(np.argmax(data.is_null().to_numpy(zero_copy_only=False)))
+        raise ValueError(f"sequence {row}: null instead of a list of token ids")
+    lengths = pc.list_value_length(data).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(data)
+    if values.null_count:
+        position = int(np.argmax(values.is_null().to_numpy(zero_copy_only=False)))
+        row = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
+        raise ValueError(f"sequence {row}: a token id is null")
+    offsets = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return values.to_numpy(zero_copy_only=False).astype(np.int64), offsets
 
 
 def ragged_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +171,11 @@ def check_codes(codes: np.ndarray, config: CodecConfig) -> np.ndarray:
     """Validate codes and return their lengths (int64); ValueError names the first bad row."""
     if codes.ndim != 2 or codes.shape[1] != config.code_size:
         raise ValueError(f"codes must have shape (N, {config.code_size}), got {codes.shape}")
-    if not np.issubdtype(codes.dtype, np.floating) and not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"codes must be numbers, got {codes.dtype}")
+    # Codes are floats; integer (or bool, object) arrays are something else, token ids most often, and
+    # decoding them would give tokens without an error.
+    if not np.issubdtype(codes.dtype, np.floating):
+        raise ValueError(f"codes must be floats (float16, float32 or float64, as encode returns them), got "
+                         f"{codes.dtype}")
     # isfinite in the codes' own dtype: widening a float32 matrix to float64 first doubled the work.
     finite = np.isfinite(codes).all(axis=1)
     if not finite.all():

@@ -137,20 +137,28 @@ def read_token_sequences(pattern: str, tokens_column: str = "tokens") -> TokenSe
     return TokenSequences(values, offsets)
 
 
-def read_vocab(path: str, vocab_size: int) -> list[str]:
+def read_vocab(path: str, vocab_size: int | None) -> list[str]:
     """The tokens of a vocabulary file, one per line (line number = token id, from 0).
 
-    InputDataError naming the file if it is unreadable or has fewer lines than the model's
-    ``vocab_size``; a longer file is fine (its extra lines are never used).
+    InputDataError naming the file if it is unreadable or its size is not the model's
+    ``vocab_size`` (None: not checked; a longer file would give every id beyond the model's a meaning it never had,
+    and usually means the file belongs to another model).
     """
     try:
         with open(path, encoding="utf-8") as handle:
-            tokens = handle.read().splitlines()
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputDataError(f"{path}: cannot read the vocabulary file ({first_line(exc)})") from None
-    if len(tokens) < vocab_size:
+    return parse_vocab(text, path, vocab_size)
+
+
+def parse_vocab(text: str, where: str, vocab_size: int | None) -> list[str]:
+    """A vocabulary file's text as its tokens; InputDataError unless it holds exactly ``vocab_size`` (None: any)."""
+    tokens = text.splitlines()
+    if vocab_size is not None and len(tokens) != vocab_size:
         raise InputDataError(
-            f"{path}: {len(tokens)} tokens, but the model's vocabulary has {vocab_size} (one token per line, line = id)"
+            f"{where}: {len(tokens)} tokens, but the model's vocabulary has {vocab_size} "
+            "(one token per line, line number = id)"
         )
     return tokens
 

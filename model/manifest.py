@@ -19,6 +19,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.keras"
 DECODER_FILE = "decoder.keras"
+VOCAB_FILE = "vocab.txt"  # the vocabulary given to `train --vocab`, recorded in the manifest as "vocab"
+HISTORY_FILE = "history.json"  # training curves, written beside the model at the end of training
 # What the output files' schema metadata records about the model that wrote them.
 FACT_NAMES = ("fingerprint", "code_size", "vocab_size", "max_length")
 
@@ -97,6 +99,31 @@ class Manifest:
                                                                      "metrics"}
         extra = {k: v for k, v in data.items() if k not in known}
         return cls(config, data["fingerprint"], metrics, version, extra)
+
+
+def model_vocab(model_dir: str | os.PathLike, manifest: Manifest) -> list[str] | None:
+    """The vocabulary stored in the model directory (``vocab.txt``, recorded by `train --vocab`), or None.
+
+    ModelDirError (one line) if it is unreadable or its size is not the model's vocab_size.
+    """
+    name = manifest.extra.get("vocab")
+    if not name:
+        return None
+    from apache_beam.io.filesystems import FileSystems
+
+    from seqcodec.model.data import InputDataError, first_line, parse_vocab
+
+    model_dir = os.fspath(model_dir)
+    path = FileSystems.join(model_dir, name)
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            text = handle.read().decode("utf-8")
+    except Exception as exc:  # FileSystems raises its own types per scheme
+        raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
+    try:
+        return parse_vocab(text, path, manifest.vocab_size)
+    except InputDataError as exc:
+        raise ModelDirError(f"model directory {model_dir}: {exc}") from None
 
 
 def parse_manifest(text: str | bytes, where: str) -> Manifest:

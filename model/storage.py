@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from seqcodec.model.data import first_line
 from seqcodec.model.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
+    HISTORY_FILE,
     MANIFEST,
+    VOCAB_FILE,
     Manifest,
     ModelDirError,
     localize_model_dir,
@@ -40,16 +43,37 @@ def fingerprint(config: CodecConfig, encoder: keras.Model, decoder: keras.Model)
     return digest.hexdigest()[:16]
 
 
-def check_model_dir(model_dir: str | os.PathLike) -> Path:
-    """The directory ``save_codec`` may write: new, empty or a seqcodec model; ModelDirError (one line) if not.
+def own_files(model_dir: Path) -> set[str]:
+    """The files of ``model_dir`` that training wrote (empty if it holds no model): all that replacing it may touch."""
+    try:
+        recorded = json.loads((model_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        recorded = None
+    own = {ENCODER_FILE, DECODER_FILE, MANIFEST, HISTORY_FILE}
+    # vocab.txt is ours only where the manifest says train stored it: a user's own vocab.txt stays.
+    if isinstance(recorded, dict) and recorded.get("vocab") == VOCAB_FILE:
+        own.add(VOCAB_FILE)
+    return {name for name in own if (model_dir / name).exists()}
+
+
+def check_model_dir(model_dir: str | os.PathLike, overwrite: bool = True) -> Path:
+    """The directory ``save_codec`` may write: new, empty, or a seqcodec model if ``overwrite``; else ModelDirError.
 
     Training calls it before the first epoch so that a bad --model-dir fails in seconds, not after an hour.
     """
     target = Path(model_dir)
     if "://" in os.fspath(model_dir):
         raise ModelDirError(f"model directory {model_dir}: training writes local directories only; copy it afterwards")
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST).exists())):
+    if target.exists() and not target.is_dir():
         raise ModelDirError(f"model directory {target}: exists and is not a seqcodec model; refusing to replace it")
+    if target.exists():
+        if (target / MANIFEST).exists() or (target / ENCODER_FILE).exists():
+            if not overwrite:
+                raise ModelDirError(f"model directory {target}: holds a model already; pass --overwrite to replace "
+                                    "it (its other files are kept)")
+        elif any(target.iterdir()):
+            raise ModelDirError(f"model directory {target}: exists and is not a seqcodec model; refusing to write "
+                                "into it")
     parent = target.parent
     while not parent.exists():
         parent = parent.parent
@@ -63,14 +87,24 @@ def save_codec(
     model_dir: str | os.PathLike,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    vocab: Sequence[str] | None = None,
 ) -> Manifest:
-    """Write the model directory atomically (temp dir, then rename) and return its manifest."""
+    """Write the model directory and return its manifest; an existing model there is replaced.
+
+    Only the model's own files are replaced (``own_files``); any other file in the directory is
+    kept. With ``vocab`` (one token per id) the directory also holds it as ``vocab.txt``.
+    """
     target = check_model_dir(model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)
     codec.encoder.save(staging / ENCODER_FILE)
     codec.decoder.save(staging / DECODER_FILE)
+    if vocab is not None:
+        if len(vocab) != codec.config.vocab_size:
+            raise ValueError(f"the vocabulary has {len(vocab)} tokens, the model's vocab_size is "
+                             f"{codec.config.vocab_size}")
+        (staging / VOCAB_FILE).write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
     manifest = Manifest(
         codec.config,
         fingerprint(codec.config, codec.encoder, codec.decoder),
@@ -79,17 +113,29 @@ def save_codec(
             "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
             # What lets numpy_encoder.load_encoder trust encoder.keras without TensorFlow to check the weights.
             "files": {name: file_digest(staging / name) for name in (ENCODER_FILE, DECODER_FILE)},
+            **({"vocab": VOCAB_FILE} if vocab is not None else {}),
             **(extra or {}),
         },
     )
     (staging / MANIFEST).write_text(manifest.to_json())
-    if target.exists():
+    if not target.exists():
+        staging.rename(target)
+    elif {p.name for p in target.iterdir()} <= own_files(target):  # nothing but the old model: swap it whole
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
         target.rename(old / target.name)
         staging.rename(target)
         shutil.rmtree(old)
     else:
-        staging.rename(target)
+        # Other files live here (a README, notes): replace the model's own files one by one and keep theirs.
+        # The manifest goes last, so a reader in between sees weights that do not match it, which loading
+        # refuses (fingerprint), never a silently different model.
+        stale = own_files(target)
+        for name in (ENCODER_FILE, DECODER_FILE, VOCAB_FILE, HISTORY_FILE, MANIFEST):
+            if (staging / name).exists():
+                os.replace(staging / name, target / name)
+            elif name in stale:
+                (target / name).unlink()
+        staging.rmdir()
     codec.fingerprint = manifest.fingerprint
     return manifest
 

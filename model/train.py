@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.figures import baseline_scores, most_frequent_token, percent
 from seqcodec.model.layers import TiedOutput
-from seqcodec.model.manifest import Manifest
+from seqcodec.model.manifest import HISTORY_FILE, Manifest
 from seqcodec.model.network import (
     build_autoencoder,
     build_decoder,
@@ -276,10 +277,12 @@ class BestExactMatch(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, codec: SequenceCodec, validation: TokenSequences, model_dir: Path, budget: TimeBudget
+        self, codec: SequenceCodec, validation: TokenSequences, model_dir: Path, budget: TimeBudget,
+        vocab: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.codec, self.validation, self.model_dir, self.budget = codec, validation, model_dir, budget
+        self.vocab = vocab
         self.best: tuple[float, float] = (-1.0, -1.0)
         self.best_epoch = -1
         self.best_weights: list[np.ndarray] | None = None
@@ -295,7 +298,8 @@ class BestExactMatch(keras.callbacks.Callback):
         if key > self.best:
             self.best, self.best_epoch = key, epoch
             self.best_weights = self.model.get_weights()
-            save_codec(self.codec, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True})
+            save_codec(self.codec, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True},
+                       vocab=self.vocab)
 
 
 def hints(metrics: dict[str, Any]) -> list[str]:
@@ -374,9 +378,10 @@ class SampledSoftmaxTraining(keras.Model):
 
 
 def train_codec(
-    data: TokenSequences, config: CodecConfig, settings: TrainSettings, model_dir: str | Path
+    data: TokenSequences, config: CodecConfig, settings: TrainSettings, model_dir: str | Path,
+    vocab: Sequence[str] | None = None,
 ) -> Manifest:
-    """Train on ``data``, write the best model to ``model_dir`` and return its manifest."""
+    """Train on ``data``, write the best model to ``model_dir`` (with ``vocab``, if given) and return its manifest."""
     model_dir = Path(model_dir)
     keras.utils.set_random_seed(settings.seed)
     train, validation, test = split(data, settings.validation_fraction, settings.seed)
@@ -418,7 +423,7 @@ def train_codec(
     dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed, config, settings.word_dropout,
                                       settings.splice)
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
-    best = BestExactMatch(codec, validation, model_dir, budget)
+    best = BestExactMatch(codec, validation, model_dir, budget, vocab)
     anneal = AnnealLearningRate(settings.learning_rate, budget)
     callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if tied else []), best]
     started = time.monotonic()
@@ -461,6 +466,6 @@ def train_codec(
     }
     metrics["hints"] = hints(metrics)
     curves = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    manifest = save_codec(codec, model_dir, metrics)
-    (model_dir / "history.json").write_text(json.dumps(curves, indent=1) + "\n")
+    manifest = save_codec(codec, model_dir, metrics, vocab=vocab)
+    (model_dir / HISTORY_FILE).write_text(json.dumps(curves, indent=1) + "\n")
     return manifest

@@ -16,6 +16,7 @@ from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import (
+    check_beam_arguments,
     check_io_arguments,
     job_parser,
     make_pipeline,
@@ -77,6 +78,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     Nothing is created before the job starts: a failed check (exit 2) leaves no trace.
     """
     args, beam_args = parser().parse_known_args(argv)
+    check_beam_arguments(beam_args)  # a typo (or an abbreviation) is a usage error before any input is read
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
     check_io_arguments(args)

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from seqcodec.model.config import Batching
 from seqcodec.model.data import read_vocab, token_text
 from seqcodec.model.figures import percent
-from seqcodec.model.manifest import Manifest
+from seqcodec.model.manifest import Manifest, model_vocab
 from seqcodec.transforms.formats import decoded_schema
 from seqcodec.transforms.inference import DecodeTables
 from seqcodec.transforms.parquet_io import WriteTables
@@ -122,12 +122,19 @@ def decoded_columns(table: pa.Table, vocab: tuple[str, ...] | None) -> pa.Table:
 def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", metavar="FILE",
                         help="one token per line (line number = id): decoded rows get a text column and "
-                             "mismatch examples their words (default: none, ids only)")
+                             "mismatch examples their words (default: the model's own vocab.txt, stored by "
+                             "`train --vocab`; without one, ids only)")
 
 
 def job_vocab(args: argparse.Namespace, manifest: Manifest) -> tuple[str, ...] | None:
-    """The --vocab file's tokens, checked against the model before anything runs (None without it)."""
-    return None if args.vocab is None else tuple(read_vocab(args.vocab, manifest.vocab_size))
+    """The --vocab file's tokens, else the model directory's own; checked against the model before anything runs.
+
+    None when neither exists (ids only).
+    """
+    if args.vocab is not None:
+        return tuple(read_vocab(args.vocab, manifest.vocab_size))
+    tokens = model_vocab(args.model_dir, manifest)
+    return None if tokens is None else tuple(tokens)
 
 
 def training_facts(manifest: Manifest) -> dict[str, Any]:

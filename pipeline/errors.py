@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from seqcodec.model.data import InputDataError
 from seqcodec.model.manifest import ModelDirError
@@ -40,7 +43,12 @@ class UsageError(ValueError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, except that a mistake raises UsageError (one ``seqcodec: error:`` line) instead of a usage dump."""
+    """argparse, except that a mistake raises UsageError (one ``seqcodec: error:`` line) instead of a usage dump,
+    and that an abbreviated option is unknown: a crontab line's ``--num-shard`` must not change meaning (or
+    become ambiguous) when an option is added."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")
@@ -80,21 +88,73 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
+EXIT_INTERRUPTED = 130  # what a shell reports for a process that SIGINT ended (128 + 2)
+
+
+class Interrupts:
+    """Ctrl-C (SIGINT) while a command runs: noted, logging silenced, then KeyboardInterrupt as usual.
+
+    Beam catches the KeyboardInterrupt inside the bundle it interrupts, logs it with its traceback and
+    fails the pipeline (which the launcher reports as exit 4); the note lets ``run_cli`` end any such
+    failure as what it is, an interruption (exit 130, one line), and silencing logging keeps Beam's
+    traceback off the screen. A second Ctrl-C ends the process at once.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.seen:
+            print("seqcodec: interrupted", file=sys.stderr)
+            exit_process(EXIT_INTERRUPTED)
+        self.seen = True
+        logging.disable(logging.CRITICAL)
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> Interrupts:
+        # Signal handlers can be set from the main thread only (a command run from another thread keeps Python's).
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.seen:
+            logging.disable(logging.NOTSET)  # for a caller that goes on in this process (tests)
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Call ``main`` and map known failures to a one-line message and a non-zero exit code."""
-    try:
-        return main(argv)
-    except SystemExit as exc:  # --help and --version end here after printing
-        return exc.code if isinstance(exc.code, int) else 0
-    except BrokenPipeError:  # `seqcodec ... --help | head`: the reader left; nothing more to say
-        quiet_stdout()
-        return 0
-    except (JobError, *USER_ERRORS) as exc:
-        print(f"seqcodec: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", EXIT_USAGE)
-    except KeyboardInterrupt:
-        print("seqcodec: interrupted", file=sys.stderr)
-        return 130
+    """Call ``main`` and map known failures to a one-line message and a non-zero exit code.
+
+    Ctrl-C anywhere (checks, training, the pipeline and the wait for it) ends as ``seqcodec: interrupted``,
+    exit 130, whatever the runner made of it.
+    """
+    with Interrupts() as interrupts:
+        try:
+            return main(argv)
+        except SystemExit as exc:  # --help and --version end here after printing
+            return exc.code if isinstance(exc.code, int) else 0
+        except BrokenPipeError:  # `seqcodec ... --help | head`: the reader left; nothing more to say
+            quiet_stdout()
+            return 0
+        except KeyboardInterrupt:
+            return interrupted()
+        except (JobError, *USER_ERRORS) as exc:
+            if interrupts.seen:
+                return interrupted()
+            print(f"seqcodec: error: {exc}", file=sys.stderr)
+            return getattr(exc, "exit_code", EXIT_USAGE)
+        except Exception:
+            if interrupts.seen:
+                return interrupted()
+            raise
+
+
+def interrupted() -> int:
+    print("seqcodec: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def quiet_stdout() -> None:

@@ -21,8 +21,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
+from seqcodec.model.manifest import VOCAB_FILE, ModelDirError, model_vocab, read_manifest
 from seqcodec.pipeline.errors import ArgumentParser, exit_process, run_cli, setup_logging
-from seqcodec.pipeline.options import use_filesystem_options
+from seqcodec.pipeline.options import check_beam_arguments, use_filesystem_options
 from seqcodec.transforms.partition import SUCCESS, SUMMARY, committed_run_dir, matching_paths, seqcodec_files
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
 
@@ -140,6 +141,31 @@ def read_examples(run_dir: str, vocab: list[str] | None, vocab_path: str = "") -
             e["original_text"] = " ".join(vocab[t] for t in e["original"])
             e["decoded_text"] = " ".join(vocab[t] for t in e["decoded"])
     return examples
+
+
+def report_vocab(summary: dict[str, Any], vocab_path: str | None) -> tuple[list[str] | None, str]:
+    """The vocabulary for the examples' words and where it came from: ``--vocab``, else the run's model's own.
+
+    The run's model (summary.json's ``model_dir``) gives the size a --vocab file must have and, without
+    --vocab, its stored vocab.txt, but only while it is still the model of the run (same fingerprint):
+    a model retrained since may number its tokens differently.
+    """
+    manifest = None
+    model_dir = summary.get("model_dir")
+    if model_dir:
+        try:
+            manifest = read_manifest(model_dir)
+        except ModelDirError as exc:
+            log.info("%s: the vocabulary's size is not checked", exc)
+    if manifest is not None and manifest.fingerprint != summary.get("model_fingerprint"):
+        log.warning("model directory %s now holds another model (%s, the run's was %s): its vocabulary is not used",
+                    model_dir, manifest.fingerprint, summary.get("model_fingerprint"))
+        manifest = None
+    if vocab_path:
+        return read_vocab(vocab_path, manifest.vocab_size if manifest else None), vocab_path
+    if manifest is None:
+        return None, ""
+    return model_vocab(model_dir, manifest), FileSystems.join(model_dir, VOCAB_FILE)
 
 
 def figures_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -383,7 +409,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", help="the run's output directory (the partition holding summary.json)")
     p.add_argument("--out", help="where to write report.png and report.html (default: RUN_DIR)")
-    p.add_argument("--vocab", metavar="FILE", help="one token per line (line number = id): words in the examples")
+    p.add_argument("--vocab", metavar="FILE",
+                   help="one token per line (line number = id): words in the examples (default: the run's model's "
+                        "own vocab.txt, stored by `train --vocab`)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -391,17 +419,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args, beam_args = p.parse_known_args(argv)
-    unknown = [a for a in beam_args if not a.startswith("--")]
-    if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check_beam_arguments(beam_args)  # an option neither the report nor Beam knows would be dropped silently
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
     files = run_files(args.run_dir)
     summary = read_summary(files)
     history = read_history(summary.get("model_dir"))
     rows = length_rows(summary, files)
-    vocab = read_vocab(args.vocab, 0) if args.vocab else None
-    examples = read_examples(files, vocab, args.vocab)
+    vocab, vocab_path = report_vocab(summary, args.vocab)
+    examples = read_examples(files, vocab, vocab_path)
     png = render_png(summary, history, rows, args.run_dir)
     out = args.out or args.run_dir
     png_path, html_path = FileSystems.join(out, PNG_NAME), FileSystems.join(out, HTML_NAME)

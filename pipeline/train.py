@@ -7,13 +7,15 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from seqcodec.model.config import DECODERS, CodecConfig
-from seqcodec.model.data import TokenSequences, read_token_sequences
+from seqcodec.model.data import TokenSequences, read_token_sequences, read_vocab
 from seqcodec.model.figures import percent
-from seqcodec.model.manifest import Manifest
+from seqcodec.model.manifest import VOCAB_FILE, Manifest, ModelDirError
 from seqcodec.pipeline.errors import ArgumentParser, HelpFormatter, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
@@ -45,6 +47,8 @@ def train(
     batch_size: int | None = None,
     learning_rate: float = 2e-3,
     seed: int = 0,
+    vocab: str | os.PathLike | Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> Manifest:
     """Train a codec and write it to ``model_dir``; returns its Manifest (metrics["test"]: held-out scores).
 
@@ -53,9 +57,13 @@ def train(
     with the same defaults; ``time_budget`` 0 or None means no limit. ``decoder``, ``embedding_size``,
     ``batch_size``, ``tie_embeddings``, ``tie_output`` and the regularization options left None take the measured
     default for the vocabulary's size (``seqcodec.model.train.defaults_for``). ``model_dir`` is checked
-    before anything is read or trained. ValueError (one line) for bad options or data.
+    before anything is read or trained: a model already there is replaced only with ``overwrite``, and
+    then only its own files (other files in the directory are kept). ``vocab`` (a file of one token per
+    line, line number = id, or the tokens themselves) is stored with the model as ``vocab.txt``, so
+    decoding shows words without being told; it sets the vocabulary's size. ValueError (one line) for
+    bad options or data.
     """
-    from seqcodec.model.storage import check_model_dir
+    from seqcodec.model.storage import check_model_dir, own_files
     from seqcodec.model.train import TrainSettings, defaults_for, train_codec  # TensorFlow is imported here
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("embedding_size", embedding_size)):
@@ -67,7 +75,25 @@ def train(
         raise ValueError("--time-budget must be >= 0 seconds")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
-    check_model_dir(model_dir)
+    check_model_dir(model_dir, overwrite)
+    tokens = None
+    if vocab is not None:
+        tokens = read_vocab(os.fspath(vocab), None) if isinstance(vocab, str | os.PathLike) else list(vocab)
+        named = f"--vocab {os.fspath(vocab)}" if isinstance(vocab, str | os.PathLike) else "the vocabulary"
+        if not tokens:
+            raise ValueError(f"{named} holds no tokens")
+        broken = [i for i, token in enumerate(tokens) if len(f"{token}\n".splitlines()) != 1]
+        if broken:  # vocab.txt is one token per line: this one would shift every id after it
+            raise ValueError(f"{named}: token {broken[0]} holds a line break")
+        if vocab_size is not None and vocab_size != len(tokens):
+            raise ValueError(f"{named} has {len(tokens)} tokens, but --vocab-size is {vocab_size}")
+        vocab_size = len(tokens)
+        theirs = Path(model_dir) / VOCAB_FILE
+        # A vocab.txt that training did not write is someone's file: replacing it with another list would lose it.
+        if (theirs.is_file() and VOCAB_FILE not in own_files(Path(model_dir))
+                and read_vocab(str(theirs), None) != tokens):
+            raise ModelDirError(f"model directory {model_dir}: holds a {VOCAB_FILE} that is not the model's and "
+                                f"differs from {named}; move it away first")
     where = input if isinstance(input, str) else "the sequences"
     data = read_token_sequences(input, tokens_column) if isinstance(input, str) else in_memory(input)
     if len(data) < 4:
@@ -75,7 +101,8 @@ def train(
     seen_vocab = int(data.values.max()) + 1
     vocab_size = vocab_size or seen_vocab
     if vocab_size < seen_vocab:
-        raise ValueError(f"{where}: token id {seen_vocab - 1} is outside --vocab-size {vocab_size}")
+        limit = f"the vocabulary ({vocab_size} tokens)" if tokens is not None else f"--vocab-size {vocab_size}"
+        raise ValueError(f"{where}: token id {seen_vocab - 1} is outside {limit}")
     longest = int(data.lengths.max())
     max_length = max_length or longest
     if max_length < longest:
@@ -111,18 +138,18 @@ def train(
         seed=seed,
         **chosen,
     )
-    return train_codec(data, config, settings, model_dir)
+    return train_codec(data, config, settings, model_dir, tokens)
 
 
-def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray]) -> TokenSequences:
-    """Token sequences given in Python as TokenSequences; empty ones are skipped, as from files."""
+def in_memory(sequences: Sequence[Sequence[int]] | Sequence[np.ndarray] | Any) -> TokenSequences:
+    """Token sequences given in Python (or as Arrow data) as TokenSequences; empty ones are skipped, as from files."""
     from seqcodec.model.batches import flatten
 
-    kept = [s for s in sequences if len(s)]
-    values, offsets = flatten(kept)
-    if values.size and values.min() < 0:
-        raise ValueError(f"the sequences hold a negative token id {values.min()}")
-    return TokenSequences(values, offsets)
+    data = TokenSequences(*flatten(sequences))
+    data = data.take(np.flatnonzero(data.lengths))
+    if data.values.size and data.values.min() < 0:
+        raise ValueError(f"the sequences hold a negative token id {data.values.min()}")
+    return data
 
 
 def by_vocab(name: str) -> str:
@@ -145,11 +172,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True,
                    help="glob of Parquet files, or a directory of them, with a list-of-integers tokens column")
     p.add_argument("--model-dir", required=True, help="where to write the model directory (checked before training)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model already in --model-dir (only its own files: encoder.keras, decoder.keras, "
+                        "manifest.json, history.json, vocab.txt; other files are kept; default: refuse)")
+    p.add_argument("--vocab", metavar="FILE",
+                   help="one token per line (line number = id): stored with the model as vocab.txt, so decode, "
+                        "encode --decode and report show words by default; sets the vocabulary's size")
     p.add_argument("--tokens-column", default="tokens", help="name of the tokens column (default: %(default)s)")
     p.add_argument("--hidden-size", type=int, default=CodecConfig.hidden_size,
                    help="encoder state size; codes are hidden_size + 1 wide (default: %(default)s)")
     p.add_argument("--embedding-size", type=int, help=f"token embedding size (default: {by_vocab('embedding_size')})")
-    p.add_argument("--vocab-size", type=int, help="default: largest token id seen + 1")
+    p.add_argument("--vocab-size", type=int, help="default: the --vocab file's size, else largest token id seen + 1")
     p.add_argument("--max-length", type=int, help="default: longest sequence seen")
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
                    help="bidirectional encoder LSTM, hidden_size/2 each way (default: on)")

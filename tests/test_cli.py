@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import write_tokens_parquet
 
 import seqcodec
 from seqcodec.pipeline import decode, encode, train
 
+REPO = Path(__file__).resolve().parents[1]
 PARSERS = {"train": train.parser, "encode": encode.parser, "decode": decode.parser}
 
 
@@ -58,6 +66,28 @@ def test_unknown_option_for_a_job_is_refused_before_it_runs(tmp_path, tiny_model
     assert code == 2 and err.strip().splitlines()[-1] == (
         "seqcodec: error: unrecognized arguments: --too-lng truncate (neither the job's nor Beam's)")
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("command, abbreviated", [
+    ("encode", ["--num-shard", "2"]),  # --num-shards: neither taken for it nor handed on to Beam
+    ("decode", ["--max-error", "1"]),
+    ("train", ["--hidden", "8"]),
+    ("report", ["--ou", "elsewhere"]),
+])
+def test_abbreviated_options_are_unrecognized(command, abbreviated, tmp_path, tiny_model_dir, seqcodec):
+    if command == "decode":
+        pq.write_table(pa.table({"id": [1], "code": pa.array([[1.0] * 17], pa.list_(pa.float32()))}),
+                       tmp_path / "in.parquet")
+    else:
+        write_tokens_parquet(tmp_path / "in.parquet", [1], [[1, 2]])
+    args = {"report": [tmp_path / "run"], "train": ["--input", tmp_path / "in.parquet", "--model-dir", tmp_path / "m"]}
+    argv = [command, *args.get(command, ["--input", tmp_path / "in.parquet", "--output", tmp_path / "out",
+                                         "--model-dir", tiny_model_dir]), *abbreviated]
+    code, out, err = seqcodec(argv)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"seqcodec: error: unrecognized arguments: {' '.join(abbreviated)}"), err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()
 
 
 def test_version(seqcodec):
@@ -107,3 +137,37 @@ def test_input_directory_means_its_parquet_files(tmp_path, tiny_model_dir, seqco
     code, _, err = seqcodec(["decode", "--input", tmp_path / "out" / "codes", "--output", tmp_path / "back",
                              "--model-dir", tiny_model_dir])
     assert code == 0, err
+
+
+def test_ctrl_c_during_a_job_is_exit_130_in_one_line(tmp_path):
+    """SIGINT to a real running encode job (a subprocess): exit 130 and one line, not Beam's traceback and exit 4."""
+    rng = np.random.default_rng(0)
+    rows = 300_000  # the default model encodes 15k-60k rows/s here: still running when interrupted
+    lengths = rng.integers(1, 29, rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    tokens = pa.ListArray.from_arrays(offsets, rng.integers(0, 26, int(offsets[-1])).astype(np.int32))
+    pq.write_table(pa.table({"id": np.arange(rows), "tokens": tokens}), tmp_path / "in.parquet")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "seqcodec.pipeline.cli", "encode", "--input", str(tmp_path / "in.parquet"),
+         "--output", str(tmp_path / "out"), "--model-dir", str(REPO / "models" / "default")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    try:
+        seen = []
+        for line in job.stderr:  # the worker's "model ... loaded" line: the pipeline is running
+            seen.append(line)
+            if " loaded: " in line:
+                break
+        assert job.poll() is None, "".join(seen)
+        time.sleep(0.5)
+        job.send_signal(signal.SIGINT)
+        _, rest = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    err = "".join(seen) + rest
+    assert job.returncode == 130, err
+    assert "Traceback" not in err and "seqcodec: error" not in err, err
+    # Besides the job's timestamped log lines, one line: the last.
+    own = [line for line in err.splitlines() if not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line)]
+    assert own == ["seqcodec: interrupted"] and err.splitlines()[-1] == "seqcodec: interrupted", err
+    assert not (tmp_path / "out" / "_SUCCESS").exists()

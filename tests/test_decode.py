@@ -29,7 +29,7 @@ from seqcodec.transforms.validate import CODE_REASONS, _all_valid_codes, split_c
 
 VOCAB, MAX_LEN, CODE_SIZE = TINY["vocab_size"], TINY["max_length"], TINY["hidden_size"] + 1
 MISMATCHES = 4
-WORDS = [f"word{i}" for i in range(VOCAB)] + ["never-used"]  # a vocabulary file may be longer than the model's
+WORDS = [f"word{i}" for i in range(VOCAB)]
 
 
 def write_vocab(directory: Path) -> Path:
@@ -227,7 +227,11 @@ def test_vocab_writes_the_decoded_tokens_as_text(run, request):
 def test_vocab_file_problems_stop_the_job_in_one_line(seqcodec, tmp_path, tiny_model_dir, encoded):
     short = tmp_path / "short.txt"
     short.write_text("a\nb\n")
+    # A longer file too: every id beyond the model's would be words it never had (usually another model's file).
+    long = tmp_path / "long.txt"
+    long.write_text("".join(f"{w}\n" for w in [*WORDS, "never-used"]))
     for vocab, message in ((short, f"2 tokens, but the model's vocabulary has {VOCAB}"),
+                           (long, f"{VOCAB + 1} tokens, but the model's vocabulary has {VOCAB}"),
                            (tmp_path / "missing.txt", "cannot read the vocabulary file")):
         code, _, err = seqcodec(["decode", "--input", encoded.dir / "codes" / "*.parquet", "--output",
                                  tmp_path / "run", "--model-dir", tiny_model_dir, "--vocab", vocab])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
 from conftest import TINY, random_sequences
@@ -39,6 +41,40 @@ def test_load_encode_decode(tiny_model_dir, tiny_codec):
         np.testing.assert_array_equal(got, want)
     assert codec.config == tiny_codec.config and codec.fingerprint == tiny_codec.fingerprint
     assert codec.manifest == seqcodec.read_manifest(tiny_model_dir)
+
+
+def test_encode_reads_arrow_tokens_not_columns(tiny_codec):
+    """An Arrow table is encoded from its tokens column (iterating it would give its columns), list arrays as rows."""
+    sequences = [s.tolist() for s in random_sequences(5, TINY["vocab_size"], TINY["max_length"], seed=13)]
+    expected = tiny_codec.encode(sequences)
+    table = pa.table({"id": range(5), "tokens": pa.array(sequences, pa.list_(pa.int32()))})
+    chunked = pa.chunked_array([pa.array(sequences[:2], pa.large_list(pa.int64())),
+                                pa.array(sequences[2:], pa.large_list(pa.int64()))])
+    for data in (table, table.to_batches()[0], table.column("tokens"), table.column("tokens").combine_chunks(),
+                 chunked, pa.array(sequences, pa.large_list(pa.uint8()))):
+        np.testing.assert_array_equal(tiny_codec.encode(data), expected, err_msg=type(data).__name__)
+    sliced = pa.array([[1], *sequences], pa.list_(pa.int64())).slice(1)  # offsets that do not start at 0
+    np.testing.assert_array_equal(tiny_codec.encode(sliced), expected)
+
+
+@pytest.mark.parametrize("data, message", [
+    (pa.table({"id": [1, 2], "seq": [[1], [2]]}), "needs a 'tokens' column of token lists (it has 'id', 'seq')"),
+    (pa.array([1, 2, 3]), "cannot read an Arrow int64 as token sequences"),
+    (pa.array([[1.0], [2.5]]), "token ids must be integers, got Arrow double"),
+    (pa.array([[1], None]), "sequence 1: null instead of a list of token ids"),
+    (pa.array([[1], [2, None]]), "sequence 1: a token id is null"),
+], ids=["no-tokens-column", "not-lists", "floats", "null-list", "null-token"])
+def test_encode_refuses_arrow_data_it_cannot_read(tiny_codec, data, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_codec.encode(data)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_decode_refuses_codes_that_are_not_floats(tiny_codec, dtype):
+    codes = tiny_codec.encode([[1, 2, 3], [4]])
+    with pytest.raises(ValueError, match=f"codes must be floats .*got {np.dtype(dtype)}"):
+        tiny_codec.decode(codes.astype(dtype))
+    assert [t.size for t in tiny_codec.decode(codes.astype(np.float64))] == [3, 1]
 
 
 class SchemeFileSystem(LocalFileSystem):
@@ -92,6 +128,32 @@ def test_train_in_memory_and_loadable(tmp_path):
     assert manifest.config.vocab_size == 5 and manifest.config.max_length == 3
     assert manifest == seqcodec.read_manifest(tmp_path / "m")
     assert seqcodec.load(tmp_path / "m").encode([[1, 2]]).shape == (1, 9)
+
+
+def test_train_never_replaces_a_model_unless_asked(tmp_path):
+    sequences = [[i % 5, (i * 3) % 5, 4][: 1 + i % 3] for i in range(40)]
+    options = {"hidden_size": 8, "embedding_size": 4, "epochs": 1, "batch_size": 16, "time_budget": 0}
+    first = seqcodec.train(sequences, tmp_path / "m", seed=2, **options)
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    with pytest.raises(seqcodec.ModelDirError, match="holds a model already; pass --overwrite"):
+        seqcodec.train(sequences, tmp_path / "m", seed=3, **options)
+    assert seqcodec.read_manifest(tmp_path / "m") == first
+    second = seqcodec.train(sequences, tmp_path / "m", seed=3, overwrite=True, **options)
+    assert second.fingerprint != first.fingerprint
+    assert seqcodec.load(tmp_path / "m").fingerprint == second.fingerprint
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
+def test_train_stores_a_vocabulary_given_as_tokens(tmp_path):
+    sequences = [[i % 5, (i * 3) % 5, 4][: 1 + i % 3] for i in range(40)]
+    options = {"hidden_size": 8, "embedding_size": 4, "epochs": 1, "batch_size": 16, "time_budget": 0}
+    words = ["zero", "one", "", "three", "four", "five"]  # an empty token is a token too; 6 tokens: 6 ids
+    manifest = seqcodec.train(sequences, tmp_path / "m", vocab=words, **options)
+    assert manifest.config.vocab_size == 6 and manifest.extra["vocab"] == "vocab.txt"
+    assert (tmp_path / "m" / "vocab.txt").read_text().splitlines() == words
+    with pytest.raises(ValueError, match="the vocabulary: token 1 holds a line break"):
+        seqcodec.train(sequences, tmp_path / "n", vocab=["a", "b\nc", "d", "e", "f"], **options)
+    assert not (tmp_path / "n").exists()
 
 
 def test_train_checks_the_model_dir_first(tmp_path, request):

@@ -129,5 +129,5 @@ def test_report_shows_where_the_model_stands_and_words_with_vocab(trained_run, t
     short = tmp_path / "short.txt"
     short.write_text("a\n")
     code, _, err = run_seqcodec(["report", trained_run.dir, "--out", tmp_path / "out2", "--vocab", short])
-    assert code == 2 and str(short) in err and "token id" in err
+    assert code == 2 and str(short) in err and f"1 tokens, but the model's vocabulary has {VOCAB}" in err
 

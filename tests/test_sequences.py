@@ -107,7 +107,8 @@ def test_decode_codes_round_trip_and_bad_codes(tiny_model_dir, tiny_codec):
     good = [(i, c) for i, c in enumerate(codes)] + [(100, codes[0].astype(np.float16).tolist())]
     wrong_length = codes[1].copy()
     wrong_length[0] = 2.5
-    bad = [(200, codes[0][:5]), (201, wrong_length), (202, None), (None, codes[0]), (203, "xyz")]
+    bad = [(200, codes[0][:5]), (201, wrong_length), (202, None), (None, codes[0]), (203, "xyz"),
+           (204, codes[0].astype(np.int64)), (205, np.round(codes[1]).astype(int).tolist())]  # integers: no codes
 
     def build(p):
         out = p | beam.Create(good + bad) | seqcodec.DecodeCodes(str(tiny_model_dir), batch_tokens=300)
@@ -123,7 +124,7 @@ def test_decode_codes_round_trip_and_bad_codes(tiny_model_dir, tiny_codec):
         assert_that(out.main, check, label="tokens")
         assert_that(out.errors | beam.Map(lambda e: (e["id"], e["reason"])),
                     equal_to([(200, "wrong_width"), (201, "bad_length"), (202, "null_code"), (None, "null_id"),
-                              (203, "not_a_code")]), label="errors")
+                              (203, "not_a_code"), (204, "not_a_code"), (205, "not_a_code")]), label="errors")
 
     run(build)
 
@@ -154,3 +155,42 @@ def test_bad_arguments_fail_at_construction(tiny_model_dir, tmp_path):
         seqcodec.EncodeSequences(str(tiny_model_dir), batch_tokens=0)
     with pytest.raises(seqcodec.ModelDirError, match="does not exist"):
         seqcodec.DecodeCodes(str(tmp_path / "nothing"))
+
+
+def test_dead_letters_name_a_missing_field_and_keep_the_element(tiny_model_dir, tiny_codec):
+    """A misnamed field is reported as such (not as a null id), and every dead letter keeps the element itself."""
+    code = tiny_codec.encode([[1, 2, 3]])[0]
+    tokens_in = [{"ident": 1, "tokens": [1, 2]}, {"id": 2, "toks": [3]}, {"id": 3, "tokens": [4, 5]},
+                 ("out", [VOCAB]), ("floats", [1.5]), {"id": None, "tokens": [1]}]
+    codes_in = [{"ident": 7, "code": code}, (8, code.astype(np.int64)), (9, code[:3].tolist()), (10, code)]
+
+    def build(p):
+        encoded = p | "Tokens" >> beam.Create(tokens_in) | "Encode" >> seqcodec.EncodeSequences(str(tiny_model_dir))
+        decoded = p | "Codes" >> beam.Create(codes_in) | "Decode" >> seqcodec.DecodeCodes(str(tiny_model_dir))
+        assert_that(encoded.main | beam.Map(lambda e: e["id"]), equal_to([3]), label="encoded")
+        assert_that(decoded.main | beam.Map(lambda kv: kv[0]), equal_to([10]), label="decoded")
+        assert_that(encoded.errors | beam.Map(lambda e: (e["id"], e["reason"], e["detail"])), equal_to([
+            (None, "missing_field", "no field 'id' (the element's fields: 'ident', 'tokens')"),
+            (2, "missing_field", "no field 'tokens' (the element's fields: 'id', 'toks')"),
+            ("out", "token_out_of_range", f"token id {VOCAB} is outside [0, {VOCAB})"),
+            ("floats", "not_token_list", "token ids must be integers, got float64"),
+            (None, "null_id", "the id is null"),
+        ]), label="token reasons")
+        assert_that(encoded.errors | beam.Map(lambda e: repr(e["input"])),
+                    equal_to([repr(e) for e in tokens_in if e != {"id": 3, "tokens": [4, 5]}]), label="token inputs")
+        assert_that(decoded.errors | beam.Map(lambda e: (e["id"], e["reason"], e["detail"].split(" (")[0])),
+                    equal_to([(None, "missing_field", "no field 'id'"),
+                              (8, "not_a_code", "a code must be a 1-D list of floats, got int64 of shape"),
+                              (9, "wrong_width", f"3 values, the model's code_size is {TINY['hidden_size'] + 1}")]),
+                    label="code reasons")
+
+        def inputs_kept(letters):
+            kept = {e["reason"]: e["input"] for e in letters}
+            assert kept["missing_field"]["ident"] == 7
+            np.testing.assert_array_equal(kept["missing_field"]["code"], code)
+            assert kept["not_a_code"][0] == 8 and kept["not_a_code"][1].dtype == np.int64
+            assert kept["wrong_width"] == (9, code[:3].tolist())
+
+        assert_that(decoded.errors, inputs_kept, label="code inputs")
+
+    run(build)

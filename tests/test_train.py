@@ -1,6 +1,7 @@
 """`seqcodec train` end to end on real Parquet files, its one-line errors, and read_token_sequences."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,97 @@ def test_token_sequences_take_reorders_rows():
     picked = data.take(np.array([2, 0]))
     assert [s.tolist() for s in picked.to_list()] == [[4, 5, 6], [1, 2]]
     np.testing.assert_array_equal(picked.offsets, [0, 3, 5])
+
+
+# -- an existing model directory and the vocabulary -------------------------------------------------------
+
+
+def model_copy(trained, directory: Path) -> Path:
+    """The shared trained model copied to ``directory``, with a README and notes of its owner beside it."""
+    shutil.copytree(trained[0], directory)
+    (directory / "README.md").write_text("my model, trained on Tuesday\n")
+    (directory / "notes").mkdir()
+    (directory / "notes" / "eval.txt").write_text("looks fine\n")
+    return directory
+
+
+def test_train_refuses_to_replace_a_model_unless_asked(trained, corpus_glob, tmp_path, seqcodec):
+    model_dir = model_copy(trained, tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    code, out, err = seqcodec(["train", "--input", corpus_glob, "--model-dir", model_dir, *TRAIN_ARGS])
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines() == [f"seqcodec: error: model directory {model_dir}: holds a model already; pass "
+                                "--overwrite to replace it (its other files are kept)"]
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
+    assert (model_dir / "notes" / "eval.txt").read_text() == "looks fine\n"
+
+
+def test_overwrite_replaces_only_the_models_own_files(trained, corpus_glob, tmp_path):
+    model_dir = model_copy(trained, tmp_path / "model")
+    old = manifest_of(model_dir)["fingerprint"]
+    code, _, err = train(corpus_glob, model_dir, "--overwrite", "--seed", "4")
+    assert code == 0, err
+    assert manifest_of(model_dir)["fingerprint"] != old
+    assert load_codec(model_dir).fingerprint == manifest_of(model_dir)["fingerprint"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["README.md", "decoder.keras", "encoder.keras",
+                                                           "history.json", "manifest.json", "notes"]
+    assert (model_dir / "README.md").read_text() == "my model, trained on Tuesday\n"
+    assert (model_dir / "notes" / "eval.txt").read_text() == "looks fine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left beside it
+
+
+def write_words(path: Path, n: int) -> Path:
+    path.write_text("".join(f"w{i}\n" for i in range(n)))
+    return path
+
+
+def test_train_stores_the_vocab_and_the_jobs_use_it(corpus_glob, tmp_path):
+    model_dir = tmp_path / "model"
+    code, _, err = train(corpus_glob, model_dir, "--vocab", write_words(tmp_path / "words.txt", VOCAB + 2))
+    assert code == 0, err
+    manifest = manifest_of(model_dir)
+    assert manifest["vocab_size"] == VOCAB + 2 and manifest["vocab"] == "vocab.txt"  # the file sets the size
+    assert (model_dir / "vocab.txt").read_text() == (tmp_path / "words.txt").read_text()
+    # encode --decode and decode show words without --vocab: the model's own vocabulary.
+    code, _, err = run_seqcodec(["encode", "--input", corpus_glob, "--output", tmp_path / "enc", "--model-dir",
+                                 model_dir, "--decode", "--mismatches", "2"])
+    assert code == 0, err
+    code, _, err = run_seqcodec(["decode", "--input", tmp_path / "enc" / "codes", "--output", tmp_path / "dec",
+                                 "--model-dir", model_dir])
+    assert code == 0, err
+    for run in ("enc", "dec"):
+        table = pq.read_table(tmp_path / run / "decoded")
+        assert table.num_rows == 400
+        for tokens, text in zip(table.column("tokens").to_pylist(), table.column("text").to_pylist(), strict=True):
+            assert text == " ".join(f"w{t}" for t in tokens)
+    code, _, err = run_seqcodec(["report", tmp_path / "enc"])
+    assert code == 0, err
+    examples = [json.loads(line) for line in (tmp_path / "enc" / "roundtrip" / "mismatches.jsonl").open()]
+    page = (tmp_path / "enc" / "report.html").read_text()
+    assert examples and all(" ".join(f"w{t}" for t in e["original"]) in page for e in examples)
+
+
+@pytest.mark.parametrize("lines, extra, message", [
+    (VOCAB - 1, [], f"token id {VOCAB - 1} is outside the vocabulary ({VOCAB - 1} tokens)"),
+    (VOCAB, ["--vocab-size", VOCAB + 1], f"has {VOCAB} tokens, but --vocab-size is {VOCAB + 1}"),
+    (0, [], "holds no tokens"),
+])
+def test_train_refuses_a_vocab_that_does_not_fit(lines, extra, message, corpus_glob, tmp_path, seqcodec):
+    vocab = write_words(tmp_path / "words.txt", lines)
+    code, _, err = seqcodec(["train", "--input", corpus_glob, "--model-dir", tmp_path / "model", *TRAIN_ARGS,
+                             "--vocab", vocab, *map(str, extra)])
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "model").exists()
+
+
+def test_train_keeps_a_vocab_txt_it_did_not_write(trained, corpus_glob, tmp_path, seqcodec):
+    model_dir = model_copy(trained, tmp_path / "model")
+    write_words(model_dir / "vocab.txt", VOCAB)  # the owner's own list, beside a model trained without one
+    code, _, err = seqcodec(["train", "--input", corpus_glob, "--model-dir", model_dir, *TRAIN_ARGS, "--overwrite",
+                             "--vocab", write_words(tmp_path / "other.txt", VOCAB + 1)])
+    assert code == 2 and len(err.splitlines()) == 1 and "holds a vocab.txt that is not the model's" in err, err
+    assert (model_dir / "vocab.txt").read_text() == "".join(f"w{i}\n" for i in range(VOCAB))
+    # The same list is no loss: training stores it as the model's.
+    code, _, err = train(corpus_glob, model_dir, "--overwrite", "--vocab", model_dir / "vocab.txt")
+    assert code == 0, err
+    assert manifest_of(model_dir)["vocab"] == "vocab.txt" and (model_dir / "README.md").exists()

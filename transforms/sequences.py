@@ -35,6 +35,7 @@ from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import (
     ERRORS_TAG,
     METRICS_NAMESPACE,
+    MISSING_FIELD,
     NOT_A_CODE,
     NOT_TOKEN_LIST,
     TOO_LONG_CHOICES,
@@ -49,31 +50,36 @@ DEFAULT_BATCH_TOKENS = 65536
 PAIR, DICT, ROW = "pair", "dict", "row"
 
 
-@dataclasses.dataclass(frozen=True)
-class ElementBatch:
-    """Elements cut apart: each one's id and form, and an Arrow table whose id column is the position in the batch.
-
-    The ids themselves stay Python objects (any type, even mixed), so the output gives them back unchanged.
-    """
-
-    ids: list[Any]
-    forms: list[str]
-    table: pa.Table
+# What element_parts gives for a field that a dict or Row does not have (None is a field set to null).
+MISSING = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
 
 def element_parts(element: Any, id_field: str, data_field: str) -> tuple[str, Any, Any]:
-    """(form, id, data) of a pair, dict or Row; TypeError for anything else (a bug in the pipeline, not bad data)."""
+    """(form, id, data) of a pair, dict or Row, ``MISSING`` for an absent field; TypeError for anything else
+    (a bug in the pipeline, not bad data)."""
     # Beam hands schema'd elements (beam.Row after a coder) on as generated NamedTuples.
     if isinstance(element, beam.Row) or hasattr(element, "_fields"):
-        return ROW, getattr(element, id_field, None), getattr(element, data_field, None)
+        return ROW, getattr(element, id_field, MISSING), getattr(element, data_field, MISSING)
     if isinstance(element, Mapping):
-        return DICT, element.get(id_field), element.get(data_field)
+        return DICT, element.get(id_field, MISSING), element.get(data_field, MISSING)
     if isinstance(element, tuple | list) and len(element) == 2:
         return PAIR, element[0], element[1]
     raise TypeError(
         f"expected (id, {data_field}) pairs, dicts or beam.Rows with {id_field!r} and {data_field!r}, "
         f"got {type(element).__name__}"
     )
+
+
+def field_names(element: Any) -> list[str]:
+    """The fields a dict or Row has, for a dead letter's detail."""
+    if isinstance(element, Mapping):
+        return [str(k) for k in element]
+    return list(getattr(element, "_fields", None) or vars(element))
+
+
+def dead_letter(key: Any, reason: str, detail: str, element: Any) -> dict[str, Any]:
+    """An element's dead letter: the job's id, reason and detail, and the element itself as it came in."""
+    return {"id": None if key is MISSING else key, "reason": reason, "detail": detail, "input": element}
 
 
 def element_size(element: Any, id_field: str, data_field: str, limit: int) -> int:
@@ -111,51 +117,78 @@ def integer_list(value: Any) -> np.ndarray | list | None:
 
 
 def number_list(value: Any) -> np.ndarray | None:
-    """A code as float64 values (nulls as NaN are caught by the shared checks); ValueError if not numbers."""
+    """A code as float64 values (nulls as NaN are caught by the shared checks); ValueError if not floats.
+
+    Integers are refused as the codec refuses them: a code is floats, an integer list is most
+    often token ids, and decoding it would give tokens without an error.
+    """
     if value is None:
         return None
     array = np.asarray(value) if not isinstance(value, np.ndarray) else value
-    if array.ndim != 1 or not (array.dtype.kind in "iuf" or array.size == 0):
-        raise ValueError(f"a code must be a 1-D list of numbers, got {array.dtype} of shape {array.shape}")
+    if array.ndim != 1 or not (array.dtype.kind == "f" or array.size == 0):
+        raise ValueError(f"a code must be a 1-D list of floats, got {array.dtype} of shape {array.shape}")
     return array.astype(np.float64, copy=False)
 
 
 class _ToTables(beam.DoFn):
-    """A batch of elements -> one ElementBatch; elements whose data cannot even be read become dead letters."""
+    """A batch of elements -> ``((ids, forms, None), valid table)`` for RunInference; every rejected element
+    becomes a dead letter here, where the element itself is still at hand to keep in it.
+
+    Elements without the id or data field, with a null id, or whose data cannot even be read are
+    rejected before the table is built; the table's rows then go through the job's validator.
+    """
 
     def __init__(self, id_field: str, data_field: str, convert: Callable[[Any], Any], value_type: pa.DataType,
-                 bad_reason: str) -> None:
+                 bad_reason: str, validator: _Validate) -> None:
         self.id_field, self.data_field, self.convert = id_field, data_field, convert
-        self.value_type, self.bad_reason = value_type, bad_reason
+        self.value_type, self.bad_reason, self.validator = value_type, bad_reason, validator
+
+    def setup(self) -> None:
+        self.validator.setup()
         self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
-        self.rejected = Metrics.counter(METRICS_NAMESPACE, f"rejected_{bad_reason}")
 
     def process(self, elements: list[Any]):
-        ids, forms, data, bad = [], [], [], []
+        ids, forms, data, kept, bad = [], [], [], [], []
         for element in elements:
             form, key, value = element_parts(element, self.id_field, self.data_field)
+            absent = [name for name, v in ((self.id_field, key), (self.data_field, value)) if v is MISSING]
+            if absent:
+                has = ", ".join(map(repr, field_names(element))) or "none"
+                detail = f"no field {' or '.join(map(repr, absent))} (the element's fields: {has})"
+                bad.append(dead_letter(key, MISSING_FIELD, detail, element))
+                continue
+            if key is None:  # caught here, not by the validator: its table's ids are the elements' positions
+                bad.append(dead_letter(key, "null_id", self.validator.sentences["null_id"], element))
+                continue
             try:
                 data.append(self.convert(value))
             except ValueError as exc:
-                bad.append({"id": key, "reason": self.bad_reason, "detail": str(exc)})
+                bad.append(dead_letter(key, self.bad_reason, str(exc), element))
                 continue
             ids.append(key)
             forms.append(form)
-        if bad:  # the validator counts the others
+            kept.append(element)
+        if bad:  # the validator counts the rows it sees
             self.rows_read.inc(len(bad))
-            self.rejected.inc(len(bad))
-            yield beam.pvalue.TaggedOutput(ERRORS_TAG, bad)
-        if ids:
-            positions = pa.array(np.arange(len(ids)), mask=np.array([k is None for k in ids]))
-            column = pa.array(data, type=pa.list_(self.value_type))
-            yield ElementBatch(ids, forms, pa.table({self.id_field: positions, self.data_field: column}))
+            for letter in bad:
+                Metrics.counter(METRICS_NAMESPACE, f"rejected_{letter['reason']}").inc()
+                yield beam.pvalue.TaggedOutput(ERRORS_TAG, letter)
+        if not ids:
+            return
+        column = pa.array(data, type=pa.list_(self.value_type))
+        good, rejected = self.validator.route(pa.table({self.id_field: np.arange(len(ids)), self.data_field: column}))
+        for row in rejected.select(["id", "reason", "detail"]).to_pylist():
+            position = row["id"]
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, dead_letter(ids[position], row["reason"], row["detail"],
+                                                                   kept[position]))
+        if good.num_rows:
+            yield (ids, forms, None), good
 
 
 class _ValidateBatches(beam.DoFn):
-    """Arrow tables (the job's path) or ElementBatches through one shared validator.
+    """Arrow tables (the job's path) through the shared validator, keyed for RunInference with a KeyedModelHandler.
 
-    Out: ``(key, valid table)`` for RunInference with a KeyedModelHandler, where the key carries
-    what the output step needs: the rejected rows and, for elements, their ids and forms.
+    Out: ``((None, None, rejected rows), valid table)``: the output step passes the rejected rows on as they are.
     """
 
     def __init__(self, validator: _Validate) -> None:
@@ -164,13 +197,9 @@ class _ValidateBatches(beam.DoFn):
     def setup(self) -> None:
         self.validator.setup()
 
-    def process(self, element: pa.Table | ElementBatch):
-        if isinstance(element, ElementBatch):
-            good, bad = self.validator.route(element.table)
-            yield (element.ids, element.forms, bad), good
-        else:
-            good, bad = self.validator.route(element)
-            yield (None, None, bad), good
+    def process(self, table: pa.Table):
+        good, bad = self.validator.route(table)
+        yield (None, None, bad), good
 
 
 class _Unbatch(beam.DoFn):
@@ -179,7 +208,7 @@ class _Unbatch(beam.DoFn):
     def __init__(self, to_elements: Callable[[list, list, pa.Table], Iterable[Any]]) -> None:
         self.to_elements = to_elements
 
-    def process(self, keyed: tuple[tuple[list | None, list | None, pa.Table], pa.Table]):
+    def process(self, keyed: tuple[tuple[list | None, list | None, pa.Table | None], pa.Table]):
         (ids, forms, bad), result = keyed
         if ids is None:  # an Arrow table in, Arrow tables out: exactly the job's outputs
             if bad.num_rows:
@@ -187,13 +216,7 @@ class _Unbatch(beam.DoFn):
             if result.num_rows:
                 yield result
             return
-        for row in bad.select(["id", "reason", "detail"]).to_pylist():
-            position = row["id"]
-            yield beam.pvalue.TaggedOutput(
-                ERRORS_TAG, {"id": None if position is None else ids[position], "reason": row["reason"],
-                             "detail": row["detail"]}
-            )
-        if result.num_rows:
+        if result.num_rows:  # the elements' dead letters left at _ToTables
             yield from self.to_elements(ids, forms, result)
 
 
@@ -237,11 +260,12 @@ class _CodecTransform(beam.PTransform):
         self.manifest = manifest if manifest is not None else read_manifest(model_dir)
         self.batch_tokens, self.id_field, self.data_field = batch_tokens, id_field, data_field
 
-    def parts(self) -> tuple[_ToTables, _Validate, CodecHandler, Callable]:
+    def parts(self) -> tuple[Callable[[_Validate], _ToTables], _Validate, CodecHandler, Callable]:
         raise NotImplementedError
 
     def expand(self, pcoll):
-        to_tables, validator, handler, to_elements = self.parts()
+        make_to_tables, validator, handler, to_elements = self.parts()
+        to_tables = make_to_tables(validator)
         if pcoll.element_type == pa.Table:
             return self.expand_tables(pcoll, validator, handler)
         routed = pcoll | "Route" >> beam.Partition(lambda e, _: 0 if isinstance(e, pa.Table) else 1, 2)
@@ -253,15 +277,14 @@ class _CodecTransform(beam.PTransform):
                                             element_size_fn=size)
             | "To tables" >> beam.ParDo(to_tables).with_outputs(ERRORS_TAG, main="batches")
         )
+        tables = routed[0] | "Validate" >> beam.ParDo(_ValidateBatches(validator))
         results = (
-            (routed[0], batches.batches)
+            (tables, batches.batches)
             | "Tables and batches" >> beam.Flatten()
-            | "Validate" >> beam.ParDo(_ValidateBatches(validator))
             | "RunInference" >> RunInference(KeyedModelHandler(for_pipeline(handler, pcoll)))
             | "Outputs" >> beam.ParDo(_Unbatch(to_elements)).with_outputs(ERRORS_TAG, main="main")
         )
-        unreadable = batches[ERRORS_TAG] | "Unreadable" >> beam.FlatMap(lambda rows: rows)
-        errors = (results[ERRORS_TAG], unreadable) | "Errors" >> beam.Flatten()
+        errors = (results[ERRORS_TAG], batches[ERRORS_TAG]) | "Errors" >> beam.Flatten()
         return CodecOutputs(results.main, errors)
 
     def expand_tables(self, tables: beam.PCollection, validator: _Validate, handler: CodecHandler) -> CodecOutputs:
@@ -294,9 +317,10 @@ class EncodeSequences(_CodecTransform):
     declared to hold ``pa.Table``; see ``expand_tables``). Output, in the input's form:
     ``(id, code)`` with ``code`` a float32 numpy array of ``hidden_size + 1`` values
     (``code[0]`` is the length); dicts/Rows with ``id``, ``length`` and ``code`` (the code files'
-    fields); tables with ``id, length, code`` columns. ``errors``: dicts ``{id, reason, detail}``
-    with the job's reasons (``seqcodec.REASONS``, plus ``not_token_list`` for an element whose
-    tokens are not a list of integers); Arrow tables in the job's error schema for tables.
+    fields); tables with ``id, length, code`` columns. ``errors``: dicts ``{id, reason, detail, input}``
+    (``input``: the element as it came in) with the job's reasons (``seqcodec.REASONS``, plus
+    ``not_token_list`` for an element whose tokens are not a list of integers and ``missing_field``
+    for a dict or Row without the id or tokens field); Arrow tables in the job's error schema for tables.
 
     ``batch_tokens`` bounds a batch of elements by its tokens (not rows). ``too_long``: ``reject``
     or ``truncate`` rows over the model's max_length. ``code_dtype="float16"`` halves the codes'
@@ -322,7 +346,7 @@ class EncodeSequences(_CodecTransform):
         handler = (CodecEncoderKeepingTokens if self.keep_tokens else CodecEncoderHandler)(
             self.model_dir, self.batching, self.total_rows, self.code_dtype)
         return (
-            _ToTables(self.id_field, self.data_field, integer_list, pa.int64(), NOT_TOKEN_LIST),
+            functools.partial(_ToTables, self.id_field, self.data_field, integer_list, pa.int64(), NOT_TOKEN_LIST),
             ValidateTokens(m.vocab_size, m.max_length, self.too_long, self.id_field, self.data_field),
             handler,
             code_elements,
@@ -333,11 +357,12 @@ class DecodeCodes(_CodecTransform):
     """Length-prefixed codes -> token sequences; bad codes on the ``errors`` output.
 
     Input: ``(id, code)`` pairs, dicts or ``beam.Row``s (fields ``id_field``, ``code_field``);
-    ``code`` any 1-D numbers (float32, float16, a list). Output, in the input's form:
+    ``code`` any 1-D floats (float32, float16, a list; integers are not codes). Output, in the input's form:
     ``(id, tokens)`` with ``tokens`` an int32 numpy array of exactly ``code[0]`` tokens, or
-    dicts/Rows with ``id`` and ``tokens``. ``errors``: dicts ``{id, reason, detail}`` with the
+    dicts/Rows with ``id`` and ``tokens``. ``errors``: dicts ``{id, reason, detail, input}`` with the
     decode job's reasons (``seqcodec.CODE_REASONS``, plus ``not_a_code`` for a value that is not
-    a list of numbers). ``beam_width`` > 1 decodes an autoregressive model by beam search.
+    a list of floats and ``missing_field`` as in EncodeSequences). ``beam_width`` > 1 decodes an
+    autoregressive model by beam search.
     """
 
     def __init__(self, model_dir: str, *, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int | None = None,
@@ -352,7 +377,7 @@ class DecodeCodes(_CodecTransform):
     def parts(self):
         m = self.manifest
         return (
-            _ToTables(self.id_field, self.data_field, number_list, pa.float64(), NOT_A_CODE),
+            functools.partial(_ToTables, self.id_field, self.data_field, number_list, pa.float64(), NOT_A_CODE),
             ValidateCodes(m.code_size, m.max_length, self.id_field, self.data_field),
             CodecDecoderHandler(self.model_dir, self.batching),
             token_elements,

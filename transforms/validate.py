@@ -38,7 +38,8 @@ CODE_REASONS: dict[str, str] = {
 }
 # Only for Python elements (EncodeSequences, DecodeCodes): the jobs check a column's type once per file.
 NOT_TOKEN_LIST = "not_token_list"  # the tokens are not a list of integers
-NOT_A_CODE = "not_a_code"  # the code is not a list of numbers
+NOT_A_CODE = "not_a_code"  # the code is not a list of floats
+MISSING_FIELD = "missing_field"  # a dict or Row without the id or the tokens/code field
 CODE_VALUE_TYPES = (pa.float16(), pa.float32(), pa.float64())
 
 
@@ -153,6 +154,7 @@ class _Validate(beam.DoFn):
     """Arrow batch in; valid rows on the main output, rejected rows on ``errors``; counts both, by reason."""
 
     def __init__(self, reasons: dict[str, str]) -> None:
+        self.sentences = reasons
         self.rows_read = Metrics.counter(METRICS_NAMESPACE, "rows_read")
         self.rows_valid = Metrics.counter(METRICS_NAMESPACE, "rows_valid")
         self.rejected = {name: Metrics.counter(METRICS_NAMESPACE, f"rejected_{name}") for name in reasons}
