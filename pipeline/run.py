@@ -31,7 +31,16 @@ from seqcodec.pipeline.decode_stage import MISMATCHES, decode_report, log_roundt
 from seqcodec.pipeline.errors import EXIT_PIPELINE_FAILED, EXIT_TOO_MANY_REJECTS, PipelineFailed, TooManyRejects
 from seqcodec.pipeline.options import DIRECT_RUNNERS, runner_name
 from seqcodec.transforms.parquet_io import read_schema
-from seqcodec.transforms.partition import GRACE_SECONDS, SUCCESS, SUMMARY, Partition, PartitionBusy
+from seqcodec.transforms.partition import (
+    GRACE_SECONDS,
+    NOT_PUBLISHED,
+    PUBLISHED,
+    SUCCESS,
+    SUMMARY,
+    Partition,
+    PartitionBusy,
+    RunSummary,
+)
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 log = logging.getLogger("seqcodec")
@@ -157,7 +166,7 @@ def job_counters(counted: tuple[str, ...], counts: dict[str, int]) -> dict[str, 
 
 def finalize(_: None, plan: Plan, written: list[str], counts: dict[str, int], stats: Any = None,
              mismatches: int | None = None) -> dict[str, Any]:
-    """Account for every row, record the decision, commit if it says so: the run's summary.
+    """Account for every row, record the decision, commit if it says so: the run's summary (as summary.json has it).
 
     Safe to run more than once, even at the same time (a runner may retry this bundle, or run it
     twice): the decision is written once into the run's own directory, which nothing ever moves,
@@ -171,21 +180,21 @@ def finalize(_: None, plan: Plan, written: list[str], counts: dict[str, int], st
     if summary is None:
         summary = account(plan, written, job_counters(plan.counted, counts), stats, mismatches)
         partition.write_decision(summary)
-    if summary["status"] != "published":
-        log.error("not published: %s (summary in %s)", summary["reason"], partition.staged(SUMMARY))
+    if not summary.published:
+        log.error("not published: %s (summary in %s)", summary.reason, partition.staged(SUMMARY))
         partition.release_lease()
-        return summary
+        return summary.to_dict()
     try:
-        previous = partition.commit(summary["files"], plan.job, summary[f"rows_{plan.done_label}"])
+        previous = partition.commit(summary.files, plan.job, summary.rows_done)
     except PartitionBusy as exc:
         log.error("not published: %s", exc)
-        return {**summary, "status": "not published", "reason": str(exc), "exit_code": EXIT_PIPELINE_FAILED}
+        return {**summary.to_dict(), "status": NOT_PUBLISHED, "reason": str(exc), "exit_code": EXIT_PIPELINE_FAILED}
     if previous is not None:
         log.info("published %s (run %s, %s rows %s), replacing run %s%s", partition.path, partition.run_id,
-                 f"{summary[f'rows_{plan.done_label}']:,}", plan.done_label, previous.run_id or "(unnamed)",
+                 f"{summary.rows_done:,}", plan.done_label, previous.run_id or "(unnamed)",
                  f" ({previous.rows:,} rows)" if previous.rows >= 0 else "")
     partition.clean_up(plan.grace_seconds)
-    return summary
+    return summary.to_dict()
 
 
 def written_rows(written: list[str], folder: str) -> int:
@@ -198,29 +207,23 @@ def in_folder(written: list[str], folder: str) -> list[str]:
 
 
 def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
-            mismatches: int | None) -> dict[str, Any]:
-    """The run's summary from the files its writes returned, with the outcome: ``status`` "published" or why not."""
+            mismatches: int | None) -> RunSummary:
+    """The run's summary from the files its writes returned, with the decision: publish, or why not."""
     partition = plan.partition
     done = written_rows(written, plan.folder)
     rejected = written_rows(written, "errors")
     elapsed = time.time() - plan.started
-    summary: dict[str, Any] = {
-        "status": "published",
-        "reason": None,
-        "job": plan.job,
-        "rows_read": plan.rows_read,
-        f"rows_{plan.done_label}": done,
-        "rows_rejected": rejected,
-        "rejected_by_reason": reason_counts(in_folder(written, "errors")),
-        "elapsed_seconds": round(elapsed, 2),
-        "sequences_per_second": round(plan.rows_read / elapsed, 1) if elapsed > 0 else None,
-        "runner": plan.runner,
-        "run_id": partition.run_id,
-        "partition": partition.path,
-        "run_dir": partition.staging,
-        "max_error_rate": plan.max_error_rate,
-        **plan.facts,
-    }
+    relative = [p[len(partition.staging):].lstrip("/") for p in written if p.startswith(partition.staging)]
+    extra = ["/".join(MISMATCHES)] if mismatches is not None else []
+    summary = RunSummary(
+        run_id=partition.run_id, job=plan.job, status=PUBLISHED, reason=None, rows_read=plan.rows_read,
+        rows_done=done, rows_rejected=rejected, rejected_by_reason=reason_counts(in_folder(written, "errors")),
+        partition=partition.path, run_dir=partition.staging, files=sorted({*relative, *extra, SUMMARY}),
+        runner=plan.runner, elapsed_seconds=round(elapsed, 2),
+        sequences_per_second=round(plan.rows_read / elapsed, 1) if elapsed > 0 else None,
+        max_error_rate=plan.max_error_rate, counters={f"rows_{name}": n for name, n in sorted(counts.items())},
+        shards_written=len(written), details=dict(plan.facts),
+    )
     problems = []
     if done + rejected != plan.rows_read or counts.get("read", plan.rows_read) != plan.rows_read:
         problems.append(
@@ -231,25 +234,17 @@ def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
         expected = written_rows(written, plan.expected_folder) if plan.expected_folder else done
         fields, problem = decode_report(stats, plan.roundtrip == "compare", written_rows(written, "decoded"),
                                         expected, mismatches)
-        summary.update(fields)
+        summary.details.update(fields)
         problems += [problem] if problem else []
-    summary["counters"] = {f"rows_{name}": n for name, n in sorted(counts.items())}
-    relative = [p[len(partition.staging):].lstrip("/") for p in written if p.startswith(partition.staging)]
-    extra = ["/".join(MISMATCHES)] if mismatches is not None else []
-    summary["files"] = sorted({*relative, *extra, SUMMARY})
-    summary["shards_written"] = len(written)
     rate = rejected / plan.rows_read if plan.rows_read else 0.0
     if problems:
-        summary.update(status="not published", reason="; ".join(problems), exit_code=EXIT_PIPELINE_FAILED)
+        summary.refuse("; ".join(problems), EXIT_PIPELINE_FAILED)
     elif rate > plan.max_error_rate:
-        summary.update(
-            status="not published", exit_code=EXIT_TOO_MANY_REJECTS,
-            reason=f"{rejected} of {plan.rows_read} rows rejected ({rate:.2%}), more than --max-error-rate "
-                   f"{plan.max_error_rate:g} allows",
-        )
+        summary.refuse(f"{rejected} of {plan.rows_read} rows rejected ({rate:.2%}), more than --max-error-rate "
+                       f"{plan.max_error_rate:g} allows", EXIT_TOO_MANY_REJECTS)
     if rejected:
         log.warning("%d of %d rows rejected (%.2f%%) %s; they are in %s", rejected, plan.rows_read, 100 * rate,
-                    summary["rejected_by_reason"], errors_folder(partition, summary["status"] == "published"))
+                    summary.rejected_by_reason, errors_folder(partition, summary.published))
     return summary
 
 
@@ -318,20 +313,20 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
     if state not in (PipelineState.DONE, None):
         raise PipelineFailed(f"the pipeline ended {state}, nothing was published; its files are in {partition.staging}")
     summary = outcome(partition)
-    if summary["status"] != "published":
-        error = TooManyRejects if summary.get("exit_code") == EXIT_TOO_MANY_REJECTS else PipelineFailed
+    if not summary.published:
+        error = TooManyRejects if summary.exit_code == EXIT_TOO_MANY_REJECTS else PipelineFailed
         where = (f"rejected rows are in {partition.staged('errors')} " if error is TooManyRejects else "")
-        raise error(f"{summary['reason']}; nothing was published; {where}(summary in {partition.staged(SUMMARY)})")
-    if summary["rows_rejected"] and not in_process:  # the in-process finalize logged it here
-        log.warning("%d of %d rows rejected %s; they are in %s", summary["rows_rejected"], summary["rows_read"],
-                    summary["rejected_by_reason"], errors_folder(partition, True))
+        raise error(f"{summary.reason}; nothing was published; {where}(summary in {partition.staged(SUMMARY)})")
+    if summary.rows_rejected and not in_process:  # the in-process finalize logged it here
+        log.warning("%d of %d rows rejected %s; they are in %s", summary.rows_rejected, summary.rows_read,
+                    summary.rejected_by_reason, errors_folder(partition, True))
     log.info(
         "done: %d rows read, %d %s, %d rejected %s in %.1fs (%.0f sequences/s); published %s%s",
-        summary["rows_read"], summary[f"rows_{plan.done_label}"], plan.done_label, summary["rows_rejected"],
-        summary["rejected_by_reason"] or "", summary["elapsed_seconds"], summary["sequences_per_second"] or 0,
+        summary.rows_read, summary.rows_done, plan.done_label, summary.rows_rejected,
+        summary.rejected_by_reason or "", summary.elapsed_seconds, summary.sequences_per_second or 0,
         partition.path, replaced(partition),
     )
-    log_roundtrip(summary)
+    log_roundtrip(summary.to_dict())
     counted = counters(result)
     # The per-length round-trip counters are dozens; summary.json has them as by_length.
     log.info("beam counters: %s", json.dumps({k: v for k, v in counted.items() if "_len" not in k}))
@@ -348,16 +343,15 @@ def replaced(partition: Partition) -> str:
     return f", replacing run {current.superseded[-1][0] or '(unnamed)'}{rows}"
 
 
-def outcome(partition: Partition) -> dict[str, Any]:
-    """The finished run's summary: the committed one if _SUCCESS names this run, else its own directory's."""
+def outcome(partition: Partition) -> RunSummary:
+    """The finished run's summary and decision, from its own directory; PipelineFailed if it decided to
+    publish but did not commit."""
     current = partition.committed()
     summary = partition.decision()
-    if current is not None and current.run_id == partition.run_id and summary is not None:
-        return summary
     if summary is None:
         raise PipelineFailed(f"the job ended without a summary, nothing was published; its files are in "
                              f"{partition.staging}")
-    if summary["status"] == "published":  # decided to publish, but _SUCCESS does not name this run
+    if summary.published and (current is None or current.run_id != partition.run_id):
         holder = partition.lease()
         why = f"another run took the partition over: {holder.describe()}" if holder else "the commit did not happen"
         if current is not None and current.committed_at > partition.started():

@@ -231,3 +231,17 @@ def test_counts_missing_from_the_combine_are_zero_and_valid_is_read_minus_reject
         "read": 5, "encoded": 0, "valid": 0}
     assert job_counters(("read", "rejected", "decoded"), {"read": 7, "decoded": 7}) == {
         "read": 7, "decoded": 7, "valid": 7}
+
+
+def test_summary_json_is_one_typed_record_with_its_flat_keys(tiny_model_dir, data, tmp_path):
+    """summary.json keeps the flat keys readers know; RunSummary reads back exactly what it wrote."""
+    from seqcodec.transforms.partition import RunSummary
+
+    path, valid, bad = data["dirty"]
+    assert encode.run(encode_argv(tiny_model_dir, path, tmp_path / "out", "--max-error-rate", "1")) == 0
+    written = json.loads((tmp_path / "out" / SUMMARY).read_text())
+    summary = RunSummary.from_dict(written)
+    assert (summary.job, summary.rows_done, summary.rows_rejected, summary.published) == (
+        "encode", len(valid), len(bad), True)
+    assert summary.details["model_fingerprint"] == written["model_fingerprint"]
+    assert summary.to_dict() == written and list(summary.to_dict()) == list(written)

@@ -200,6 +200,75 @@ class Commit:
                    replaced_rows=int(data.get("replaced_rows", -1)))
 
 
+# -- the run's summary: its counts and its decision ---------------------------------------------------
+
+
+PUBLISHED, NOT_PUBLISHED = "published", "not published"
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """``summary.json``: what a run read, wrote and rejected, and its decision. Written once, before any commit.
+
+    In the file the fields are flat, as readers have always had them: ``rows_encoded`` or
+    ``rows_decoded`` for ``rows_done``, and the model facts and round-trip figures of ``details``
+    beside the rest.
+    """
+
+    run_id: str
+    job: str  # "encode" or "decode"
+    status: str  # PUBLISHED or NOT_PUBLISHED
+    reason: str | None
+    rows_read: int
+    rows_done: int  # rows in the main output: codes (encode) or decoded rows (decode)
+    rows_rejected: int
+    rejected_by_reason: dict[str, int]
+    partition: str
+    run_dir: str
+    files: list[str]  # relative to the run directory
+    runner: str = ""
+    elapsed_seconds: float = 0.0
+    sequences_per_second: float | None = None
+    max_error_rate: float = 1.0
+    counters: dict[str, int] = dataclasses.field(default_factory=dict)  # the pipeline's own row counts
+    shards_written: int = 0
+    exit_code: int | None = None  # with NOT_PUBLISHED: what the launcher exits with
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # model facts, round trip, ...
+
+    @property
+    def published(self) -> bool:
+        return self.status == PUBLISHED
+
+    @property
+    def done_key(self) -> str:
+        return "rows_encoded" if self.job == "encode" else "rows_decoded"
+
+    def refuse(self, reason: str, exit_code: int) -> None:
+        self.status, self.reason, self.exit_code = NOT_PUBLISHED, reason, exit_code
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {"status": self.status, "reason": self.reason, "job": self.job, "rows_read": self.rows_read,
+                self.done_key: self.rows_done, "rows_rejected": self.rows_rejected,
+                "rejected_by_reason": self.rejected_by_reason, "elapsed_seconds": self.elapsed_seconds,
+                "sequences_per_second": self.sequences_per_second, "runner": self.runner, "run_id": self.run_id,
+                "partition": self.partition, "run_dir": self.run_dir, "max_error_rate": self.max_error_rate}
+        tail = {"counters": self.counters, "files": self.files, "shards_written": self.shards_written}
+        if self.exit_code is not None:
+            tail["exit_code"] = self.exit_code
+        return {**head, **self.details, **tail}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSummary:
+        job = data.get("job") or ("encode" if "rows_encoded" in data else "decode")
+        done = "rows_encoded" if job == "encode" else "rows_decoded"
+        known = {f.name for f in dataclasses.fields(cls)} - {"rows_done", "details"}
+        own = {k: data[k] for k in known if k in data and k != "job"}
+        details = {k: v for k, v in data.items() if k not in known and k not in ("job", done)}
+        own.setdefault("run_dir", "")
+        own.setdefault("files", [])
+        return cls(job=job, rows_done=int(data.get(done, 0)), details=details, **own)
+
+
 # -- the lease -----------------------------------------------------------------------------------------
 
 
@@ -397,17 +466,17 @@ class Partition:
         current = self.committed()
         return current.run_id if current is not None else None
 
-    def write_decision(self, summary: dict[str, Any]) -> None:
+    def write_decision(self, summary: RunSummary) -> None:
         """The run's summary and decision, once, in its own directory (no later step moves it)."""
-        write_text(self.staged(SUMMARY), json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        write_text(self.staged(SUMMARY), json.dumps(summary.to_dict(), indent=2, sort_keys=False) + "\n")
 
-    def decision(self) -> dict[str, Any] | None:
+    def decision(self) -> RunSummary | None:
         """This run's recorded decision, if an earlier attempt wrote it."""
         text = read_text(self.staged(SUMMARY))
         if text is None:
             return None
-        summary = json.loads(text)
-        return summary if summary.get("run_id") == self.run_id else None
+        data = json.loads(text)
+        return RunSummary.from_dict(data) if data.get("run_id") == self.run_id else None
 
     def commit(self, files: list[str], job: str, rows: int, grace: float = GRACE_SECONDS) -> Commit | None:
         """Make this run's directory the partition, in one atomic step; the previous commit, or None if none.
