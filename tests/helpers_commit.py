@@ -4,6 +4,7 @@ protocol says, running a job up to its finalize stage, and crashing finalize aft
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
 import pyarrow.parquet as pq
@@ -48,6 +49,25 @@ def staged_run(monkeypatch, argv: list[str]) -> dict:
     built.pipeline.run().wait_until_finish()
     assert _CAPTURED, "the job did not reach its finalize stage"
     return dict(_CAPTURED)
+
+
+def at_once(func: Callable[..., dict], *args, **kwargs) -> tuple[list[dict], list[BaseException]]:
+    """Call ``func`` from two threads released at the same moment: their results and their errors."""
+    barrier, results, errors = threading.Barrier(2), [], []
+
+    def attempt():
+        barrier.wait()
+        try:
+            results.append(func(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors
 
 
 class Crash(Exception):

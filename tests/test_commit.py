@@ -13,14 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, write_tokens_parquet
-from helpers_commit import committed_ids, crash_after_each_step, ids_of, staged_run
+from helpers_commit import at_once, committed_ids, crash_after_each_step, ids_of, staged_run
 
 from seqcodec.pipeline import decode, encode, run
 from seqcodec.transforms.partition import SUCCESS, Partition, PartitionBusy, committed_files
@@ -53,20 +52,8 @@ def test_finalize_run_twice_at_once_leaves_the_new_run_whole(tiny_model_dir, dat
     errors: list[BaseException] = []
 
     def twice(*args, **kwargs):
-        barrier, results = threading.Barrier(2), []
-
-        def attempt():
-            barrier.wait()
-            try:
-                results.append(original(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=attempt) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results, failed = at_once(original, *args, **kwargs)
+        errors.extend(failed)
         return results[0]
 
     monkeypatch.setattr(run, "finalize", twice)

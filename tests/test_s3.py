@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 from helpers_beam import REPO, child_env, free_port, stop_process_group, wait_for_port
-from helpers_commit import committed_ids, crash_after_each_step, staged_run
+from helpers_commit import at_once, committed_ids, crash_after_each_step, staged_run
 
 from seqcodec.pipeline import run
 from seqcodec.pipeline.options import use_filesystem_options
@@ -300,20 +299,7 @@ def test_finalize_twice_at_once_on_s3_commits_once(s3, inputs, monkeypatch):
     argv = [str(a) for a in ("--input", inputs["tokens"], "--output", output, "--model-dir", inputs["model"],
                              "--run-date", DATE, *s3.beam_args)]
     side = staged_run(monkeypatch, argv)
-    barrier, results, errors = threading.Barrier(2), [], []
-
-    def attempt():
-        barrier.wait()
-        try:
-            results.append(run.finalize(None, **side))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=attempt) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors = at_once(run.finalize, None, **side)
     assert not errors and [r["status"] for r in results] == ["published", "published"], (errors, results)
     assert committed_ids(f"{output}/dt={DATE}") == inputs["ids"]
     assert f".dt={DATE}.lease" not in s3.objects("twice")
