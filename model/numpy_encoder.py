@@ -91,8 +91,22 @@ def lstm_update(z: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h_new, c_new
 
 
+def gemm_rows(batch: np.ndarray) -> np.ndarray:
+    """``batch`` with its row repeated if it has only one: the same matrix products for any batch.
+
+    numpy multiplies a one-row matrix with BLAS's matrix-vector kernel (GEMV), which sums in another
+    order than the matrix-matrix kernel (GEMM) of every bigger batch: a sequence alone got a code up
+    to 1.6e-6 off the one it gets among others. Two rows take GEMM, whose rows do not depend on the
+    row count or on their neighbours, so codes and tokens are bit-identical whatever the batching
+    (tests/test_shipped_models.py holds them so; the cost is in docs/BENCHMARKS.md).
+    """
+    return np.repeat(batch, 2, axis=0) if batch.shape[0] == 1 else batch
+
+
 def encode_ids(weights: EncoderWeights, ids: np.ndarray) -> np.ndarray:
     """ids (batch, steps) int32, shifted and right-padded with 0 -> codes (batch, hidden + 1) float32."""
+    if ids.shape[0] == 1:
+        return encode_ids(weights, gemm_rows(ids))[:1]
     rows, steps = ids.shape
     mask = ids > 0
     codes = np.empty((rows, 1 + weights.hidden_size), np.float32)

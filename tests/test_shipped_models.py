@@ -126,3 +126,38 @@ def test_the_words_model_is_the_one_whose_output_layer_runs_low_rank():
     assert weights.output_left is not None and weights.output_left.shape == (192, 128)
     assert load_decoder(ROOT / SHIPPED["default"][0]).weights().output_left is None
 
+
+
+
+def test_codes_and_tokens_are_bit_identical_whatever_the_batching(shipped):
+    """Users hash and join on codes: a row's code must not depend on its batch's size or company."""
+    sequences, n = shipped.sequences, len(shipped.sequences)
+    encoder, decoder = load_encoder(shipped.model_dir, threads=1), load_decoder(shipped.model_dir, threads=1)
+    codes = encoder.encode(sequences)
+    tokens = decoder.decode_flat(codes)[0]
+    # One row per call: numpy would take its matrix-vector path here.
+    singles = np.concatenate([encoder.encode([s]) for s in sequences])
+    assert np.array_equal(singles, codes), f"{int((singles != codes).any(axis=1).sum())} of {n} codes differ alone"
+    assert np.array_equal(np.concatenate([decoder.decode(codes[i : i + 1])[0] for i in range(n)]), tokens)
+    rng = np.random.default_rng(1)
+    for budget, batch_size, threads in [(int(rng.integers(20, 400)), None, 2), (16384, 2, 1),
+                                        (int(rng.integers(50, 3000)), int(rng.integers(1, 40)), 2)]:
+        order = rng.permutation(n)
+        batching = {"token_budget": budget, "batch_size": batch_size, "threads": threads}
+        shuffled = load_encoder(shipped.model_dir, **batching).encode([sequences[i] for i in order])
+        assert np.array_equal(shuffled, codes[order]), batching
+        values, offsets = load_decoder(shipped.model_dir, **batching).decode_flat(codes[order])
+        back = np.concatenate([values[offsets[i] : offsets[i + 1]] for i in np.argsort(order)])
+        assert np.array_equal(back, tokens), batching
+
+
+def test_a_loaded_codec_gives_the_same_bits_as_the_numpy_engine(shipped):
+    """``seqcodec.load`` runs the same numpy steps on the Keras variables: the same codes and tokens, alone too."""
+    codec = seqcodec.load(shipped.model_dir)
+    codes = load_encoder(shipped.model_dir).encode(shipped.sequences)
+    assert np.array_equal(codec.encode(shipped.sequences), codes)
+    tokens = load_decoder(shipped.model_dir).decode_flat(codes)
+    assert all(np.array_equal(a, b) for a, b in zip(codec.decode_flat(codes), tokens, strict=True))
+    for i in range(0, len(codes), 30):
+        assert np.array_equal(codec.encode([shipped.sequences[i]])[0], codes[i])
+        assert np.array_equal(codec.decode(codes[i : i + 1])[0], tokens[0][tokens[1][i] : tokens[1][i + 1]])
