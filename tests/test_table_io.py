@@ -15,7 +15,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from seqcodec.transforms.parquet_io import WriteTables
-from seqcodec.transforms.parquet_sink import BackgroundWriter
+from seqcodec.transforms.parquet_sink import BackgroundWriter, ParquetTableSink, WriteShards
 from seqcodec.transforms.table_coder import ArrowTableCoder
 
 SCHEMA = pa.schema([("id", pa.string()), ("code", pa.list_(pa.float32(), 3))], metadata={"seqcodec.x": "1"})
@@ -134,3 +134,24 @@ def test_a_failed_bundle_leaves_no_writer_thread_and_no_open_file(tmp_path, case
     assert list(tmp_path.rglob("*.parquet")), "the bundle failed before any shard was opened: nothing was tested"
     assert writer_threads() == before
     assert open_files_under(tmp_path) == []
+
+
+ABORTED: list[str] = []
+
+
+class RecordingSink(ParquetTableSink):
+    """The real sink, noting each shard it is asked to give up (FnApiRunner runs in this process)."""
+
+    def abort(self, file_handle) -> None:
+        ABORTED.append(getattr(file_handle.handle, "name", "a shard"))
+        super().abort(file_handle)
+
+
+def test_a_successful_write_gives_no_shard_up(tmp_path):
+    """teardown runs after the last bundle too: a shard closed in finish_bundle must not be aborted (closed twice)."""
+    ABORTED.clear()
+    with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
+        _ = (p | beam.Create([table(i * 10, 10) for i in range(4)]).with_output_types(pa.Table)
+             | WriteShards(RecordingSink(str(tmp_path / "part"), SCHEMA)))
+    assert sum(pq.read_table(f).num_rows for f in tmp_path.glob("part-*.parquet")) == 40
+    assert ABORTED == []

@@ -24,6 +24,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.pvalue import AsIter, AsSingleton
 from apache_beam.transforms import core, window
 from apache_beam.utils import timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 
 class BackgroundWriter:
@@ -134,6 +135,12 @@ class _WriteBundleOrAbort(iobase._WriteBundleDoFn):
     no ``teardown``: each failed bundle left a writer thread and an open file behind. Beam calls
     ``teardown`` on the DoFns of a failed bundle.
     """
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        # As Beam's, but forgetting the closed writer, so that teardown never closes its file twice.
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            yield WindowedValue(writer.close(), window.GlobalWindow().max_timestamp(), [window.GlobalWindow()])
 
     def teardown(self) -> None:
         writer, self.writer = getattr(self, "writer", None), None
