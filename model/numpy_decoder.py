@@ -27,6 +27,7 @@ from seqcodec.model.manifest import DECODER_FILE, read_manifest
 from seqcodec.model.numpy_encoder import (
     NumpyPart,
     gate_columns,
+    gemm_rows,
     load_part,
     lstm_update,
     open_keras_file,
@@ -122,6 +123,8 @@ class CachedFactors:
 
 def decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """codes (batch, hidden + 1) and their lengths -> greedy token ids (batch, longest length) int32."""
+    if codes.shape[0] == 1:  # as numpy_encoder.encode_ids: GEMM, not GEMV, for bit-identical rows
+        return decode_codes(weights, gemm_rows(codes), gemm_rows(lengths))[:1]
     rows = codes.shape[0]
     steps = int(lengths.max(initial=0))
     state = np.ascontiguousarray(codes[:, 1:], np.float32)

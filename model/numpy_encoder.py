@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import OpenBLASController, ThreadpoolController
 
 from seqcodec.model.batches import check_sequences, flatten, pad_shifted, token_batches
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET, CodecConfig, threads_per_process
@@ -91,8 +92,22 @@ def lstm_update(z: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h_new, c_new
 
 
+def gemm_rows(batch: np.ndarray) -> np.ndarray:
+    """``batch`` with its row repeated if it has only one: the same matrix products for any batch.
+
+    numpy multiplies a one-row matrix with BLAS's matrix-vector kernel (GEMV), which sums in another
+    order than the matrix-matrix kernel (GEMM) of every bigger batch: a sequence alone got a code up
+    to 1.6e-6 off the one it gets among others. Two rows take GEMM, whose rows do not depend on the
+    row count or on their neighbours, so codes and tokens are bit-identical whatever the batching
+    (tests/test_shipped_models.py holds them so; the cost is in docs/BENCHMARKS.md).
+    """
+    return np.repeat(batch, 2, axis=0) if batch.shape[0] == 1 else batch
+
+
 def encode_ids(weights: EncoderWeights, ids: np.ndarray) -> np.ndarray:
     """ids (batch, steps) int32, shifted and right-padded with 0 -> codes (batch, hidden + 1) float32."""
+    if ids.shape[0] == 1:
+        return encode_ids(weights, gemm_rows(ids))[:1]
     rows, steps = ids.shape
     mask = ids > 0
     codes = np.empty((rows, 1 + weights.hidden_size), np.float32)
@@ -125,7 +140,7 @@ class NumpyPart:
 
     Rows are sorted by length and cut into batches of at most ``token_budget`` padded tokens (and
     ``batch_size`` rows, if given); ``threads`` batches run at once (0: one per core). BLAS is held
-    to one thread meanwhile, so the threads do not each start a pool as wide as the machine.
+    to one thread meanwhile (``OneBlasThread``), so the threads do not each start a pool as wide as the machine.
     ``weights`` is called once per call, so a part built on live Keras variables follows training.
     """
 
@@ -164,9 +179,56 @@ class NumpyEncoder(NumpyPart):
         return codes
 
 
+class OneBlasThread:
+    """A context in which BLAS runs one thread, shared by every caller in the process: the first caller
+    in sets the limit, the last one out puts the original count back.
+
+    BLAS's thread count is process-global, while the engine is called from several threads at once
+    (an SDK worker runs its DoFns in many threads; ``run_batches`` runs a pool of its own). Entering
+    ``threadpool_limits`` per call broke that: a second caller took the first one's limit for the
+    original, whichever left first put the wide pool back under the other, and the last one out left
+    the process at one thread for good. A counter under a lock keeps the limit while any call runs.
+    It is not set once per process at model load instead, because ``seqcodec.load`` is also a
+    library call in a user's own process, whose numpy keeps its threads between our calls.
+
+    threadpoolctl lets only one thread (the first to set a limit) change OpenBLAS's pthreads pool and
+    silently ignores the others; the first and the last caller here may be different threads, so
+    each change is made with that claim cleared before and after. The controller (the scan of the
+    loaded libraries) is built once, not per call.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callers = 0
+        self._controller: ThreadpoolController | None = None
+        self._limiter: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._callers == 0:
+                if self._controller is None:
+                    self._controller = ThreadpoolController()
+                OpenBLASController.clear_controlling_thread(force=True)
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
+                OpenBLASController.clear_controlling_thread(force=True)
+            self._callers += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._callers -= 1
+            if self._callers == 0:
+                OpenBLASController.clear_controlling_thread(force=True)
+                self._limiter.restore_original_limits()
+                OpenBLASController.clear_controlling_thread(force=True)
+                self._limiter = None
+
+
+ONE_BLAS_THREAD = OneBlasThread()
+
+
 def run_batches(run: Callable[[np.ndarray], None], batches: list[np.ndarray], threads: int) -> None:
-    """``run`` on every batch, ``threads`` at a time, BLAS held to one thread inside each."""
-    with threadpool_limits(1, user_api="blas"):
+    """``run`` on every batch, ``threads`` at a time, BLAS held to one thread meanwhile (``OneBlasThread``)."""
+    with ONE_BLAS_THREAD:
         if threads > 1 and len(batches) > 1:
             with ThreadPoolExecutor(min(threads, len(batches))) as pool:
                 list(pool.map(run, batches))

@@ -4,14 +4,16 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 from conftest import build_codec, random_sequences
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
-from seqcodec.model.numpy_encoder import NumpyEncoder, load_encoder
+from seqcodec.model.numpy_encoder import NumpyEncoder, load_encoder, run_batches
 from seqcodec.model.storage import load_codec, save_codec
 
 TINY = {"vocab_size": 13, "max_length": 12, "hidden_size": 16, "embedding_size": 8}
@@ -60,7 +62,7 @@ def test_threads_and_batches_change_no_code(saved, sequences):
     np.testing.assert_array_equal(load_encoder(model_dir, token_budget=40, threads=3).encode(sequences), one)
     encoder = load_encoder(model_dir, threads=1)
     singles = np.concatenate([encoder.encode([s]) for s in sequences[:40]])
-    np.testing.assert_allclose(singles, one[:40], atol=1e-5)
+    np.testing.assert_array_equal(singles, one[:40])
 
 
 def test_loading_needs_no_tensorflow(tiny_model_dir):
@@ -103,3 +105,39 @@ def test_a_numpy_encoder_follows_live_weights(tiny_config, sequences):
     assert not np.allclose(before, after)
     fresh = NumpyEncoder(codec.numpy_encoder.weights, tiny_config)
     np.testing.assert_array_equal(fresh.encode(sequences), after)
+
+
+def blas_threads() -> int:
+    """numpy's BLAS pool size now, as threadpoolctl reads it from the library."""
+    return next(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+
+def test_blas_limit_holds_while_any_caller_runs_and_comes_back_after_the_last():
+    """Two callers in two threads (as DoFn threads of one SDK worker), the first to start leaving first:
+    the second still runs with one BLAS thread, and the count the process had comes back after both."""
+    seen = {}
+    entered = {name: threading.Event() for name in "ab"}
+    release = {name: threading.Event() for name in "ab"}
+
+    def caller(name: str) -> threading.Thread:
+        def run(rows: np.ndarray) -> None:
+            entered[name].set()
+            assert release[name].wait(30)
+            seen[name] = blas_threads()
+
+        thread = threading.Thread(target=run_batches, args=(run, [np.arange(1)], 1))
+        thread.start()
+        return thread
+
+    with threadpool_limits(3, user_api="blas"):  # a known count other than 1, whatever the machine
+        assert blas_threads() == 3
+        a = caller("a")
+        assert entered["a"].wait(30)
+        b = caller("b")
+        assert entered["b"].wait(30)
+        release["a"].set()
+        a.join(30)
+        release["b"].set()
+        b.join(30)
+        assert seen == {"a": 1, "b": 1}
+        assert blas_threads() == 3

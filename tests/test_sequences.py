@@ -8,13 +8,17 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pytest
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelMetadata, RunInference
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
-from conftest import TINY, random_sequences
+from conftest import TINY, build_codec, random_sequences
 from helpers_beam import BAD_ROWS, EXPECTED_DETAILS
 
 import seqcodec
+from seqcodec.model.config import CodecConfig
+from seqcodec.model.storage import save_codec
+from seqcodec.transforms.inference import CodecEncoderHandler
 
 VOCAB, MAX_LEN = TINY["vocab_size"], TINY["max_length"]
 
@@ -194,3 +198,90 @@ def test_dead_letters_name_a_missing_field_and_keep_the_element(tiny_model_dir, 
         assert_that(decoded.errors, inputs_kept, label="code inputs")
 
     run(build)
+
+
+def keyed_encode(p, elements, handler, **run_inference):
+    """``elements`` through RunInference(KeyedModelHandler(handler)) with exception handling: (main, failed batches)."""
+    main, dlq = (p | beam.Create(elements)
+                 | RunInference(KeyedModelHandler(handler), **run_inference).with_exception_handling())
+    return main, dlq.failed_inferences | beam.Map(lambda failure: [key for key, _ in failure[0]])
+
+
+def test_model_handler_fails_a_bad_sequence_alone_under_exception_handling(tiny_model_dir, tiny_codec):
+    """One sequence the model cannot encode among 100 good ones: only it lands in failed_inferences."""
+    sequences = random_sequences(100, VOCAB, MAX_LEN, seed=7)
+    expected = tiny_codec.encode(sequences)
+    elements = [(i, s) for i, s in enumerate(sequences)]
+    elements.insert(50, ("bad", [1, VOCAB + 5, 2]))
+
+    def build(p):
+        main, failed = keyed_encode(p, elements, seqcodec.SequenceModelHandler(str(tiny_model_dir)))
+
+        def check(results):
+            got = {k: r.inference for k, r in results}
+            assert sorted(got) == list(range(100))
+            for k in range(100):
+                np.testing.assert_allclose(got[k], expected[k], atol=1e-5)
+
+        assert_that(main, check, label="good")
+        assert_that(failed, equal_to([["bad"]]), label="failed")
+
+    run(build)
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory):
+    """(codec, saved dir) of another tiny model: the tiny configuration, other weights (seed 2)."""
+    codec = build_codec(CodecConfig(**TINY), seed=2)
+    model_dir = tmp_path_factory.mktemp("second") / "model"
+    save_codec(codec, model_dir)
+    return codec, model_dir
+
+
+def test_model_handler_follows_a_model_refresh_through_the_side_input(tiny_model_dir, second_model):
+    codec, model_dir = second_model
+    sequences = random_sequences(20, VOCAB, MAX_LEN, seed=8)
+    expected = codec.encode(sequences)
+
+    def build(p):
+        refresh = p | "Refresh" >> beam.Create([ModelMetadata(model_id=str(model_dir), model_name="second")])
+        main, _ = keyed_encode(p, list(enumerate(sequences)), seqcodec.SequenceModelHandler(str(tiny_model_dir)),
+                               model_metadata_pcoll=refresh)
+
+        def check(results):
+            assert {r.model_id for _, r in results} == {codec.fingerprint}
+            got = dict(results)
+            for k in range(20):
+                np.testing.assert_allclose(got[k].inference, expected[k], atol=1e-5)
+
+        assert_that(main, check)
+
+    run(build)
+
+
+def test_model_handler_refuses_a_refreshed_model_of_another_shape(tiny_model_dir, tmp_path):
+    save_codec(build_codec(CodecConfig(**{**TINY, "vocab_size": VOCAB + 7}), seed=3), tmp_path / "wider")
+    handler = KeyedModelHandler(seqcodec.SequenceModelHandler(str(tiny_model_dir)))
+    handler.update_model_path("")  # no path: the model stays
+    assert handler.load_model().config.vocab_size == VOCAB
+    handler.update_model_path(str(tmp_path / "wider"))
+    with pytest.raises(ValueError, match="a refreshed model must keep"):
+        handler.load_model()
+
+
+def test_table_handlers_return_lists_so_beam_counts_a_failed_batch(tiny_model_dir):
+    """RunInference wraps the call to run_inference, not the iteration of what it returns: only a list
+    lets its failed-batch counter (and OOM protection) see an error raised while encoding."""
+    good = pa.table({"id": [1, 2], "tokens": [[1, 2], [3]]})
+    bad = pa.table({"id": [3], "tokens": [[VOCAB + 1]]})
+    handler = CodecEncoderHandler(str(tiny_model_dir))
+    assert isinstance(handler.run_inference([good], handler.load_model()), list)
+    p = test_pipeline.TestPipeline(runner="FnApiRunner")
+    main, dlq = p | beam.Create([good, bad]) | RunInference(handler).with_exception_handling()
+    assert_that(main | beam.Map(lambda t: t.column("id").to_pylist()), equal_to([[1, 2]]), label="main")
+    assert_that(dlq.failed_inferences | beam.Map(lambda f: f[0][0].column("id").to_pylist()), equal_to([[3]]),
+                label="failed")
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("failed_batches_counter"))["counters"]
+    assert sum(c.committed for c in counters) == 1

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -11,7 +15,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from seqcodec.transforms.parquet_io import WriteTables
-from seqcodec.transforms.parquet_sink import BackgroundWriter
+from seqcodec.transforms.parquet_sink import BackgroundWriter, ParquetTableSink, WriteShards
 from seqcodec.transforms.table_coder import ArrowTableCoder
 
 SCHEMA = pa.schema([("id", pa.string()), ("code", pa.list_(pa.float32(), 3))], metadata={"seqcodec.x": "1"})
@@ -81,3 +85,73 @@ def test_background_writer_keeps_order_and_raises_a_failed_write_in_the_callers_
             for _ in range(3):  # the failure surfaces at a later put or at close, never silently
                 writer.put(table(0, 1))
             writer.close()
+
+
+class FailAfter(beam.DoFn):
+    """Passes ``tables`` tables of its bundle on, then raises: a bundle that fails while its shard is open."""
+
+    def __init__(self, tables: int) -> None:
+        self.tables = tables
+
+    def start_bundle(self) -> None:
+        self.seen = 0
+
+    def process(self, element):
+        self.seen += 1
+        if self.seen > self.tables:
+            raise RuntimeError("this bundle fails")
+        yield element
+
+
+def open_files_under(path) -> list[str]:
+    """This process's open file descriptors that point into ``path``."""
+    fds = os.listdir("/proc/self/fd")
+    targets = []
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [t for t in targets if t.startswith(str(path))]
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "parquet-writer" and t.is_alive()]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads open files from /proc")
+@pytest.mark.parametrize("case, num_shards", [("a step before the writer fails", 0),
+                                              ("a write fails", 0), ("a write fails", 2)])
+def test_a_failed_bundle_leaves_no_writer_thread_and_no_open_file(tmp_path, case, num_shards):
+    before = writer_threads()
+    tables = [table(i * 10, 10) for i in range(6)]
+    if case == "a write fails":
+        tables[3] = pa.table({"id": ["x"], "other": [1]})  # not the sink's schema
+    with pytest.raises(Exception, match="this bundle fails" if case.startswith("a step") else "schema"):
+        with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
+            written = p | beam.Create(tables).with_output_types(pa.Table)
+            if case.startswith("a step"):
+                written = written | beam.ParDo(FailAfter(3)).with_output_types(pa.Table)
+            _ = written | WriteTables(str(tmp_path / "part"), SCHEMA, num_shards=num_shards)
+    assert list(tmp_path.rglob("*.parquet")), "the bundle failed before any shard was opened: nothing was tested"
+    assert writer_threads() == before
+    assert open_files_under(tmp_path) == []
+
+
+ABORTED: list[str] = []
+
+
+class RecordingSink(ParquetTableSink):
+    """The real sink, noting each shard it is asked to give up (FnApiRunner runs in this process)."""
+
+    def abort(self, file_handle) -> None:
+        ABORTED.append(getattr(file_handle.handle, "name", "a shard"))
+        super().abort(file_handle)
+
+
+def test_a_successful_write_gives_no_shard_up(tmp_path):
+    """teardown runs after the last bundle too: a shard closed in finish_bundle must not be aborted (closed twice)."""
+    ABORTED.clear()
+    with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
+        _ = (p | beam.Create([table(i * 10, 10) for i in range(4)]).with_output_types(pa.Table)
+             | WriteShards(RecordingSink(str(tmp_path / "part"), SCHEMA)))
+    assert sum(pq.read_table(f).num_rows for f in tmp_path.glob("part-*.parquet")) == 40
+    assert ABORTED == []

@@ -10,7 +10,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -22,7 +22,7 @@ from apache_beam.ml.inference import base as _beam_base
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 
-from seqcodec.model.config import Batching, threads_per_process
+from seqcodec.model.config import Batching, CodecConfig, threads_per_process
 from seqcodec.transforms.formats import codes_table, tokens_array
 from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import METRICS_NAMESPACE
@@ -93,18 +93,29 @@ def worker_processes(options: PipelineOptions) -> int:
 
 
 class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
-    """What both codec handlers share: one Arrow table per call, the model loaded once per worker."""
+    """What the codec handlers share: the model loaded once per worker, and again after a refresh.
+
+    ``update_model_path`` (RunInference's model refresh through a side input, ``model_metadata_pcoll``
+    or ``watch_model_pattern``) points the handler at another model directory, which the next
+    ``load_model`` loads. With ``reference`` (the config the pipeline was built for) a model whose
+    vocabulary, max length or code size differ is refused: the steps before RunInference validate
+    and size the rows for those. ``run_inference`` returns lists, so that Beam's OOM protection and
+    failed-batch counting see the work (it only wraps the call, not the iteration of a generator).
+    """
 
     # A handler that only encodes (or only decodes, greedily) loads the numpy encoder (or decoder) where
     # it can: no TensorFlow in the worker. None: the handler needs the whole codec.
     numpy_part: str | None = None
 
     def __init__(self, model_dir: str, batching: Batching | int | None, done: str,
-                 total_rows: int | None = None) -> None:
-        # Each element is already a batch of rows (a row group or a slice): RunInference must not add another.
-        super().__init__(min_batch_size=1, max_batch_size=1)
+                 total_rows: int | None = None, reference: CodecConfig | None = None,
+                 **batch_elements: Any) -> None:
+        # Each element is already a batch of rows (a row group or a slice): RunInference must not add
+        # another, unless a subclass gives BatchElements' arguments of its own.
+        super().__init__(**(batch_elements or {"min_batch_size": 1, "max_batch_size": 1}))
         # A plain number is a row cap (``batch_size``); None is the default token budget.
         self.model_dir = model_dir
+        self.reference = reference
         self.batching = batching if isinstance(batching, Batching) else Batching(batch_size=batching)
         self.rows = Metrics.counter(METRICS_NAMESPACE, f"rows_{done}")
         self.progress = Progress(done, total_rows)
@@ -114,7 +125,28 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
         self.rows.inc(rows)
         self.progress.add(rows)
 
+    def update_model_path(self, model_path: str | None = None) -> None:
+        """RunInference's model refresh: the next ``load_model`` loads ``model_path`` (None or "": no change)."""
+        if model_path:
+            self.model_dir = model_path
+
     def load_model(self) -> Any:
+        return self.checked(self.load_any())
+
+    def checked(self, model: Any) -> Any:
+        """``model`` if its shape is the ``reference``'s (or there is none); ValueError naming both if not."""
+        if self.reference is None:
+            return model
+        fields = ("vocab_size", "max_length", "code_size")
+        got = {name: getattr(model.config, name) for name in fields}
+        want = {name: getattr(self.reference, name) for name in fields}
+        if got != want:
+            raise ValueError(f"model directory {self.model_dir}: {got} differs from the model this pipeline was "
+                             f"built for ({want}); a refreshed model must keep them")
+        return model
+
+    def load_any(self) -> Any:
+        """The numpy encoder or decoder where it can run the job (no TensorFlow), else the whole codec."""
         batching = self.batching
         if self.numpy_part and not batching.xla:
             from seqcodec.model.numpy_decoder import load_decoder
@@ -157,11 +189,13 @@ class CodecEncoderHandler(CodecHandler):
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[pa.Table]:
-        for table in batch:
-            codes = model.encode_flat(*flat_tokens(table.column("tokens")))
-            self.count(table.num_rows)
-            yield codes_table(table.column("id").combine_chunks(), codes.astype(self.code_dtype, copy=False))
+    ) -> list[pa.Table]:
+        return [self.encode_table(table, model) for table in batch]
+
+    def encode_table(self, table: pa.Table, model: Any) -> pa.Table:
+        codes = model.encode_flat(*flat_tokens(table.column("tokens")))
+        self.count(table.num_rows)
+        return codes_table(table.column("id").combine_chunks(), codes.astype(self.code_dtype, copy=False))
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_encoder"
@@ -170,11 +204,8 @@ class CodecEncoderHandler(CodecHandler):
 class CodecEncoderKeepingTokens(CodecEncoderHandler):
     """The encoder's handler, with the input ``tokens`` kept next to each code (for the round trip)."""
 
-    def run_inference(
-        self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[pa.Table]:
-        for table, codes in zip(batch, super().run_inference(batch, model, inference_args), strict=True):
-            yield codes.append_column("tokens", table.column("tokens"))
+    def encode_table(self, table: pa.Table, model: Any) -> pa.Table:
+        return super().encode_table(table, model).append_column("tokens", table.column("tokens"))
 
 
 def for_pipeline(handler: CodecHandler, pcoll: beam.PCollection) -> CodecHandler:
@@ -225,21 +256,23 @@ class CodecDecoderHandler(CodecHandler):
 
     def run_inference(
         self, batch: Sequence[pa.Table], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[pa.Table]:
-        for table in batch:
-            values, offsets = model.decode_flat(code_matrix(table.column("code")))
-            columns = {"id": table.column("id").combine_chunks(), "tokens": tokens_array(values, offsets)}
-            if self.compare:
-                original = table.column("tokens").combine_chunks()
-                original_values, original_offsets = flat_tokens(original)
-                if not np.array_equal(original_offsets, offsets):
-                    raise ValueError("decoded lengths differ from the original sequences' lengths")
-                columns["original"] = original
-                columns["correct"] = pa.array(
-                    correct_per_row(original_values == values, offsets).astype(np.int32), type=pa.int32()
-                )
-            self.count(table.num_rows)
-            yield pa.table(columns)
+    ) -> list[pa.Table]:
+        return [self.decode_table(table, model) for table in batch]
+
+    def decode_table(self, table: pa.Table, model: Any) -> pa.Table:
+        values, offsets = model.decode_flat(code_matrix(table.column("code")))
+        columns = {"id": table.column("id").combine_chunks(), "tokens": tokens_array(values, offsets)}
+        if self.compare:
+            original = table.column("tokens").combine_chunks()
+            original_values, original_offsets = flat_tokens(original)
+            if not np.array_equal(original_offsets, offsets):
+                raise ValueError("decoded lengths differ from the original sequences' lengths")
+            columns["original"] = original
+            columns["correct"] = pa.array(
+                correct_per_row(original_values == values, offsets).astype(np.int32), type=pa.int32()
+            )
+        self.count(table.num_rows)
+        return pa.table(columns)
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_decoder"

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from seqcodec.model.data import InputDataError, directory_pattern, first_line, require_columns, token_list_type_error
 from seqcodec.model.manifest import Manifest
 from seqcodec.transforms.formats import schema_metadata
-from seqcodec.transforms.parquet_sink import ParquetTableSink
+from seqcodec.transforms.parquet_sink import ParquetTableSink, WriteShards
 from seqcodec.transforms.partition import matching_paths, partition_inputs
 from seqcodec.transforms.table_coder import ArrowTableCoder  # noqa: F401 - registers the coder of pa.Table
 from seqcodec.transforms.validate import CODE_VALUE_TYPES
@@ -295,7 +295,7 @@ class WriteTables(beam.PTransform):
         self.sink = ParquetTableSink(prefix, schema, num_shards, plain_columns)
 
     def expand(self, tables):
-        return tables | "Write" >> beam.io.Write(self.sink)
+        return tables | "Write" >> WriteShards(self.sink)
 
 
 def count_rows(pattern: str) -> int:

@@ -9,21 +9,29 @@ whose floats never repeat, that builds a dictionary per column chunk only to giv
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io import filebasedsink
+from apache_beam.io import filebasedsink, iobase
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.pvalue import AsIter, AsSingleton
+from apache_beam.transforms import core, window
+from apache_beam.utils import timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 
 class BackgroundWriter:
     """A ParquetWriter fed through a queue of one table: at most one table waits while another is written.
 
-    A write that fails is raised in the bundle's thread at the next ``put`` or at ``close``.
+    A write that fails is raised in the bundle's thread at the next ``put`` or at ``close``. ``close``
+    and ``abort`` always end the thread and release the ParquetWriter, whatever failed.
     """
 
     def __init__(self, handle: Any, writer: pq.ParquetWriter) -> None:
@@ -49,12 +57,25 @@ class BackgroundWriter:
         self._raise()
         self.queue.put(table)
 
+    def _stop(self) -> None:
+        """End the thread once the table it holds (if any) is written or dropped."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
     def close(self) -> None:
-        """Wait for the last table, then finish the file's footer."""
-        self.queue.put(None)
-        self.thread.join()
-        self._raise()
+        """Wait for the last table, then finish the file's footer; a failed write is raised after the cleanup."""
+        self._stop()
+        if self.error is not None:
+            self.abort()
+            raise self.error
         self.writer.close()
+
+    def abort(self) -> None:
+        """Stop without caring for the file (its bundle failed and Beam discards it): thread ended, writer released."""
+        self._stop()
+        with contextlib.suppress(Exception):  # a writer that failed may fail again on its footer
+            self.writer.close()
 
 
 def writer_options(schema: pa.Schema, plain_columns: Iterable[str] = ()) -> dict[str, Any]:
@@ -93,5 +114,92 @@ class ParquetTableSink(filebasedsink.FileBasedSink):
         file_handle.put(value)
 
     def close(self, file_handle: BackgroundWriter) -> None:
-        file_handle.close()
-        super().close(file_handle.handle)
+        try:
+            file_handle.close()
+        finally:
+            super().close(file_handle.handle)
+
+    def abort(self, file_handle: BackgroundWriter) -> None:
+        """Give up a shard of a failed bundle: its thread ended, its file closed (its temp dir goes at finalize)."""
+        try:
+            file_handle.abort()
+        finally:
+            super().close(file_handle.handle)
+
+
+class _WriteBundleOrAbort(iobase._WriteBundleDoFn):
+    """Beam's writer DoFn of a bundle, which gives its open shard up when the bundle fails.
+
+    Beam opens the shard at the bundle's first table and closes it in ``finish_bundle``; a bundle that
+    fails in between (in this step or in any step fused with it) never gets there, and Beam's DoFn has
+    no ``teardown``: each failed bundle left a writer thread and an open file behind. Beam calls
+    ``teardown`` on the DoFns of a failed bundle.
+    """
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        # As Beam's, but forgetting the closed writer, so that teardown never closes its file twice.
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            yield WindowedValue(writer.close(), window.GlobalWindow().max_timestamp(), [window.GlobalWindow()])
+
+    def teardown(self) -> None:
+        writer, self.writer = getattr(self, "writer", None), None
+        if writer is not None:
+            self.sink.abort(writer.temp_handle)
+
+
+class _WriteShardOrAbort(iobase._WriteKeyedBundleDoFn):
+    """Beam's writer DoFn of one shard (``num_shards`` > 0), which gives the shard up when a write fails."""
+
+    def process(self, element: Any, init_result: Any) -> list:
+        writer = self.sink.open_writer(init_result, str(uuid.uuid4()))
+        try:
+            for table in element[1]:
+                writer.write(table)
+        except BaseException:
+            self.sink.abort(writer.temp_handle)
+            raise
+        return [window.TimestampedValue(writer.close(), timestamp.MAX_TIMESTAMP)]
+
+
+class WriteShards(iobase.WriteImpl):
+    """``beam.io.Write(ParquetTableSink)`` for bounded input, with writer DoFns that clean up a failed bundle.
+
+    ``_expand_bounded`` is Beam 2.77's own (``iobase.WriteImpl``, the pinned version), with only its two
+    writer DoFns replaced (``_WriteBundleOrAbort``, ``_WriteShardOrAbort``): Beam offers no public
+    hook into them.
+    """
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        if not pcoll.is_bounded:
+            raise ValueError("WriteShards writes bounded input only")
+        return super().expand(pcoll)
+
+    def _expand_bounded(self, pcoll: beam.PCollection, min_shards: int) -> beam.PCollection:
+        do_once = pcoll.pipeline | "DoOnce" >> core.Create([None])
+        init_result_coll = do_once | "InitializeWrite" >> core.Map(
+            lambda _, sink: sink.initialize_write(), self.sink)
+        if min_shards >= 1:
+            if min_shards == 1:
+                keyed_pcoll = pcoll | core.Map(lambda x: (None, x))
+            else:
+                keyed_pcoll = pcoll | core.ParDo(iobase._RoundRobinKeyFn(), count=min_shards)
+            write_result_coll = (
+                keyed_pcoll
+                | core.WindowInto(window.GlobalWindows())
+                | core.GroupByKey()
+                | "WriteBundles" >> core.ParDo(_WriteShardOrAbort(self.sink), AsSingleton(init_result_coll)))
+        else:
+            min_shards = 1
+            write_result_coll = (
+                pcoll
+                | core.WindowInto(window.GlobalWindows())
+                | "WriteBundles" >> core.ParDo(_WriteBundleOrAbort(self.sink), AsSingleton(init_result_coll))
+                | "Pair" >> core.Map(lambda x: (None, x))
+                | core.GroupByKey()
+                | "Extract" >> core.FlatMap(lambda x: x[1]))
+        pre_finalize_coll = do_once | "PreFinalize" >> core.FlatMap(
+            iobase._pre_finalize, self.sink, AsSingleton(init_result_coll), AsIter(write_result_coll))
+        return do_once | "FinalizeWrite" >> core.FlatMap(
+            iobase._finalize_write, self.sink, AsSingleton(init_result_coll), AsIter(write_result_coll),
+            min_shards, AsSingleton(pre_finalize_coll)).with_output_types(str)

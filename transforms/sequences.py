@@ -384,10 +384,36 @@ class DecodeCodes(_CodecTransform):
         )
 
 
-def sequence_size(element: Any, limit: int) -> int:
-    """A sequence's (or a keyed ``(key, sequence)``'s) share of a RunInference batch: its tokens, in [1, limit]."""
+def sequence_problem(sequence: Any, vocab_size: int, max_length: int) -> str | None:
+    """Why a model of ``vocab_size`` and ``max_length`` cannot encode ``sequence``, or None if it can."""
+    try:
+        array = np.asarray(sequence)
+    except (TypeError, ValueError):
+        return "not a list of token ids"
+    if array.ndim != 1:
+        return f"expected a 1-D list of token ids, got shape {array.shape}"
+    if array.size == 0:
+        return "empty sequence"
+    if array.dtype.kind not in "iu":
+        return f"token ids must be integers, got {array.dtype}"
+    if array.size > max_length:
+        return f"length {array.size} is over the model's max_length {max_length}"
+    if array.min() < 0 or array.max() >= vocab_size:
+        return f"a token id is outside [0, {vocab_size})"
+    return None
+
+
+def sequence_size(element: Any, limit: int, vocab_size: int | None = None, max_length: int | None = None) -> int:
+    """A sequence's (or a keyed ``(key, sequence)``'s) share of a RunInference batch: its tokens, in [1, limit].
+
+    With the model's ``vocab_size`` and ``max_length``, a sequence it cannot encode weighs a whole
+    batch: BatchElements flushes the batch before it (the sum would pass ``limit``) and after it
+    (nothing more fits), so it fails alone and takes no valid sequence with it.
+    """
     if isinstance(element, tuple) and len(element) == 2 and hasattr(element[1], "__len__"):
         element = element[1]  # KeyedModelHandler hands its inner handler's size function the pairs
+    if vocab_size is not None and max_length is not None and sequence_problem(element, vocab_size, max_length):
+        return limit
     try:
         return min(limit, max(1, len(element)))
     except TypeError:
@@ -400,22 +426,32 @@ class SequenceModelHandler(CodecHandler):
     Each element is one sequence (a list or int array of token ids); RunInference batches them
     (the batch size counts tokens, up to ``batch_tokens``) and the codec sorts each batch by
     length and pads per length bucket, instead of padding every row to the batch's longest.
-    Yields ``PredictionResult(example, inference=code)``; wrap it in ``KeyedModelHandler`` for
-    ``(key, sequence)`` elements. An invalid sequence fails its batch (ValueError naming it): use
-    RunInference's ``with_exception_handling()``, or EncodeSequences for per-row dead letters.
+    Yields ``PredictionResult(example, inference=code, model_id=fingerprint)``; wrap it in
+    ``KeyedModelHandler`` for ``(key, sequence)`` elements. A sequence the model cannot encode is
+    put in a batch of its own (``sequence_size``) whose inference fails with a ValueError naming the
+    problem: under RunInference's ``with_exception_handling()`` it alone lands in
+    ``failed_inferences``. RunInference's model refresh (``model_metadata_pcoll``,
+    ``watch_model_pattern``) loads the new model directory, which must keep the vocabulary, max
+    length and code size of ``model_dir`` (read here, at construction).
     """
 
     numpy_part = "encoder"
 
     def __init__(self, model_dir: str, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int | None = None) -> None:
-        super().__init__(model_dir, batch_size, "encoded")
+        config = read_manifest(model_dir).config
         # CodecHandler fixes batches of one table; here RunInference itself batches single sequences.
         # A fixed size: BatchElements' adaptive start (1) would flush an empty batch before the first sequence.
-        self._batching_kwargs = {"min_batch_size": batch_tokens, "max_batch_size": batch_tokens,
-                                 "element_size_fn": functools.partial(sequence_size, limit=batch_tokens)}
+        size = functools.partial(sequence_size, limit=batch_tokens, vocab_size=config.vocab_size,
+                                 max_length=config.max_length)
+        super().__init__(model_dir, batch_size, "encoded", reference=config, min_batch_size=batch_tokens,
+                         max_batch_size=batch_tokens, element_size_fn=size)
 
     def run_inference(self, batch: Sequence[Any], model: Any,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+                      inference_args: dict[str, Any] | None = None) -> list[PredictionResult]:
+        for i, sequence in enumerate(batch):
+            problem = sequence_problem(sequence, model.config.vocab_size, model.config.max_length)
+            if problem:
+                raise ValueError(f"sequence {i} of the batch: {problem}")
         codes = model.encode(batch)
         self.count(len(batch))
         return [PredictionResult(example, code, model.fingerprint) for example, code in zip(batch, codes, strict=True)]
@@ -425,5 +461,3 @@ class SequenceModelHandler(CodecHandler):
 
     def get_metrics_namespace(self) -> str:
         return "seqcodec_encoder"
-
-
