@@ -98,9 +98,13 @@ def test_rerun_replaces_the_partition_completely(seqcodec, tiny_model_dir, data,
     out = tmp_path / "codes"
     part = out / f"dt={DATE}" if dated else out
     extra = ["--run-date", DATE] if dated else []
+    previous = None
     for n in shards:
         code, _, err = encode(seqcodec, tiny_model_dir, path, out, "--num-shards", n, *extra)
         assert code == 0, err
+        if previous:  # the launcher says what the commit replaced
+            assert f"replacing run {previous} ({len(valid):,} rows)" in err
+        previous = json.loads((part / SUCCESS).read_text())["run_id"]
         assert ids(part / "codes") == valid  # exactly the input's rows: no duplicates from earlier runs
         assert len(list((part / "codes").glob("*.parquet"))) == n  # and no stale shards of another count
         assert (part / SUCCESS).exists()
@@ -140,6 +144,7 @@ def test_max_error_rate_exceeded_exit_3_keeps_previous_and_rejects_for_inspectio
     assert "20 of 200 rows rejected (10.00%)" in line and "--max-error-rate 0.05" in line
     staging = Path(re.search(r"rejected rows are in (\S+)/errors", line).group(1))
     assert staging.parent == out and staging.name.startswith(f".dt={DATE}.run-")
+    assert "WARNING 20 of 200 rows rejected (10.00%)" in err and f"they are in {staging}/errors" in err  # not dt=D's
     assert ids(staging / "errors") == bad  # kept for inspection
     assert json.loads((staging / SUMMARY).read_text())["rows_rejected"] == len(bad)
     assert not (staging / SUCCESS).exists()
