@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -92,6 +93,28 @@ def check_io_arguments(args: argparse.Namespace) -> None:
     if args.num_shards < 0:
         raise ValueError(f"--num-shards must be >= 0, got {args.num_shards}")
     check_run_options(args)
+    check_extras(args.input, args.output, args.model_dir)
+
+
+# What each object store needs beyond the base install: the module Beam's filesystem imports, and our extra.
+STORE_EXTRAS = {"s3": ("boto3", "aws"), "gs": ("google.cloud.storage", "gcp")}
+
+
+def check_extras(*paths: str | None) -> None:
+    """ValueError (one line) naming the extra to install when a path's store needs a package that is missing.
+
+    Without it Beam fails later and less clearly (``cannot list files (... Missing boto3 requirement)``).
+    """
+    for path in paths:
+        scheme = FileSystems.get_scheme(path) if path else None
+        if scheme not in STORE_EXTRAS:
+            continue
+        module, extra = STORE_EXTRAS[scheme]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ValueError(f"{path}: {scheme}:// paths need {module}, which is not installed: "
+                             f"pip install 'seqcodec[{extra}]'") from None
 
 
 def use_filesystem_options(beam_args: list[str]) -> None:

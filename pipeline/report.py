@@ -23,7 +23,7 @@ from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
 from seqcodec.model.manifest import VOCAB_FILE, ModelDirError, model_vocab, read_manifest
 from seqcodec.pipeline.errors import ArgumentParser, exit_process, run_cli, setup_logging
-from seqcodec.pipeline.options import check_beam_arguments, use_filesystem_options
+from seqcodec.pipeline.options import check_beam_arguments, check_extras, use_filesystem_options
 from seqcodec.transforms.partition import SUCCESS, SUMMARY, committed_run_dir, matching_paths, seqcodec_files
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
 
@@ -422,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     check_beam_arguments(beam_args)  # an option neither the report nor Beam knows would be dropped silently
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
+    check_extras(args.run_dir, args.out)
     files = run_files(args.run_dir)
     summary = read_summary(files)
     history = read_history(summary.get("model_dir"))

@@ -289,7 +289,8 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
         partition.release_lease()
         if in_process:
             raise PipelineFailed(f"the pipeline failed, nothing was published ({first_line(exc)})") from exc
-        raise ValueError(f"--runner {plan.runner}: {first_line(exc)}; nothing ran") from None
+        hint = "; pip install 'seqcodec[gcp]'" if "dataflow" in plan.runner.lower() else ""
+        raise ValueError(f"--runner {plan.runner}: {first_line(exc)}{hint}; nothing ran") from None
     except Exception as exc:
         if wait or in_process:
             partition.release_lease()

@@ -171,3 +171,18 @@ def test_ctrl_c_during_a_job_is_exit_130_in_one_line(tmp_path):
     own = [line for line in err.splitlines() if not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line)]
     assert own == ["seqcodec: interrupted"] and err.splitlines()[-1] == "seqcodec: interrupted", err
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("scheme, module, extra", [("s3", "boto3", "aws"), ("gs", "google.cloud.storage", "gcp")])
+def test_an_object_store_without_its_extra_names_what_to_install(tmp_path, scheme, module, extra):
+    """boto3 (or Google's storage client) missing: one line naming the extra, before anything is read or created."""
+    script = (f"import sys; sys.modules[{module!r}] = None\n"  # as if it were not installed
+              "from seqcodec.pipeline.cli import main\n"
+              f"sys.exit(main(['encode', '--input', '{scheme}://bucket/tokens/*.parquet', '--output', "
+              f"'{tmp_path}/out', '--model-dir', 'models/default']))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"seqcodec: error: {scheme}://bucket/tokens/*.parquet: {scheme}:// paths need {module}, which is not "
+        f"installed: pip install 'seqcodec[{extra}]'")
+    assert not (tmp_path / "out").exists()
