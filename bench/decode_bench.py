@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from bench.encode_bench import REPO, git_commit, loadavg, log, run_child, seqcodec_cmd
+from bench.encode_bench import REPO, git_commit, loadavg, log, remove_output, run_child, seqcodec_cmd
 from bench.make_rows import ensure_rows
 
 
@@ -127,8 +127,8 @@ def jobs(model_dir: Path, data: Path, work: Path, repeats: int) -> dict:
                          "--output", str(decoded), "--model-dir", str(model_dir)], work / f"dec-{i}.log")
         summary = json.loads((decoded / "summary.json").read_text())
         out["decode"].append({**run, "rows_per_second": summary["sequences_per_second"]})
-        shutil.rmtree(encoded)
-        shutil.rmtree(decoded)
+        remove_output(encoded)
+        remove_output(decoded)
     out["decode_cost_vs_encode"] = [e["rows_per_second"] / d["rows_per_second"]
                                     for e, d in zip(out["encode"], out["decode"], strict=True)]
     return out

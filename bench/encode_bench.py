@@ -97,6 +97,19 @@ def editable_map() -> tuple[str, str]:
     return Path(glob.glob(f"{sysconfig.get_paths()['purelib']}/__editable___seqcodec_*_finder.py")[0]).stem, str(REPO)
 
 
+def remove_output(out: Path) -> None:
+    """Delete a job's output: the partition (a link to its run's directory) and its runs and lease beside it."""
+    for path in out.parent.glob(f".{out.name}.*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if out.is_symlink():
+        out.unlink()
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def seqcodec_cmd() -> list[str]:
     """The ``seqcodec`` console script of the running venv (fallback: the module)."""
     script = Path(sys.executable).parent / "seqcodec"
@@ -492,7 +505,7 @@ class Bench:
     def child_job(self, name: str, input_path: Path, batch_size: int, patch: str = "") -> dict[str, Any]:
         self.step += 1
         out = self.work / "out" / f"{self.step:02d}-{name}"
-        shutil.rmtree(out, ignore_errors=True)
+        remove_output(out)
         args = ["--input", str(input_path), "--output", str(out), "--model-dir", str(self.model_dir),
                 "--batch-size", str(batch_size)]
         if patch:
@@ -504,7 +517,7 @@ class Bench:
     def child_variant(self, kind: str, input_path: Path) -> dict[str, Any]:
         self.step += 1
         out = self.work / "out" / f"{self.step:02d}-{kind}"
-        shutil.rmtree(out, ignore_errors=True)
+        remove_output(out)
         cmd = [sys.executable, "-m", "bench.encode_bench", "_variant", kind, "--input", str(input_path),
                "--output", str(out), "--model-dir", str(self.model_dir)]
         return self.finish_child(kind, cmd, out)
@@ -524,7 +537,7 @@ class Bench:
         log(f"{name}: {rows} rows, {res['summary_rate']:,.0f}/s (summary), wall {stats['wall_seconds']}s, "
             f"peak RSS {stats['peak_rss_mib']} MiB")
         if not self.args.keep_outputs:
-            shutil.rmtree(out, ignore_errors=True)
+            remove_output(out)
         return res
 
     def check_output(self, files: list[Path]) -> float | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from bench.encode_bench import (
     loadavg,
     log,
     median,
+    remove_output,
     run_child,
     seqcodec_cmd,
     snapshot_model,
@@ -168,12 +168,12 @@ def job(name: str, inputs: str, model_dir: Path, work: Path, extra: list[str] | 
         tree: str | None = None) -> dict[str, Any]:
     """One ``seqcodec encode`` run as a subprocess (of ``tree`` if given): rows/s from its summary, wall, CPU, RSS."""
     out = work / f"out-{name}"
-    shutil.rmtree(out, ignore_errors=True)
+    remove_output(out)
     command = tree_cmd(tree) if tree else seqcodec_cmd()
     run = run_child([*command, "encode", "--input", inputs, "--output", str(out), "--model-dir",
                      str(model_dir), *(extra or [])], work / f"{name}.log")
     summary = json.loads((out / "summary.json").read_text())
-    shutil.rmtree(out)
+    remove_output(out)
     result = {"name": name, **run, "rows_per_second": summary["sequences_per_second"],
               "elapsed_seconds": summary.get("elapsed_seconds"), "load": round(loadavg(), 1)}
     log(f"  job {name}: {result}")

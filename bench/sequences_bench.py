@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.encode_bench import git_commit, loadavg, resolve_model, run_child, seqcodec_cmd
+from bench.encode_bench import git_commit, loadavg, remove_output, resolve_model, run_child, seqcodec_cmd
 from bench.make_rows import ensure_rows
 
 WORK = Path("/tmp/seqcodec-bench")
@@ -96,7 +96,7 @@ def run_variant(name: str, data: Path, model_dir: Path, work: Path, rows: int) -
         assert written == rows, f"{written} codes written for {rows} rows"
     if name == "elements-nosink":
         assert int((out / "count.txt").read_text()) == rows
-    shutil.rmtree(out, ignore_errors=True)
+    remove_output(out)
     result["rows_per_second"] = round(rows / result["wall_seconds"], 1)
     result["rows_per_cpu_second"] = round(rows / result["cpu_seconds"], 1)
     result["loadavg"] = round(loadavg(), 2)
