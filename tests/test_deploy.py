@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from conftest import write_tokens_parquet
 
 from seqcodec.pipeline.encode import parser
+from seqcodec.pipeline.options import DEFAULT_MAX_ERROR_RATE
 from seqcodec.transforms.partition import SUCCESS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,12 +150,27 @@ def test_launch_command_lines_are_accepted(runner, beam_runner):
     assert argv[0].endswith("seqcodec") and argv[1] == "encode"
     args, beam = check_accepted(argv[2:])
     assert (args.input, args.output, args.run_date) == (f"gs://b/tokens/dt={DATE}/*.parquet", "gs://b/codes", DATE)
-    assert args.max_error_rate == 0.01 and args.num_shards == 4
+    assert args.max_error_rate == DEFAULT_MAX_ERROR_RATE and args.num_shards == 4  # the job's default gate
     assert beam["runner"] == beam_runner
     if runner == "dataflow":
         assert beam["setup_file"] == str(ROOT / "setup.py") and beam["temp_location"] == "gs://b/tmp"
     if runner in ("flink", "spark"):
         assert beam["environment_type"] == "DOCKER" and beam["environment_config"] == "registry/seqcodec-sdk:1"
+
+
+@pytest.mark.parametrize("runner", ["flink", "spark"])
+def test_portable_launch_with_a_setup_file_instead_of_an_image(runner):
+    """SEQCODEC_SETUP_FILE alone gives the workers seqcodec (they install its sdist): --setup_file, no image."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEQCODEC_", "BEAM_"))}
+    env.update({"SEQCODEC_DRY_RUN": "1", "RUN_DATE": DATE, "SEQCODEC_INPUT": "/shared/tokens/*.parquet",
+                "SEQCODEC_OUTPUT": "/shared/codes", "SEQCODEC_MODEL_DIR": "/shared/models/v3",
+                "FLINK_MASTER": "flink:8081", "SPARK_JOB_ENDPOINT": "spark-jobserver:8099",
+                "SEQCODEC_SETUP_FILE": str(ROOT / "setup.py")})
+    run = subprocess.run([str(DEPLOY / "launch.sh"), runner], capture_output=True, text=True, env=env, timeout=30,
+                         check=True)
+    _, beam = check_accepted(run.stdout.splitlines()[2:])
+    assert beam["setup_file"] == str(ROOT / "setup.py") and beam["environment_type"] == "DOCKER"
+    assert beam.get("environment_config") is None
 
 
 def test_setup_file_sdist_builds_with_the_packages_and_installs(tmp_path):
@@ -231,6 +247,14 @@ def test_airflow_dag_file_imports_without_airflow():
     (["dataflow"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m", "GCP_PROJECT": "p"},
      "set GCP_REGION GCS_TEMP "),
     (["spark"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m"}, "set SPARK_JOB_ENDPOINT "),
+    # Beam's plain SDK image cannot import seqcodec: an image with it, or a setup file, is required.
+    (["flink"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m", "FLINK_MASTER": "f:8081"},
+     "flink workers need seqcodec: set BEAM_ENVIRONMENT_CONFIG "),
+    (["spark"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m",
+                 "SPARK_JOB_ENDPOINT": "s:8099", "BEAM_ENVIRONMENT_TYPE": "EXTERNAL"}, "spark workers need seqcodec: "),
+    (["spark"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m",
+                 "SPARK_JOB_ENDPOINT": "s:8099", "SEQCODEC_SETUP_FILE": "/no/such/setup.py"},
+     "SEQCODEC_SETUP_FILE=/no/such/setup.py: no such file"),
 ])
 def test_launch_without_its_settings_is_one_line_and_exit_2(argv, env, message, tmp_path):
     clean = {k: v for k, v in os.environ.items()
