@@ -123,6 +123,21 @@ def test_cron_wrapper_does_not_overlap_a_running_job(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cron_wrapper_keeps_the_jobs_default_error_gate(tmp_path):
+    """Without SEQCODEC_MAX_ERROR_RATE the nightly command leaves --max-error-rate to the job (one default)."""
+    env = {k: v for k, v in wrapper_env(tmp_path).items() if k != "SEQCODEC_MAX_ERROR_RATE"}
+    env.update({"SEQCODEC_DRY_RUN": "1", "RUN_DATE": DATE, "SEQCODEC_INPUT": "/data/tokens/dt={ds}/*.parquet",
+                "SEQCODEC_OUTPUT": str(tmp_path / "codes"), "SEQCODEC_MODEL_DIR": "/models/v3"})
+    run = subprocess.run([str(DEPLOY / "cron" / "seqcodec-nightly.sh")], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    log = (tmp_path / "logs" / f"seqcodec-encode-{DATE}.log").read_text().splitlines()
+    argv = [line for line in log if not line.startswith("===")]  # the dry run's command, one argument a line
+    assert argv[1] == "encode"
+    args, _ = check_accepted(argv[2:])
+    assert args.run_date == DATE and args.max_error_rate == DEFAULT_MAX_ERROR_RATE
+
+
 def test_crontab_runs_the_wrapper_nightly():
     lines = [line for line in (DEPLOY / "cron" / "seqcodec.crontab").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
@@ -235,6 +250,22 @@ def test_airflow_dag_file_imports_without_airflow():
     assert dag_module.dag is None
     kwargs = dag_module.encode_task_kwargs()
     assert kwargs["py_file"] == "seqcodec.pipeline.encode" and kwargs["pipeline_options"]["run-date"] == "{{ ds }}"
+
+
+def dag_command_options(kwargs: dict[str, Any]) -> list[str]:
+    """The options the Beam provider puts on the command line: ``--key=value`` for each pipeline option."""
+    return [f"--{key}={value}" for key, value in kwargs["pipeline_options"].items()]
+
+
+@pytest.mark.parametrize("setting, expected", [(None, DEFAULT_MAX_ERROR_RATE), ("0.02", 0.02)])
+def test_airflow_dag_error_gate_is_the_jobs_unless_set(setting, expected, monkeypatch):
+    monkeypatch.delenv("SEQCODEC_MAX_ERROR_RATE", raising=False)
+    if setting is not None:
+        monkeypatch.setenv("SEQCODEC_MAX_ERROR_RATE", setting)
+    dag_module = load_module(DEPLOY / "airflow" / "seqcodec_nightly.py", "seqcodec_nightly_dag")
+    args, beam = check_accepted(dag_command_options(dag_module.encode_task_kwargs(DATE)))
+    assert args.run_date == DATE and args.max_error_rate == expected
+    assert beam["direct_running_mode"] == "multi_processing"
 
 
 # -- launch.sh without its settings, the worker image ------------------------------------------------
