@@ -224,7 +224,8 @@ def test_setup_file_sdist_builds_with_the_packages_and_installs(tmp_path):
 def test_flex_template_parameters_are_accepted():
     metadata = json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())
     samples = {"input": f"gs://b/tokens/dt={DATE}/*.parquet", "output": "gs://b/codes", "model_dir": "gs://b/models/v3",
-               "run_date": DATE, "max_error_rate": "0.01", "num_shards": "8", "batch_size": "1024"}
+               "run_date": DATE, "max_error_rate": "0.01", "num_shards": "8", "batch_tokens": "8192",
+               "batch_size": "1024"}
     params = {p["name"]: p for p in metadata["parameters"]}
     assert metadata["name"] and set(params) == set(samples)
     for name, param in params.items():
@@ -236,9 +237,28 @@ def test_flex_template_parameters_are_accepted():
     argv = launcher.seqcodec_argv([f"--{name}={samples[name]}" for name in params] + ["--temp_location=gs://b/tmp"])
     args, beam = check_accepted(argv)
     assert (args.model_dir, args.run_date, args.max_error_rate, args.num_shards) == ("gs://b/models/v3", DATE, 0.01, 8)
+    assert (args.batch_tokens, args.batch_size) == (8192, 1024)
     assert beam["temp_location"] == "gs://b/tmp"
+    assert args.wait is False  # a flex-template launcher must return once the job is submitted
     required = {a.dest for a in parser()._actions if a.required}
     assert required <= {name for name, p in params.items() if not p.get("isOptional")}
+
+
+def test_flex_template_defaults_are_the_jobs():
+    """Each optional parameter documents the job's own default: ``defaultValue`` (also in its help text)
+    equals what the job's parser gives it, and a parameter without one has no default in the job either."""
+    metadata = json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())
+    actions = {a.dest: a for a in parser()._actions}
+    for param in metadata["parameters"]:
+        action = actions[param["name"]]
+        if not param.get("isOptional"):
+            continue  # the template requires it (run_date too: a nightly template always names its date)
+        if "defaultValue" in param:
+            documented = action.type(param["defaultValue"]) if action.type else param["defaultValue"]
+            assert documented == action.default, (param["name"], param["defaultValue"], action.default)
+            assert f"(default {param['defaultValue']}" in param["helpText"], param
+        else:
+            assert action.default is None and "(default: no " in param["helpText"], param
 
 
 # -- Airflow (the real `airflow dags test` is in test_airflow.py) ---------------------------------
