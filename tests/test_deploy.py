@@ -333,6 +333,38 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def copy_like_docker(steps: list[tuple[str, str]], context: Path) -> dict[str, str]:
+    """Do a Dockerfile's COPY steps from the repository into ``context`` (standing for its WORKDIR).
+
+    Asserts that every source exists and is not excluded by .dockerignore. Returns the absolute path
+    in the image of every copied file or directory, mapped to its source in the repository.
+    """
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    workdir, in_image = "/", {}
+    for word, args in steps:
+        if word == "WORKDIR":
+            workdir = args
+        if word == "COPY":
+            *sources, dest = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+                assert source not in ignored and source.split("/")[0] not in ignored, \
+                    f"COPY {source}: excluded by .dockerignore"
+                # Docker's rules: a directory's contents go to DEST; files go into DEST/ when it ends with "/".
+                name = dest
+                if (ROOT / source).is_file() and dest.endswith("/"):
+                    name = f"{dest}{Path(source).name}"
+                in_image[os.path.normpath(os.path.join(workdir, name))] = source
+                target = context / name
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, target)
+    return in_image
+
+
 def test_worker_image_dockerfile_copies_what_exists_and_installs_the_package(tmp_path):
     """docker cannot run here: check the Dockerfile against the repo, then do its install step on its COPY set."""
     steps = dockerfile_instructions(DEPLOY / "docker" / "Dockerfile")
@@ -342,22 +374,7 @@ def test_worker_image_dockerfile_copies_what_exists_and_installs_the_package(tmp
     assert froms == [f"apache/beam_python{sys.version_info.major}.{sys.version_info.minor}_sdk:{pins['apache-beam']}"]
     assert not any(word in ("ENTRYPOINT", "CMD") for word, _ in steps)  # the SDK image's boot must stay
     context = tmp_path / "context"
-    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    for word, args in steps:
-        if word == "COPY":
-            *sources, dest = args.split()
-            for source in sources:
-                assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
-                assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
-                # Docker's rules: a directory's contents go to DEST; files go into DEST/ when it ends with "/".
-                target = context / dest
-                if (ROOT / source).is_dir():
-                    shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
-                else:
-                    target = target / source if dest.endswith("/") else target
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(ROOT / source, target)
+    copy_like_docker(steps, context)
     runs = [args for word, args in steps if word == "RUN"]
     assert any('pip install --no-cache-dir ".[aws]"' in run for run in runs), runs
     # The RUN step, minus its dependencies (the base image has Beam; this venv has the rest): the
@@ -377,6 +394,37 @@ def test_worker_image_dockerfile_copies_what_exists_and_installs_the_package(tmp
 
 
 # -- Dataflow, as far as it goes offline ------------------------------------------------------------
+
+
+def test_flex_template_launcher_image_and_readme_commands_name_real_files(tmp_path):
+    """docker and gcloud cannot run here: the launcher Dockerfile copies files that exist, its
+    FLEX_TEMPLATE_PYTHON_* variables name the copied launch.py and setup.py, and deploy/README.md's
+    build and run commands name files of this repository."""
+    dockerfile = DEPLOY / "dataflow" / "Dockerfile"
+    steps = dockerfile_instructions(dockerfile)
+    version = f"{sys.version_info.major}{sys.version_info.minor}"
+    assert [args for word, args in steps if word == "FROM"] == [
+        f"gcr.io/dataflow-templates-base/python{version}-template-launcher-base"]
+    assert not any(word in ("ENTRYPOINT", "CMD") for word, _ in steps)  # the launcher base's entry point stays
+    in_image = copy_like_docker(steps, tmp_path / "context")
+    env = dict(args.split("=", 1) for word, args in steps if word == "ENV")
+    assert in_image[env["FLEX_TEMPLATE_PYTHON_PY_FILE"]] == "deploy/dataflow/launch.py"
+    assert in_image[env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"]] == "setup.py"
+    for package in PACKAGES:
+        assert package in in_image.values(), f"{package} is not copied: launch.py imports seqcodec"
+    assert any('pip install --no-cache-dir ".[gcp]"' in args for word, args in steps if word == "RUN")
+
+    readme = (DEPLOY / "README.md").read_text()
+    # Each command with its continuation lines (indented by two spaces after a trailing backslash).
+    commands = re.findall(r"^(?:docker build|gcloud dataflow flex-template (?:build|run)) .*(?:\n  .*)*", readme,
+                          re.MULTILINE)
+    assert any(c.startswith("docker build -f deploy/dataflow/Dockerfile ") and c.endswith(" .") for c in commands)
+    assert any("flex-template build" in c and "--metadata-file deploy/dataflow/metadata.json" in c for c in commands)
+    assert any("flex-template run" in c and "--template-file-gcs-location" in c for c in commands)
+    named = {path for command in commands for path in re.findall(r"(?<!\S)(deploy/\S+)", command)}
+    assert {"deploy/dataflow/Dockerfile", "deploy/dataflow/metadata.json"} <= named
+    for path in named:
+        assert (ROOT / path).exists(), f"deploy/README.md names {path}, which does not exist"
 
 
 def test_dataflow_launch_translates_the_whole_job_into_a_job_request(tiny_model_dir, tmp_path):
