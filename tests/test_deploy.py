@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,57 @@ def test_crontab_runs_the_wrapper_nightly():
     assert 0 <= int(minute) < 60 and 0 <= int(hour) < 24 and (dom, month, dow) == ("*", "*", "*")
     assert command.endswith("/deploy/cron/seqcodec-nightly.sh") and "%" not in command
     assert os.access(DEPLOY / "cron" / "seqcodec-nightly.sh", os.X_OK)
+
+
+# -- deploy/install.sh: the install-only command of a production host -----------------------------
+
+
+def test_install_is_a_quick_no_op_on_an_installed_venv():
+    """Run on the virtualenv running these tests: installs (if ever) the first time, then does nothing, at once."""
+    venv = Path(sys.prefix)
+    if venv == Path(sys.base_prefix):
+        pytest.skip("the tests do not run in a virtualenv")
+    command = ["bash", str(DEPLOY / "install.sh"), "--extras", "aws,gcp", str(venv)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    started = time.monotonic()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and time.monotonic() - started < 10, again.stderr
+    assert again.stderr == f"seqcodec: ready: {os.path.realpath(venv)}/bin/seqcodec\n" and again.stdout == ""
+
+
+@pytest.mark.parametrize("argv, python, message", [
+    (["--extras", "azure"], None, "deploy/install.sh: error: unknown extra 'azure'"),
+    (["--bogus"], None, "deploy/install.sh: error: unknown option --bogus"),
+    (["VENV", "other"], None, "deploy/install.sh: error: one VENV only"),
+    # The machine has only Python 3.11, so a two-line script stands in for another version's interpreter.
+    (["VENV"], "3.12", "seqcodec: error: needs Python 3.11 (requirements.txt's pins are checked on it), but "),
+    (["VENV"], "missing", "is not a working Python: install python3.11 and set PYTHON=python3.11"),
+])
+def test_install_refuses_bad_arguments_and_other_pythons_in_one_line(argv, python, message, tmp_path):
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    if python == "missing":
+        env["PYTHON"] = str(tmp_path / "no-such-python")
+    elif python:
+        env["PYTHON"] = str(tmp_path / f"python{python}")
+        Path(env["PYTHON"]).write_text(f"#!/bin/sh\necho {python}\n")
+        Path(env["PYTHON"]).chmod(0o755)
+    argv = [str(venv) if arg == "VENV" else arg for arg in argv]
+    run = subprocess.run(["bash", str(DEPLOY / "install.sh"), *argv], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert run.returncode == 2 and run.stdout == ""
+    assert len(run.stderr.splitlines()) == 1 and message in run.stderr, run.stderr
+    assert not venv.exists()  # nothing created
+
+
+def test_python_version_is_one_everywhere():
+    """requirements.txt's pins were checked on one Python: setup.py requires it and ensure_venv.sh checks for it."""
+    checked = re.search(r"checked together on Python (\d+)\.(\d+)", (ROOT / "requirements.txt").read_text())
+    major, minor = int(checked[1]), int(checked[2])
+    assert f'python_requires=">={major}.{minor},<{major}.{minor + 1}"' in (ROOT / "setup.py").read_text()
+    assert f"SEQCODEC_PYTHON_VERSION={major}.{minor}\n" in (DEPLOY / "ensure_venv.sh").read_text()
+    assert sys.version_info[:2] == (major, minor)
 
 
 # -- Dataflow, Flink, Spark, direct: deploy/launch.sh ------------------------------------------------
