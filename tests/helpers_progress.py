@@ -12,7 +12,10 @@ import pytest
 def show(config: pytest.Config, line: str) -> None:
     """Write ``line`` to the terminal now, even under pytest's output capture (no ``-s`` needed)."""
     capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
     with capture.global_and_fixture_disabled():
+        if reporter is not None:
+            reporter.ensure_newline()  # not after the test's progress dot, on its own line
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
