@@ -26,7 +26,7 @@ setup(
     description="Batch job that turns variable-length token sequences into fixed-size codes and back",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11,<3.12",  # what requirements.txt is checked on; deploy/ensure_venv.sh says so in one line
     # The repository keeps model/, transforms/ and pipeline/ at the top; installed, everything lives
     # under seqcodec. so that a user's own model.py or pipeline.py cannot shadow the library.
     packages=["seqcodec", *(f"seqcodec.{name}" for name in SUBPACKAGES)],

@@ -8,12 +8,16 @@
 #   SEQCODEC_OUTPUT       output root; the run publishes OUTPUT/dt=RUN_DATE     (required)
 #   SEQCODEC_MODEL_DIR    model directory written by `seqcodec train`            (required)
 #   RUN_DATE              YYYY-MM-DD (default: yesterday in TZ, like Airflow's {{ ds }} of a daily run)
-#   SEQCODEC_MAX_ERROR_RATE  fail with exit 3 above this rejected fraction (default 0.01; "" = no limit)
+#   SEQCODEC_MAX_ERROR_RATE  fail with exit 3 above this rejected fraction (unset: the job's default, 0.05;
+#                         1 = no limit)
 #   SEQCODEC_BIN          the seqcodec command (default: the repo's .venv/bin/seqcodec)
 #   dataflow: GCP_PROJECT, GCP_REGION, GCS_TEMP (gs://bucket/tmp); optional SDK_CONTAINER_IMAGE
 #   flink:    FLINK_MASTER (host:8081); optional FLINK_VERSION, FLINK_JOB_SERVER_JAR
 #   spark:    SPARK_JOB_ENDPOINT (host:8099 of a running Beam Spark job server)
-#   flink/spark: BEAM_ENVIRONMENT_TYPE (default DOCKER), BEAM_ENVIRONMENT_CONFIG (SDK image with seqcodec installed)
+#   flink/spark: BEAM_ENVIRONMENT_TYPE (default DOCKER) and how workers get seqcodec, one of (required):
+#                BEAM_ENVIRONMENT_CONFIG  SDK image with seqcodec installed (deploy/docker/Dockerfile), or
+#                                         with EXTERNAL the worker pool's host:port
+#                SEQCODEC_SETUP_FILE      this checkout's setup.py: workers pip-install the project at start
 #   SEQCODEC_DRY_RUN=1    print the command, one argument per line, instead of running it
 # The exit code is the job's (0 published, 2 bad arguments/input, 3 too many rejects, 4 pipeline failed),
 # or 2 with one line `deploy/launch.sh: error: ...` when the runner or a required setting is missing.
@@ -45,9 +49,20 @@ case "$runner" in
   "") fail "usage: deploy/launch.sh direct|dataflow|flink|spark [options...]" ;;
   *) fail "unknown runner '$runner' (direct, dataflow, flink or spark)" ;;
 esac
+environment_type="${BEAM_ENVIRONMENT_TYPE:-DOCKER}"
+if [[ "$runner" == flink || "$runner" == spark ]]; then
+  # Workers of the default DOCKER environment run Beam's plain SDK image: without an image that has
+  # seqcodec, or a setup file they install, every worker fails to import it and the job never progresses.
+  if [[ "$environment_type" != LOOPBACK && -z "${BEAM_ENVIRONMENT_CONFIG:-}" && -z "${SEQCODEC_SETUP_FILE:-}" ]]; then
+    fail "$runner workers need seqcodec: set BEAM_ENVIRONMENT_CONFIG (an SDK image with it installed, see deploy/docker/Dockerfile) or SEQCODEC_SETUP_FILE (e.g. $root/setup.py)"
+  fi
+  if [[ -n "${SEQCODEC_SETUP_FILE:-}" && ! -f "$SEQCODEC_SETUP_FILE" ]]; then
+    fail "SEQCODEC_SETUP_FILE=$SEQCODEC_SETUP_FILE: no such file"
+  fi
+fi
 shift
 run_date="${RUN_DATE:-$(date -d yesterday +%F)}"
-max_error_rate="${SEQCODEC_MAX_ERROR_RATE-0.01}"
+max_error_rate="${SEQCODEC_MAX_ERROR_RATE:-}"  # unset: the job's own default, one default everywhere
 
 cmd=("${SEQCODEC_BIN:-$root/.venv/bin/seqcodec}" encode
   --input "${SEQCODEC_INPUT//\{ds\}/$run_date}"
@@ -77,18 +92,23 @@ case "$runner" in
   flink)
     cmd+=(--runner=FlinkRunner --flink_master="$FLINK_MASTER"
       --flink_version="${FLINK_VERSION:-1.19}"
-      --environment_type="${BEAM_ENVIRONMENT_TYPE:-DOCKER}")
+      --environment_type="$environment_type")
     if [[ -n "${FLINK_JOB_SERVER_JAR:-}" ]]; then
       cmd+=(--flink_job_server_jar="$FLINK_JOB_SERVER_JAR")  # else Beam downloads it at launch
     fi
     ;;
   spark)
     cmd+=(--runner=PortableRunner --job_endpoint="$SPARK_JOB_ENDPOINT"
-      --environment_type="${BEAM_ENVIRONMENT_TYPE:-DOCKER}")
+      --environment_type="$environment_type")
     ;;
 esac
-if [[ "$runner" == flink || "$runner" == spark ]] && [[ -n "${BEAM_ENVIRONMENT_CONFIG:-}" ]]; then
-  cmd+=(--environment_config="$BEAM_ENVIRONMENT_CONFIG")
+if [[ "$runner" == flink || "$runner" == spark ]]; then
+  if [[ -n "${BEAM_ENVIRONMENT_CONFIG:-}" ]]; then
+    cmd+=(--environment_config="$BEAM_ENVIRONMENT_CONFIG")
+  fi
+  if [[ -n "${SEQCODEC_SETUP_FILE:-}" ]]; then
+    cmd+=(--setup_file="$SEQCODEC_SETUP_FILE")
+  fi
 fi
 cmd+=("$@")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, write_tokens_parquet
+from helpers_progress import run_showing_stderr
 
 from seqcodec.transforms.partition import SUCCESS
 
@@ -28,16 +29,37 @@ ROWS = 3000
 
 
 @pytest.fixture(scope="module")
-def airflow_bin() -> Path:
-    """The Airflow virtualenv's bin/ (installed on first use: minutes; then reused)."""
+def airflow_bin(pytestconfig: pytest.Config) -> Path:
+    """The Airflow virtualenv's bin/ (installed on first use: minutes; then reused).
+
+    The install script's progress lines (start, and done with the time it took) reach the terminal
+    at once, so a first `run_tests.sh` is not silent for minutes.
+    """
     started = time.monotonic()
-    run = subprocess.run(["bash", str(ROOT / "deploy" / "airflow" / "ensure_venv.sh")], capture_output=True,
-                         text=True, timeout=1800)
+    run = run_showing_stderr(pytestconfig, ["bash", str(ROOT / "deploy" / "airflow" / "ensure_venv.sh")],
+                             timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     venv = Path(run.stdout.strip().splitlines()[-1])
     assert venv.resolve() != (ROOT / ".venv").resolve()
     print(f"airflow venv ready in {time.monotonic() - started:.0f}s: {venv}")
     return venv / "bin"
+
+
+def test_install_progress_reaches_the_terminal_through_pytest_capture(tmp_path):
+    """A test session (captured output, no -s) shows a subprocess's stderr lines as the fixture above does."""
+    (tmp_path / "test_inner.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from helpers_progress import run_showing_stderr\n"
+        "def test_step(pytestconfig):\n"
+        "    run = run_showing_stderr(pytestconfig, ['bash', '-c', 'echo start >&2; echo /venv; echo done in 0s >&2'],"
+        " timeout=60)\n"
+        "    assert (run.returncode, run.stdout, run.stderr) == (0, '/venv\\n', 'start\\ndone in 0s\\n')\n"
+        "    print('captured, not shown')\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "start\ndone in 0s\n" in run.stderr and "captured, not shown" not in run.stdout + run.stderr
 
 
 def test_dags_test_runs_the_nightly_encode_and_publishes(airflow_bin, tiny_model_dir, tmp_path):

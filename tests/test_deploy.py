@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from conftest import write_tokens_parquet
 
 from seqcodec.pipeline.encode import parser
+from seqcodec.pipeline.options import DEFAULT_MAX_ERROR_RATE
 from seqcodec.transforms.partition import SUCCESS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +124,21 @@ def test_cron_wrapper_does_not_overlap_a_running_job(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cron_wrapper_keeps_the_jobs_default_error_gate(tmp_path):
+    """Without SEQCODEC_MAX_ERROR_RATE the nightly command leaves --max-error-rate to the job (one default)."""
+    env = {k: v for k, v in wrapper_env(tmp_path).items() if k != "SEQCODEC_MAX_ERROR_RATE"}
+    env.update({"SEQCODEC_DRY_RUN": "1", "RUN_DATE": DATE, "SEQCODEC_INPUT": "/data/tokens/dt={ds}/*.parquet",
+                "SEQCODEC_OUTPUT": str(tmp_path / "codes"), "SEQCODEC_MODEL_DIR": "/models/v3"})
+    run = subprocess.run([str(DEPLOY / "cron" / "seqcodec-nightly.sh")], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    log = (tmp_path / "logs" / f"seqcodec-encode-{DATE}.log").read_text().splitlines()
+    argv = [line for line in log if not line.startswith("===")]  # the dry run's command, one argument a line
+    assert argv[1] == "encode"
+    args, _ = check_accepted(argv[2:])
+    assert args.run_date == DATE and args.max_error_rate == DEFAULT_MAX_ERROR_RATE
+
+
 def test_crontab_runs_the_wrapper_nightly():
     lines = [line for line in (DEPLOY / "cron" / "seqcodec.crontab").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
@@ -131,6 +148,57 @@ def test_crontab_runs_the_wrapper_nightly():
     assert 0 <= int(minute) < 60 and 0 <= int(hour) < 24 and (dom, month, dow) == ("*", "*", "*")
     assert command.endswith("/deploy/cron/seqcodec-nightly.sh") and "%" not in command
     assert os.access(DEPLOY / "cron" / "seqcodec-nightly.sh", os.X_OK)
+
+
+# -- deploy/install.sh: the install-only command of a production host -----------------------------
+
+
+def test_install_is_a_quick_no_op_on_an_installed_venv():
+    """Run on the virtualenv running these tests: installs (if ever) the first time, then does nothing, at once."""
+    venv = Path(sys.prefix)
+    if venv == Path(sys.base_prefix):
+        pytest.skip("the tests do not run in a virtualenv")
+    command = ["bash", str(DEPLOY / "install.sh"), "--extras", "aws,gcp", str(venv)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    started = time.monotonic()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and time.monotonic() - started < 10, again.stderr
+    assert again.stderr == f"seqcodec: ready: {os.path.realpath(venv)}/bin/seqcodec\n" and again.stdout == ""
+
+
+@pytest.mark.parametrize("argv, python, message", [
+    (["--extras", "azure"], None, "deploy/install.sh: error: unknown extra 'azure'"),
+    (["--bogus"], None, "deploy/install.sh: error: unknown option --bogus"),
+    (["VENV", "other"], None, "deploy/install.sh: error: one VENV only"),
+    # The machine has only Python 3.11, so a two-line script stands in for another version's interpreter.
+    (["VENV"], "3.12", "seqcodec: error: needs Python 3.11 (requirements.txt's pins are checked on it), but "),
+    (["VENV"], "missing", "is not a working Python: install python3.11 and set PYTHON=python3.11"),
+])
+def test_install_refuses_bad_arguments_and_other_pythons_in_one_line(argv, python, message, tmp_path):
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    if python == "missing":
+        env["PYTHON"] = str(tmp_path / "no-such-python")
+    elif python:
+        env["PYTHON"] = str(tmp_path / f"python{python}")
+        Path(env["PYTHON"]).write_text(f"#!/bin/sh\necho {python}\n")
+        Path(env["PYTHON"]).chmod(0o755)
+    argv = [str(venv) if arg == "VENV" else arg for arg in argv]
+    run = subprocess.run(["bash", str(DEPLOY / "install.sh"), *argv], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert run.returncode == 2 and run.stdout == ""
+    assert len(run.stderr.splitlines()) == 1 and message in run.stderr, run.stderr
+    assert not venv.exists()  # nothing created
+
+
+def test_python_version_is_one_everywhere():
+    """requirements.txt's pins were checked on one Python: setup.py requires it and ensure_venv.sh checks for it."""
+    checked = re.search(r"checked together on Python (\d+)\.(\d+)", (ROOT / "requirements.txt").read_text())
+    major, minor = int(checked[1]), int(checked[2])
+    assert f'python_requires=">={major}.{minor},<{major}.{minor + 1}"' in (ROOT / "setup.py").read_text()
+    assert f"SEQCODEC_PYTHON_VERSION={major}.{minor}\n" in (DEPLOY / "ensure_venv.sh").read_text()
+    assert sys.version_info[:2] == (major, minor)
 
 
 # -- Dataflow, Flink, Spark, direct: deploy/launch.sh ------------------------------------------------
@@ -149,12 +217,27 @@ def test_launch_command_lines_are_accepted(runner, beam_runner):
     assert argv[0].endswith("seqcodec") and argv[1] == "encode"
     args, beam = check_accepted(argv[2:])
     assert (args.input, args.output, args.run_date) == (f"gs://b/tokens/dt={DATE}/*.parquet", "gs://b/codes", DATE)
-    assert args.max_error_rate == 0.01 and args.num_shards == 4
+    assert args.max_error_rate == DEFAULT_MAX_ERROR_RATE and args.num_shards == 4  # the job's default gate
     assert beam["runner"] == beam_runner
     if runner == "dataflow":
         assert beam["setup_file"] == str(ROOT / "setup.py") and beam["temp_location"] == "gs://b/tmp"
     if runner in ("flink", "spark"):
         assert beam["environment_type"] == "DOCKER" and beam["environment_config"] == "registry/seqcodec-sdk:1"
+
+
+@pytest.mark.parametrize("runner", ["flink", "spark"])
+def test_portable_launch_with_a_setup_file_instead_of_an_image(runner):
+    """SEQCODEC_SETUP_FILE alone gives the workers seqcodec (they install its sdist): --setup_file, no image."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEQCODEC_", "BEAM_"))}
+    env.update({"SEQCODEC_DRY_RUN": "1", "RUN_DATE": DATE, "SEQCODEC_INPUT": "/shared/tokens/*.parquet",
+                "SEQCODEC_OUTPUT": "/shared/codes", "SEQCODEC_MODEL_DIR": "/shared/models/v3",
+                "FLINK_MASTER": "flink:8081", "SPARK_JOB_ENDPOINT": "spark-jobserver:8099",
+                "SEQCODEC_SETUP_FILE": str(ROOT / "setup.py")})
+    run = subprocess.run([str(DEPLOY / "launch.sh"), runner], capture_output=True, text=True, env=env, timeout=30,
+                         check=True)
+    _, beam = check_accepted(run.stdout.splitlines()[2:])
+    assert beam["setup_file"] == str(ROOT / "setup.py") and beam["environment_type"] == "DOCKER"
+    assert beam.get("environment_config") is None
 
 
 def test_setup_file_sdist_builds_with_the_packages_and_installs(tmp_path):
@@ -193,7 +276,8 @@ def test_setup_file_sdist_builds_with_the_packages_and_installs(tmp_path):
 def test_flex_template_parameters_are_accepted():
     metadata = json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())
     samples = {"input": f"gs://b/tokens/dt={DATE}/*.parquet", "output": "gs://b/codes", "model_dir": "gs://b/models/v3",
-               "run_date": DATE, "max_error_rate": "0.01", "num_shards": "8", "batch_size": "1024"}
+               "run_date": DATE, "max_error_rate": "0.01", "num_shards": "8", "batch_tokens": "8192",
+               "batch_size": "1024"}
     params = {p["name"]: p for p in metadata["parameters"]}
     assert metadata["name"] and set(params) == set(samples)
     for name, param in params.items():
@@ -205,9 +289,28 @@ def test_flex_template_parameters_are_accepted():
     argv = launcher.seqcodec_argv([f"--{name}={samples[name]}" for name in params] + ["--temp_location=gs://b/tmp"])
     args, beam = check_accepted(argv)
     assert (args.model_dir, args.run_date, args.max_error_rate, args.num_shards) == ("gs://b/models/v3", DATE, 0.01, 8)
+    assert (args.batch_tokens, args.batch_size) == (8192, 1024)
     assert beam["temp_location"] == "gs://b/tmp"
+    assert args.wait is False  # a flex-template launcher must return once the job is submitted
     required = {a.dest for a in parser()._actions if a.required}
     assert required <= {name for name, p in params.items() if not p.get("isOptional")}
+
+
+def test_flex_template_defaults_are_the_jobs():
+    """Each optional parameter documents the job's own default: ``defaultValue`` (also in its help text)
+    equals what the job's parser gives it, and a parameter without one has no default in the job either."""
+    metadata = json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())
+    actions = {a.dest: a for a in parser()._actions}
+    for param in metadata["parameters"]:
+        action = actions[param["name"]]
+        if not param.get("isOptional"):
+            continue  # the template requires it (run_date too: a nightly template always names its date)
+        if "defaultValue" in param:
+            documented = action.type(param["defaultValue"]) if action.type else param["defaultValue"]
+            assert documented == action.default, (param["name"], param["defaultValue"], action.default)
+            assert f"(default {param['defaultValue']}" in param["helpText"], param
+        else:
+            assert action.default is None and "(default: no " in param["helpText"], param
 
 
 # -- Airflow (the real `airflow dags test` is in test_airflow.py) ---------------------------------
@@ -221,6 +324,22 @@ def test_airflow_dag_file_imports_without_airflow():
     assert kwargs["py_file"] == "seqcodec.pipeline.encode" and kwargs["pipeline_options"]["run-date"] == "{{ ds }}"
 
 
+def dag_command_options(kwargs: dict[str, Any]) -> list[str]:
+    """The options the Beam provider puts on the command line: ``--key=value`` for each pipeline option."""
+    return [f"--{key}={value}" for key, value in kwargs["pipeline_options"].items()]
+
+
+@pytest.mark.parametrize("setting, expected", [(None, DEFAULT_MAX_ERROR_RATE), ("0.02", 0.02)])
+def test_airflow_dag_error_gate_is_the_jobs_unless_set(setting, expected, monkeypatch):
+    monkeypatch.delenv("SEQCODEC_MAX_ERROR_RATE", raising=False)
+    if setting is not None:
+        monkeypatch.setenv("SEQCODEC_MAX_ERROR_RATE", setting)
+    dag_module = load_module(DEPLOY / "airflow" / "seqcodec_nightly.py", "seqcodec_nightly_dag")
+    args, beam = check_accepted(dag_command_options(dag_module.encode_task_kwargs(DATE)))
+    assert args.run_date == DATE and args.max_error_rate == expected
+    assert beam["direct_running_mode"] == "multi_processing"
+
+
 # -- launch.sh without its settings, the worker image ------------------------------------------------
 
 
@@ -231,6 +350,14 @@ def test_airflow_dag_file_imports_without_airflow():
     (["dataflow"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m", "GCP_PROJECT": "p"},
      "set GCP_REGION GCS_TEMP "),
     (["spark"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m"}, "set SPARK_JOB_ENDPOINT "),
+    # Beam's plain SDK image cannot import seqcodec: an image with it, or a setup file, is required.
+    (["flink"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m", "FLINK_MASTER": "f:8081"},
+     "flink workers need seqcodec: set BEAM_ENVIRONMENT_CONFIG "),
+    (["spark"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m",
+                 "SPARK_JOB_ENDPOINT": "s:8099", "BEAM_ENVIRONMENT_TYPE": "EXTERNAL"}, "spark workers need seqcodec: "),
+    (["spark"], {"SEQCODEC_INPUT": "i", "SEQCODEC_OUTPUT": "o", "SEQCODEC_MODEL_DIR": "m",
+                 "SPARK_JOB_ENDPOINT": "s:8099", "SEQCODEC_SETUP_FILE": "/no/such/setup.py"},
+     "SEQCODEC_SETUP_FILE=/no/such/setup.py: no such file"),
 ])
 def test_launch_without_its_settings_is_one_line_and_exit_2(argv, env, message, tmp_path):
     clean = {k: v for k, v in os.environ.items()
@@ -258,6 +385,38 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def copy_like_docker(steps: list[tuple[str, str]], context: Path) -> dict[str, str]:
+    """Do a Dockerfile's COPY steps from the repository into ``context`` (standing for its WORKDIR).
+
+    Asserts that every source exists and is not excluded by .dockerignore. Returns the absolute path
+    in the image of every copied file or directory, mapped to its source in the repository.
+    """
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    workdir, in_image = "/", {}
+    for word, args in steps:
+        if word == "WORKDIR":
+            workdir = args
+        if word == "COPY":
+            *sources, dest = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+                assert source not in ignored and source.split("/")[0] not in ignored, \
+                    f"COPY {source}: excluded by .dockerignore"
+                # Docker's rules: a directory's contents go to DEST; files go into DEST/ when it ends with "/".
+                name = dest
+                if (ROOT / source).is_file() and dest.endswith("/"):
+                    name = f"{dest}{Path(source).name}"
+                in_image[os.path.normpath(os.path.join(workdir, name))] = source
+                target = context / name
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, target)
+    return in_image
+
+
 def test_worker_image_dockerfile_copies_what_exists_and_installs_the_package(tmp_path):
     """docker cannot run here: check the Dockerfile against the repo, then do its install step on its COPY set."""
     steps = dockerfile_instructions(DEPLOY / "docker" / "Dockerfile")
@@ -267,22 +426,7 @@ def test_worker_image_dockerfile_copies_what_exists_and_installs_the_package(tmp
     assert froms == [f"apache/beam_python{sys.version_info.major}.{sys.version_info.minor}_sdk:{pins['apache-beam']}"]
     assert not any(word in ("ENTRYPOINT", "CMD") for word, _ in steps)  # the SDK image's boot must stay
     context = tmp_path / "context"
-    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    for word, args in steps:
-        if word == "COPY":
-            *sources, dest = args.split()
-            for source in sources:
-                assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
-                assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
-                # Docker's rules: a directory's contents go to DEST; files go into DEST/ when it ends with "/".
-                target = context / dest
-                if (ROOT / source).is_dir():
-                    shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
-                else:
-                    target = target / source if dest.endswith("/") else target
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(ROOT / source, target)
+    copy_like_docker(steps, context)
     runs = [args for word, args in steps if word == "RUN"]
     assert any('pip install --no-cache-dir ".[aws]"' in run for run in runs), runs
     # The RUN step, minus its dependencies (the base image has Beam; this venv has the rest): the
@@ -302,6 +446,37 @@ def test_worker_image_dockerfile_copies_what_exists_and_installs_the_package(tmp
 
 
 # -- Dataflow, as far as it goes offline ------------------------------------------------------------
+
+
+def test_flex_template_launcher_image_and_readme_commands_name_real_files(tmp_path):
+    """docker and gcloud cannot run here: the launcher Dockerfile copies files that exist, its
+    FLEX_TEMPLATE_PYTHON_* variables name the copied launch.py and setup.py, and deploy/README.md's
+    build and run commands name files of this repository."""
+    dockerfile = DEPLOY / "dataflow" / "Dockerfile"
+    steps = dockerfile_instructions(dockerfile)
+    version = f"{sys.version_info.major}{sys.version_info.minor}"
+    assert [args for word, args in steps if word == "FROM"] == [
+        f"gcr.io/dataflow-templates-base/python{version}-template-launcher-base"]
+    assert not any(word in ("ENTRYPOINT", "CMD") for word, _ in steps)  # the launcher base's entry point stays
+    in_image = copy_like_docker(steps, tmp_path / "context")
+    env = dict(args.split("=", 1) for word, args in steps if word == "ENV")
+    assert in_image[env["FLEX_TEMPLATE_PYTHON_PY_FILE"]] == "deploy/dataflow/launch.py"
+    assert in_image[env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"]] == "setup.py"
+    for package in PACKAGES:
+        assert package in in_image.values(), f"{package} is not copied: launch.py imports seqcodec"
+    assert any('pip install --no-cache-dir ".[gcp]"' in args for word, args in steps if word == "RUN")
+
+    readme = (DEPLOY / "README.md").read_text()
+    # Each command with its continuation lines (indented by two spaces after a trailing backslash).
+    commands = re.findall(r"^(?:docker build|gcloud dataflow flex-template (?:build|run)) .*(?:\n  .*)*", readme,
+                          re.MULTILINE)
+    assert any(c.startswith("docker build -f deploy/dataflow/Dockerfile ") and c.endswith(" .") for c in commands)
+    assert any("flex-template build" in c and "--metadata-file deploy/dataflow/metadata.json" in c for c in commands)
+    assert any("flex-template run" in c and "--template-file-gcs-location" in c for c in commands)
+    named = {path for command in commands for path in re.findall(r"(?<!\S)(deploy/\S+)", command)}
+    assert {"deploy/dataflow/Dockerfile", "deploy/dataflow/metadata.json"} <= named
+    for path in named:
+        assert (ROOT / path).exists(), f"deploy/README.md names {path}, which does not exist"
 
 
 def test_dataflow_launch_translates_the_whole_job_into_a_job_request(tiny_model_dir, tmp_path):

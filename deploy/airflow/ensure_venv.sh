@@ -15,10 +15,13 @@ if [[ -f "$stamp" ]] && grep -qxF "$want" "$stamp" && [[ -x "$venv/bin/airflow" 
   echo "$venv"
   exit 0
 fi
+# Progress on stderr, a line before and after: the install is silent (pip -qq) and takes minutes.
+echo "seqcodec: installing Airflow (deploy/airflow/requirements.txt) into $venv: several minutes the first time" >&2
+SECONDS=0
 if [[ ! -x "$venv/bin/python" ]]; then
-  echo "seqcodec: creating $venv (Airflow; first run takes several minutes)" >&2
   "${PYTHON:-python3}" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -qq --disable-pip-version-check -r "$req" >&2
 echo "$want" > "$stamp"
+echo "seqcodec: Airflow installed in $venv in ${SECONDS}s ($(du -sh "$venv" | cut -f1))" >&2
 echo "$venv"

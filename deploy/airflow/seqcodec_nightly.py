@@ -29,7 +29,8 @@ SEQCODEC_PYTHON = os.environ.get("SEQCODEC_PYTHON", "/opt/seqcodec/.venv/bin/pyt
 INPUT = os.environ.get("SEQCODEC_INPUT", "/data/tokens/dt={ds}/*.parquet")  # {ds} = the run date
 OUTPUT = os.environ.get("SEQCODEC_OUTPUT", "/data/codes")
 MODEL_DIR = os.environ.get("SEQCODEC_MODEL_DIR", "/opt/seqcodec/models/default")
-MAX_ERROR_RATE = float(os.environ.get("SEQCODEC_MAX_ERROR_RATE", "0.01"))
+# Unset: the job's own --max-error-rate default (0.05), so there is one default, the job's.
+MAX_ERROR_RATE = float(os.environ["SEQCODEC_MAX_ERROR_RATE"]) if os.environ.get("SEQCODEC_MAX_ERROR_RATE") else None
 RUNNER = os.environ.get("SEQCODEC_RUNNER", "DirectRunner")
 
 
@@ -40,8 +41,9 @@ def encode_task_kwargs(run_date: str = "{{ ds }}") -> dict[str, Any]:
         "output": OUTPUT,
         "model-dir": MODEL_DIR,
         "run-date": run_date,
-        "max-error-rate": MAX_ERROR_RATE,
     }
+    if MAX_ERROR_RATE is not None:
+        options["max-error-rate"] = MAX_ERROR_RATE
     if RUNNER == "DirectRunner":
         options.update({"direct_running_mode": "multi_processing", "direct_num_workers": 0})  # every core
     return {
