@@ -59,7 +59,7 @@ SHARD_NAME = re.compile(rf"part-(?:{RUN_ID_PATTERN}-)?\d{{5}}-of-\d{{5}}\.parque
 
 def new_run_id() -> str:
     """A run id: its start time (UTC, sortable) and a random suffix."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
@@ -307,7 +307,7 @@ class Lease:
         return True
 
     def describe(self) -> str:
-        until = datetime.datetime.fromtimestamp(self.expires, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        until = datetime.datetime.fromtimestamp(self.expires, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         return f"run {self.run_id} (host {self.host}, pid {self.pid}, lease until {until})"
 
 
@@ -336,7 +336,7 @@ class Partition:
     def started(self) -> float:
         """When this run started (its id's time stamp), as a Unix time."""
         stamp = datetime.datetime.strptime(self.run_id.split("Z")[0], "%Y%m%dT%H%M%S.%f")
-        return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+        return stamp.replace(tzinfo=datetime.UTC).timestamp()
 
     def staged(self, *parts: str) -> str:
         return FileSystems.join(self.staging, *parts)
