@@ -145,10 +145,12 @@ def anonymous_gcs() -> None:
     """
     try:
         from apache_beam.internal.gcp import auth
-    except ImportError:  # no [gcp] extra: gs:// paths are refused by check_extras
+
+        cache = auth._Credentials
+        with cache._credentials_lock:
+            cache._credentials, cache._credentials_init = None, True
+    except (ImportError, AttributeError):  # no [gcp] extra, or another Beam: its own look-up then runs as before
         return
-    with auth._Credentials._credentials_lock:
-        auth._Credentials._credentials, auth._Credentials._credentials_init = None, True
 
 
 def direct_runner(options: PipelineOptions):
