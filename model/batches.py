@@ -134,11 +134,6 @@ def token_batches(lengths: np.ndarray, token_budget: int, max_rows: int | None =
     return batches
 
 
-def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped into batches of ``batch_size`` rows of similar length (stable sort)."""
-    return token_batches(lengths, np.iinfo(np.int64).max, max_rows=batch_size)
-
-
 def check_sequences(values: np.ndarray, offsets: np.ndarray, config: CodecConfig) -> None:
     """Raise ValueError naming the first bad sequence: empty, too long, or an id out of range."""
     if values.size and not np.issubdtype(values.dtype, np.integer):

@@ -24,7 +24,6 @@ from seqcodec.model.numpy_decoder import NumpyDecoder
 from seqcodec.model.numpy_encoder import NumpyEncoder
 from seqcodec.model.tfenv import keras, tf
 
-DEFAULT_BATCH_SIZE = 512
 # Lengths are padded up to a multiple of this for XLA, so it compiles a few widths, not every length.
 WIDTH_STEP = 4
 

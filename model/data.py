@@ -65,8 +65,6 @@ class TokenSequences:
         within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
         return TokenSequences(self.values[starts + within], offsets)
 
-    def to_list(self) -> list[np.ndarray]:
-        return [self.values[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
 
 
 def expand_glob(pattern: str) -> list[str]:

@@ -22,8 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from seqcodec.model.config import CodecConfig
-from seqcodec.model.network import start_id
+from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.numpy_decoder import CachedFactors, DecoderWeights
 from seqcodec.model.numpy_encoder import EncoderWeights
 from seqcodec.model.tfenv import keras, tf
@@ -168,7 +167,7 @@ def fused_decoder(decoder: keras.Model, config: CodecConfig) -> Step | None:
     autoregressive = embedding is not None
     kernel, rec, bias = parts
     units, signal, last = config.hidden_size, steps_layer.position_signal, steps_layer.max_length - 1
-    start = start_id(config)
+    start = START_ID
 
     def step(codes: Any) -> Any:
         w_in, u, b = _read(kernel), _read(rec), _read(bias)

@@ -21,8 +21,6 @@ ENCODER_FILE = "encoder.keras"
 DECODER_FILE = "decoder.keras"
 VOCAB_FILE = "vocab.txt"  # the vocabulary given to `train --vocab`, recorded in the manifest as "vocab"
 HISTORY_FILE = "history.json"  # training curves, written beside the model at the end of training
-# What the output files' schema metadata records about the model that wrote them.
-FACT_NAMES = ("fingerprint", "code_size", "vocab_size", "max_length")
 
 
 class ModelDirError(ValueError):

@@ -11,11 +11,6 @@ from seqcodec.model.tfenv import keras, tf
 layers = keras.layers
 
 
-def start_id(config: CodecConfig) -> int:
-    """The autoregressive decoder's "previous token" at step 0 (shifted ids 1..vocab are tokens)."""
-    return START_ID
-
-
 def hidden_id(config: CodecConfig) -> int:
     """The "previous token" that word dropout puts in place of a real one during training."""
     return config.vocab_size + 1
@@ -46,7 +41,7 @@ def build_decoder(config: CodecConfig, dropout: float = 0.0, previous_embedding:
     """Codes (batch, hidden + 1) -> token probabilities (batch, longest length, vocab_size).
 
     The autoregressive decoder takes a second input, the previous token of every step as shifted
-    ids (batch, steps): ``start_id`` first, then the row's own tokens + 1 (teacher forcing);
+    ids (batch, steps): ``START_ID`` first, then the row's own tokens + 1 (teacher forcing);
     ``greedy_decoder`` feeds it its own choices instead. ``previous_embedding`` replaces the layer
     that embeds them and ``output`` the output layer (``tied_decoder``).
     """
@@ -137,7 +132,7 @@ def greedy_decoder(decoder: keras.Model, config: CodecConfig) -> Callable[[tf.Te
         state = codes[:, 1:]
         h, c = initial_h(state), initial_c(state)
         count = tf.shape(inputs)[1]
-        previous = tf.fill([tf.shape(codes)[0]], start_id(config))
+        previous = tf.fill([tf.shape(codes)[0]], START_ID)
         tokens = tf.TensorArray(tf.int32, size=count)
         for t in tf.range(count):
             x = tf.concat([inputs[:, t], embedding(previous)], axis=-1)
@@ -172,7 +167,7 @@ def beam_decoder(decoder: keras.Model, config: CodecConfig, width: int) -> Calla
         count = tf.shape(inputs)[1]
         # Only beam 0 is alive at the start, or the first step would pick the same token width times.
         scores = tf.tile(tf.concat([[0.0], tf.fill([width - 1], -float("inf"))], 0)[None], [rows, 1])
-        previous = tf.fill([rows * width], start_id(config))
+        previous = tf.fill([rows * width], START_ID)
         chosen = tf.zeros([rows, width, count], tf.int32)
         frozen = tf.concat([[0.0], tf.fill([vocab - 1], -float("inf"))], 0)  # a finished beam's only "choice"
         for t in tf.range(count):

@@ -16,7 +16,7 @@ import numpy as np
 
 from seqcodec.model.batches import pad_shifted
 from seqcodec.model.codec import SequenceCodec
-from seqcodec.model.config import CodecConfig
+from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.figures import baseline_scores, most_frequent_token, percent
 from seqcodec.model.layers import TiedOutput
@@ -26,7 +26,6 @@ from seqcodec.model.network import (
     build_decoder,
     build_encoder,
     hidden_id,
-    start_id,
     tied_decoder,
     untie,
 )
@@ -140,7 +139,7 @@ def split(data: TokenSequences, fraction: float, seed: int) -> tuple[TokenSequen
 def teacher_inputs(ids: np.ndarray, config: CodecConfig, word_dropout: float, rng: np.random.Generator) -> np.ndarray:
     """The autoregressive decoder's previous-token input for shifted ids: start, then the ids one step
     late, each real one hidden (``hidden_id``) with probability ``word_dropout``."""
-    previous = np.full_like(ids, start_id(config))
+    previous = np.full_like(ids, START_ID)
     previous[:, 1:] = ids[:, :-1]
     if word_dropout:
         hide = rng.random(previous.shape) < word_dropout

@@ -51,7 +51,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
         ValidateCodes(m.code_size, m.max_length, job.id_column, job.code_column)
     ).with_outputs(ERRORS_TAG, main="valid")
     valid, rejected = of_tables(checked.valid), of_tables(checked[ERRORS_TAG])
-    stage = add_decode_stage(valid, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
+    stage = add_decode_stage(valid, job.staging, job.inputs.id_type, job.manifest.facts(), job.model_dir,
                              job.batching, job.num_shards, total_rows=job.progress_total, vocab=job.vocab)
     errors_written = rejected | "Write errors" >> WriteTables(
         shard_prefix(job.staging, "errors"), code_error_schema(job.inputs.id_type), 1

@@ -67,7 +67,7 @@ def add_decode_stage(
 ) -> DecodeStage:
     """Valid code tables (id, code[, tokens]) -> staging/decoded/, per-length counts, mismatch examples.
 
-    ``facts`` is the model's (``model_facts``), recorded in the decoded shards' schema. With
+    ``facts`` is the model's (``Manifest.facts()``), recorded in the decoded shards' schema. With
     ``compare`` the tables also carry the original ``tokens``, and up to ``mismatches`` wrongly
     decoded rows go to staging/roundtrip/mismatches.jsonl; per-token counts of the originals give
     the round trip's baseline. With a ``vocab`` the decoded rows get a ``text`` column and the

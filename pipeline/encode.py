@@ -61,14 +61,14 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
     if job.decode:
         codes = encoded.main | "Code columns" >> beam.Map(
             lambda t: t.select(["id", "length", "code"])).with_output_types(pa.Table)
-        stage = add_decode_stage(encoded.main, job.staging, job.inputs.id_type, job.model_facts(), job.model_dir,
+        stage = add_decode_stage(encoded.main, job.staging, job.inputs.id_type, job.manifest.facts(), job.model_dir,
                                  job.batching, job.num_shards, compare=True, mismatches=job.mismatches,
                                  total_rows=job.progress_total, vocab=job.vocab)
     else:
         codes = encoded.main
     codes_written = codes | "Write codes" >> WriteTables(
         shard_prefix(job.staging, "codes"),
-        code_schema(job.inputs.id_type, m.code_size, job.model_facts(), job.code_dtype), job.num_shards,
+        code_schema(job.inputs.id_type, m.code_size, job.manifest.facts(), job.code_dtype), job.num_shards,
         # Floats that never repeat and are never filtered on: a dictionary would only be built and
         # dropped, and min/max statistics computed for nothing.
         plain_columns=["code"],

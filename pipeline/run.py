@@ -70,9 +70,6 @@ class Job:
             num_shards=args.num_shards, max_batch_rows=args.max_batch_rows, **own,
         )
 
-    def model_facts(self) -> dict[str, Any]:
-        """What output schemas record about the model that wrote them."""
-        return self.manifest.facts()
 
 
 def model_dir_fact(model_dir: str) -> str:

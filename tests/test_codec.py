@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import build_codec, random_sequences
 
-from seqcodec.model.batches import length_batches, pad_shifted, ragged_positions, token_batches
+from seqcodec.model.batches import pad_shifted, ragged_positions, token_batches
 from seqcodec.model.codec import SequenceCodec, shape_plan
+from seqcodec.model.config import START_ID
 from seqcodec.model.fused import fused_decoder
-from seqcodec.model.network import start_id
 
 VOCAB, MAX_LEN = 13, 12
 
@@ -235,7 +235,7 @@ def test_greedy_decoding_is_the_network_fed_its_own_tokens(tiny_ar_codec, sequen
     codes = codec.encode(sequences)
     decoded = codec.decode(codes)
     for code, tokens in zip(codes, decoded, strict=True):
-        previous = np.concatenate([[start_id(codec.config)], tokens[:-1] + 1])[None].astype(np.int32)
+        previous = np.concatenate([[START_ID], tokens[:-1] + 1])[None].astype(np.int32)
         probs = codec.decoder([code[None], previous], training=False).numpy()[0]
         np.testing.assert_array_equal(probs.argmax(-1), tokens)
     # An untrained network still depends on the code and on what it wrote: outputs are not all alike.
@@ -330,7 +330,10 @@ def test_shape_plan_uses_fixed_shapes_and_covers_every_row():
     assert all(rows.size < padded for rows, _, padded in spare if padded)
 
 
-def test_length_batches_groups_similar_lengths_stably():
+def test_row_capped_batches_group_similar_lengths_stably():
+    def length_batches(lengths: np.ndarray, rows: int) -> list[np.ndarray]:
+        return token_batches(lengths, np.iinfo(np.int64).max, max_rows=rows)
+
     lengths = np.array([3, 1, 2, 1, 3, 2, 1])
     batches = length_batches(lengths, 3)
     assert [b.tolist() for b in batches] == [[1, 3, 6], [2, 5, 0], [4]]

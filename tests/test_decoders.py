@@ -12,8 +12,8 @@ from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 import seqcodec
 from seqcodec.model import network
 from seqcodec.model.codec import SequenceCodec
-from seqcodec.model.config import CodecConfig
-from seqcodec.model.network import hidden_id, start_id
+from seqcodec.model.config import START_ID, CodecConfig
+from seqcodec.model.network import hidden_id
 from seqcodec.model.storage import load_codec, save_codec
 from seqcodec.model.tfenv import keras
 from seqcodec.model.train import CHARACTER_VOCAB, TrainSettings, defaults_for, splice_rows, teacher_inputs
@@ -71,10 +71,10 @@ def test_teacher_inputs_shift_by_one_and_hide_only_real_tokens():
     config = CodecConfig(**TINY, decoder="autoregressive")
     ids = np.array([[3, 4, 5, 6], [7, 8, 0, 0]], dtype=np.int32)  # shifted ids, 0 = padding
     plain = teacher_inputs(ids, config, 0.0, np.random.default_rng(0))
-    np.testing.assert_array_equal(plain, [[start_id(config), 3, 4, 5], [start_id(config), 7, 8, 0]])
+    np.testing.assert_array_equal(plain, [[START_ID, 3, 4, 5], [START_ID, 7, 8, 0]])
     wide = np.random.default_rng(1).integers(1, TINY["vocab_size"] + 1, size=(64, 40)).astype(np.int32)
     hidden = teacher_inputs(wide, config, 0.25, np.random.default_rng(2))
-    assert (hidden[:, 0] == start_id(config)).all()
+    assert (hidden[:, 0] == START_ID).all()
     share = (hidden[:, 1:] == hidden_id(config)).mean()
     assert 0.2 < share < 0.3
     kept = hidden[:, 1:] != hidden_id(config)
@@ -250,7 +250,7 @@ def test_untied_decoder_computes_what_the_tied_output_trained(embeddings):
     np.testing.assert_allclose(decoder.get_layer("token_probs").kernel.numpy(),
                                trained.get_layer("token_probs").projection.numpy() @ table[1:].T, rtol=1e-5, atol=1e-6)
     codes = np.asarray(encoder(np.array([[3, 1, 4, 1, 5], [2, 7, 1, 0, 0]], np.int32)))
-    previous = np.array([[start_id(config), 4, 2, 5, 2], [start_id(config), 3, 8, 2, 2]], np.int32)
+    previous = np.array([[START_ID, 4, 2, 5, 2], [START_ID, 3, 8, 2, 2]], np.int32)
     want = np.asarray(trained([codes, previous]))
     np.testing.assert_allclose(np.asarray(decoder([codes, previous])), want, rtol=1e-5, atol=1e-6)
     assert want.argmax(-1).std() > 0  # the probabilities depend on the weights, not one constant token
@@ -273,7 +273,7 @@ def test_bad_regularization_options_are_one_line_errors(args, words, seqcodec, t
 
 def sequence_log_likelihood(codec, codes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """log p(tokens | code) per row under teacher forcing: what beam search maximizes."""
-    previous = np.concatenate([np.full((len(tokens), 1), start_id(codec.config)), tokens[:, :-1] + 1], axis=1)
+    previous = np.concatenate([np.full((len(tokens), 1), START_ID), tokens[:, :-1] + 1], axis=1)
     probs = np.asarray(codec.decoder([codes.astype(np.float32), previous.astype(np.int32)], training=False))
     picked = np.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
     return np.log(picked.astype(np.float64)).sum(axis=1)
