@@ -21,8 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink, iobase
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.pvalue import AsIter, AsSingleton
-from apache_beam.transforms import core, window
+from apache_beam.transforms import window
 from apache_beam.utils import timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -165,41 +164,21 @@ class _WriteShardOrAbort(iobase._WriteKeyedBundleDoFn):
 class WriteShards(iobase.WriteImpl):
     """``beam.io.Write(ParquetTableSink)`` for bounded input, with writer DoFns that clean up a failed bundle.
 
-    ``_expand_bounded`` is Beam 2.77's own (``iobase.WriteImpl``, the pinned version), with only its two
-    writer DoFns replaced (``_WriteBundleOrAbort``, ``_WriteShardOrAbort``): Beam offers no public
-    hook into them.
+    Beam's own expansion (``iobase.WriteImpl``) builds the graph; it names its two writer DoFns by
+    their module names, which point at ours (``_WriteBundleOrAbort``, ``_WriteShardOrAbort``) while it
+    runs: Beam offers no public hook into them.
     """
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         if not pcoll.is_bounded:
             raise ValueError("WriteShards writes bounded input only")
-        return super().expand(pcoll)
+        with _LOCK:
+            saved = iobase._WriteBundleDoFn, iobase._WriteKeyedBundleDoFn
+            iobase._WriteBundleDoFn, iobase._WriteKeyedBundleDoFn = _WriteBundleOrAbort, _WriteShardOrAbort
+            try:
+                return super().expand(pcoll)
+            finally:
+                iobase._WriteBundleDoFn, iobase._WriteKeyedBundleDoFn = saved
 
-    def _expand_bounded(self, pcoll: beam.PCollection, min_shards: int) -> beam.PCollection:
-        do_once = pcoll.pipeline | "DoOnce" >> core.Create([None])
-        init_result_coll = do_once | "InitializeWrite" >> core.Map(
-            lambda _, sink: sink.initialize_write(), self.sink)
-        if min_shards >= 1:
-            if min_shards == 1:
-                keyed_pcoll = pcoll | core.Map(lambda x: (None, x))
-            else:
-                keyed_pcoll = pcoll | core.ParDo(iobase._RoundRobinKeyFn(), count=min_shards)
-            write_result_coll = (
-                keyed_pcoll
-                | core.WindowInto(window.GlobalWindows())
-                | core.GroupByKey()
-                | "WriteBundles" >> core.ParDo(_WriteShardOrAbort(self.sink), AsSingleton(init_result_coll)))
-        else:
-            min_shards = 1
-            write_result_coll = (
-                pcoll
-                | core.WindowInto(window.GlobalWindows())
-                | "WriteBundles" >> core.ParDo(_WriteBundleOrAbort(self.sink), AsSingleton(init_result_coll))
-                | "Pair" >> core.Map(lambda x: (None, x))
-                | core.GroupByKey()
-                | "Extract" >> core.FlatMap(lambda x: x[1]))
-        pre_finalize_coll = do_once | "PreFinalize" >> core.FlatMap(
-            iobase._pre_finalize, self.sink, AsSingleton(init_result_coll), AsIter(write_result_coll))
-        return do_once | "FinalizeWrite" >> core.FlatMap(
-            iobase._finalize_write, self.sink, AsSingleton(init_result_coll), AsIter(write_result_coll),
-            min_shards, AsSingleton(pre_finalize_coll)).with_output_types(str)
+
+_LOCK = threading.Lock()  # graphs built in several threads at once swap Beam's names one at a time
