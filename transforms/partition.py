@@ -478,7 +478,7 @@ class Partition:
         data = json.loads(text)
         return RunSummary.from_dict(data) if data.get("run_id") == self.run_id else None
 
-    def commit(self, files: list[str], job: str, rows: int, grace: float = GRACE_SECONDS) -> Commit | None:
+    def commit(self, files: list[str], job: str, rows: int) -> Commit | None:
         """Make this run's directory the partition, in one atomic step; the previous commit, or None if none.
 
         PartitionBusy if another run holds the lease (this run does not commit). Idempotent: a run
@@ -688,17 +688,22 @@ def partition_path(output: str, run_date: str | None) -> str:
 # -- the read side -------------------------------------------------------------------------------------
 
 
-def committed_run_dir(partition: str) -> str | None:
-    """Where the committed run's files are (its run directory; NAME itself for a legacy commit), or None."""
+def _committed(partition: str) -> tuple[Commit, str] | None:
+    """The partition's commit record and where its run's files are (NAME itself for a legacy commit), or None."""
     partition = partition.rstrip("/")
     text = read_text(FileSystems.join(partition, SUCCESS))
     if text is None:
         return None
     record = Commit.from_text(text)
     if not record.run_dir:
-        return partition
-    parent = FileSystems.split(partition)[0]
-    return FileSystems.join(parent, record.run_dir)
+        return record, partition
+    return record, FileSystems.join(FileSystems.split(partition)[0], record.run_dir)
+
+
+def committed_run_dir(partition: str) -> str | None:
+    """Where the committed run's files are (its run directory; NAME itself for a legacy commit), or None."""
+    found = _committed(partition)
+    return found[1] if found else None
 
 
 def committed_files(partition: str, folder: str | None = None) -> list[str] | None:
@@ -708,15 +713,12 @@ def committed_files(partition: str, folder: str | None = None) -> list[str] | No
     ``_SUCCESS``, and a local reader that resolves them once keeps reading one run even if the
     partition is committed again meanwhile (the old run directory stays for ``GRACE_SECONDS``).
     """
-    partition = partition.rstrip("/")
-    text = read_text(FileSystems.join(partition, SUCCESS))
-    if text is None:
+    found = _committed(partition)
+    if found is None:
         return None
-    record = Commit.from_text(text)
-    root = committed_run_dir(partition)
-    assert root is not None
+    record, root = found
     if not record.run_dir:  # legacy: every file NAME holds, as its summary.json lists them if it does
-        summary_text = read_text(FileSystems.join(partition, SUMMARY))
+        summary_text = read_text(FileSystems.join(root, SUMMARY))
         listed = None
         with contextlib.suppress(ValueError, AttributeError):
             listed = json.loads(summary_text or "").get("files")
