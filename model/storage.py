@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 import seqcodec.model.layers  # noqa: F401  (registers the custom layers before any .keras file is read)
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.data import first_line
+from seqcodec.model.heldout import SPLIT_FILE, split_bytes, split_facts
 from seqcodec.model.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -49,7 +51,7 @@ def own_files(model_dir: Path) -> set[str]:
         recorded = json.loads((model_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         recorded = None
-    own = {ENCODER_FILE, DECODER_FILE, MANIFEST, HISTORY_FILE}
+    own = {ENCODER_FILE, DECODER_FILE, MANIFEST, HISTORY_FILE, SPLIT_FILE}
     # vocab.txt is ours only where the manifest says train stored it: a user's own vocab.txt stays.
     if isinstance(recorded, dict) and recorded.get("vocab") == VOCAB_FILE:
         own.add(VOCAB_FILE)
@@ -88,11 +90,14 @@ def save_codec(
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     vocab: Sequence[str] | None = None,
+    split: pa.Table | None = None,
 ) -> Manifest:
     """Write the model directory and return its manifest; an existing model there is replaced.
 
     Only the model's own files are replaced (``own_files``); any other file in the directory is
-    kept. With ``vocab`` (one token per id) the directory also holds it as ``vocab.txt``.
+    kept. With ``vocab`` (one token per id) the directory also holds it as ``vocab.txt``; with
+    ``split`` (``heldout.split_table``) the training split as ``split.parquet``, named in the
+    manifest and checked by its sha256 like the networks.
     """
     target = check_model_dir(model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +110,9 @@ def save_codec(
             raise ValueError(f"the vocabulary has {len(vocab)} tokens, the model's vocab_size is "
                              f"{codec.config.vocab_size}")
         (staging / VOCAB_FILE).write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
+    if split is not None:
+        (staging / SPLIT_FILE).write_bytes(split_bytes(split))
+    digested = (ENCODER_FILE, DECODER_FILE, *((SPLIT_FILE,) if split is not None else ()))
     manifest = Manifest(
         codec.config,
         fingerprint(codec.config, codec.encoder, codec.decoder),
@@ -112,8 +120,9 @@ def save_codec(
         extra={
             "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
             # What lets numpy_encoder.load_encoder trust encoder.keras without TensorFlow to check the weights.
-            "files": {name: file_digest(staging / name) for name in (ENCODER_FILE, DECODER_FILE)},
+            "files": {name: file_digest(staging / name) for name in digested},
             **({"vocab": VOCAB_FILE} if vocab is not None else {}),
+            **({"split": split_facts(split)} if split is not None else {}),
             **(extra or {}),
         },
     )
@@ -130,7 +139,7 @@ def save_codec(
         # The manifest goes last, so a reader in between sees weights that do not match it, which loading
         # refuses (fingerprint), never a silently different model.
         stale = own_files(target)
-        for name in (ENCODER_FILE, DECODER_FILE, VOCAB_FILE, HISTORY_FILE, MANIFEST):
+        for name in (ENCODER_FILE, DECODER_FILE, VOCAB_FILE, HISTORY_FILE, SPLIT_FILE, MANIFEST):
             if (staging / name).exists():
                 os.replace(staging / name, target / name)
             elif name in stale:

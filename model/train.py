@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from seqcodec.model.batches import pad_shifted
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.figures import baseline_scores, most_frequent_token, percent
+from seqcodec.model.heldout import split_table, token_hashes
 from seqcodec.model.layers import TiedOutput
 from seqcodec.model.manifest import HISTORY_FILE, Manifest
 from seqcodec.model.network import (
@@ -124,16 +126,25 @@ def evaluate(codec: SequenceCodec, data: TokenSequences) -> dict[str, float]:
     }
 
 
-def split(data: TokenSequences, fraction: float, seed: int) -> tuple[TokenSequences, TokenSequences, TokenSequences]:
-    """Shuffle and cut into (train, validation, test); validation picks checkpoints, test is reported."""
+def split_rows(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle row numbers and cut them into (train, validation, test): the split ``split`` makes."""
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
-    order = np.random.default_rng(seed).permutation(len(data))
-    held = max(2, int(round(len(data) * fraction)))
-    if held >= len(data):
-        raise ValueError(f"{len(data)} sequences are too few to hold out {fraction:.0%} and still train")
-    val, test, train = order[: held // 2], order[held // 2 : held], order[held:]
-    return data.take(train), data.take(val), data.take(test)
+    order = np.random.default_rng(seed).permutation(rows)
+    held = max(2, int(round(rows * fraction)))
+    if held >= rows:
+        raise ValueError(f"{rows} sequences are too few to hold out {fraction:.0%} and still train")
+    return order[held:], order[: held // 2], order[held // 2 : held]
+
+
+def split(data: TokenSequences, fraction: float, seed: int) -> tuple[TokenSequences, TokenSequences, TokenSequences]:
+    """Shuffle and cut into (train, validation, test); validation picks checkpoints, test is reported."""
+    return tuple(data.take(rows) for rows in split_rows(len(data), fraction, seed))
+
+
+def split_record(data: TokenSequences, fraction: float, seed: int) -> pa.Table:
+    """The record of ``split``'s roles by token hash that the model directory keeps (``heldout.split_table``)."""
+    return split_table(token_hashes(data.values, data.offsets), *split_rows(len(data), fraction, seed))
 
 
 def teacher_inputs(ids: np.ndarray, config: CodecConfig, word_dropout: float, rng: np.random.Generator) -> np.ndarray:
@@ -277,11 +288,11 @@ class BestExactMatch(keras.callbacks.Callback):
 
     def __init__(
         self, codec: SequenceCodec, validation: TokenSequences, model_dir: Path, budget: TimeBudget,
-        vocab: Sequence[str] | None = None,
+        vocab: Sequence[str] | None = None, split: pa.Table | None = None,
     ) -> None:
         super().__init__()
         self.codec, self.validation, self.model_dir, self.budget = codec, validation, model_dir, budget
-        self.vocab = vocab
+        self.vocab, self.split = vocab, split
         self.best: tuple[float, float] = (-1.0, -1.0)
         self.best_epoch = -1
         self.best_weights: list[np.ndarray] | None = None
@@ -298,7 +309,7 @@ class BestExactMatch(keras.callbacks.Callback):
             self.best, self.best_epoch = key, epoch
             self.best_weights = self.model.get_weights()
             save_codec(self.codec, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True},
-                       vocab=self.vocab)
+                       vocab=self.vocab, split=self.split)
 
 
 def hints(metrics: dict[str, Any]) -> list[str]:
@@ -384,6 +395,8 @@ def train_codec(
     model_dir = Path(model_dir)
     keras.utils.set_random_seed(settings.seed)
     train, validation, test = split(data, settings.validation_fraction, settings.seed)
+    # Kept with the model so that a round trip on any input can score held-out rows apart from training rows.
+    record = split_record(data, settings.validation_fraction, settings.seed)
     log.info(
         "training on %d sequences (validation %d, test %d), vocab %d, max length %d",
         len(train), len(validation), len(test), config.vocab_size, config.max_length,
@@ -422,7 +435,7 @@ def train_codec(
     dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed, config, settings.word_dropout,
                                       settings.splice)
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
-    best = BestExactMatch(codec, validation, model_dir, budget, vocab)
+    best = BestExactMatch(codec, validation, model_dir, budget, vocab, record)
     anneal = AnnealLearningRate(settings.learning_rate, budget)
     callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if tied else []), best]
     started = time.monotonic()
@@ -465,6 +478,6 @@ def train_codec(
     }
     metrics["hints"] = hints(metrics)
     curves = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    manifest = save_codec(codec, model_dir, metrics, vocab=vocab)
+    manifest = save_codec(codec, model_dir, metrics, vocab=vocab, split=record)
     (model_dir / HISTORY_FILE).write_text(json.dumps(curves, indent=1) + "\n")
     return manifest

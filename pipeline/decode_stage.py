@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from seqcodec.model.config import Batching
 from seqcodec.model.data import read_vocab, token_text
 from seqcodec.model.figures import percent
+from seqcodec.model.heldout import GROUPS, split_unavailable
 from seqcodec.model.manifest import Manifest, model_vocab
 from seqcodec.transforms.formats import decoded_schema
 from seqcodec.transforms.inference import DecodeTables
@@ -30,10 +31,13 @@ from seqcodec.transforms.roundtrip import (
     KeepExamples,
     LengthStats,
     PickMismatches,
+    SplitStats,
     SumStats,
     TokenStats,
     baseline_report,
+    drift_report,
     length_report,
+    split_report,
     write_examples,
 )
 
@@ -64,6 +68,7 @@ def add_decode_stage(
     mismatches: int = 0,
     total_rows: int | None = None,
     vocab: tuple[str, ...] | None = None,
+    split: bool = False,
 ) -> DecodeStage:
     """Valid code tables (id, code[, tokens]) -> staging/decoded/, per-length counts, mismatch examples.
 
@@ -71,7 +76,8 @@ def add_decode_stage(
     ``compare`` the tables also carry the original ``tokens``, and up to ``mismatches`` wrongly
     decoded rows go to staging/roundtrip/mismatches.jsonl; per-token counts of the originals give
     the round trip's baseline. With a ``vocab`` the decoded rows get a ``text`` column and the
-    mismatch examples their words.
+    mismatch examples their words. With ``split`` (comparing, on a model that keeps its training
+    split) the round trip is also counted per group: training, held-out and unseen rows.
     """
     decoded = tables | "Decode" >> DecodeTables(model_dir, batching, compare, total_rows=total_rows)
     schema = decoded_schema(id_type, facts)
@@ -94,9 +100,14 @@ def add_decode_stage(
             | "Token stats" >> beam.ParDo(TokenStats(vocab_size))
             | "Sum token stats" >> beam.CombineGlobally(SumStats(0, shape=(2, vocab_size)))
         )
-        stats = stats | "Join stats" >> beam.Map(
-            lambda lengths, tokens: {"lengths": lengths, "tokens": tokens}, beam.pvalue.AsSingleton(token_stats)
-        )
+        sides = {"tokens": beam.pvalue.AsSingleton(token_stats)}
+        if split:
+            sides["split"] = beam.pvalue.AsSingleton(
+                decoded
+                | "Split stats" >> beam.ParDo(SplitStats(model_dir))
+                | "Sum split stats" >> beam.CombineGlobally(SumStats(0, shape=(len(GROUPS), 4)))
+            )
+        stats = stats | "Join stats" >> beam.Map(lambda lengths, **rest: {"lengths": lengths, **rest}, **sides)
     kept = None
     if compare and mismatches:
         kept = (
@@ -139,12 +150,22 @@ def job_vocab(args: argparse.Namespace, manifest: Manifest) -> tuple[str, ...] |
 
 def training_facts(manifest: Manifest) -> dict[str, Any]:
     """The model's own held-out figures from training, for summary.json beside a round trip (which
-    may mix rows the model trained on with others): ``{"model_training": ...}``, or {} if it has none."""
+    may mix rows the model trained on with others): ``{"model_training": ...}`` (absent if it has none),
+    and ``training_split``: whether the round trip can tell training rows from held-out ones."""
     metrics = manifest.metrics or {}
-    if not isinstance(metrics.get("test"), dict):
-        return {}
-    keep = ("test", "train", "baseline", "train_sequences", "stopped_by_time_budget", "hints")
-    return {"model_training": {k: metrics[k] for k in keep if k in metrics}}
+    why = split_unavailable(manifest)
+    out: dict[str, Any] = {"training_split": {"available": False, "reason": why} if why else
+                           {"available": True, **manifest.extra["split"]}}
+    if isinstance(metrics.get("test"), dict):
+        keep = ("test", "train", "baseline", "train_sequences", "stopped_by_time_budget", "hints")
+        out["model_training"] = {k: metrics[k] for k in keep if k in metrics}
+    return out
+
+
+def heldout_reference(facts: dict[str, Any]) -> float | None:
+    """Training's held-out test exact match from a job's facts (``training_facts``), or None."""
+    test = (facts.get("model_training") or {}).get("test") or {}
+    return test.get("exact_match")
 
 
 def _write_counted(examples: list[dict[str, Any]], path: str) -> int:
@@ -153,19 +174,25 @@ def _write_counted(examples: list[dict[str, Any]], path: str) -> int:
 
 
 def decode_report(
-    stats: np.ndarray, compare: bool, decoded: int, expected: int, mismatch_examples: int | None
+    stats: np.ndarray, compare: bool, decoded: int, expected: int, mismatch_examples: int | None,
+    reference: float | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """Summary fields from the summed per-length counts, and why the rows do not add up (None if they do).
 
     ``decoded`` is the rows in the decoded shards, ``expected`` the rows that should have been
     decoded (the codes written in the same job, or ``decoded`` itself for the decode job).
+    ``reference``: training's held-out exact match, which the night's rows never trained on are
+    checked against (``drift``) when the stats have per-group counts.
     """
-    token_stats = None
+    token_stats = split_stats = None
     if isinstance(stats, dict):
-        stats, token_stats = stats["lengths"], stats["tokens"]
+        stats, token_stats, split_stats = stats["lengths"], stats["tokens"], stats.get("split")
     report = length_report(stats, compare)
     if token_stats is not None:
         report["baseline"] = baseline_report(token_stats, report["sequences"])
+    if split_stats is not None:
+        report["by_split"] = split_report(split_stats)
+        report["drift"] = drift_report(report["by_split"], reference)
     problem = None
     if not report["sequences"] == decoded == expected:
         problem = (f"decode accounting failed: {decoded} decoded rows, {report['sequences']} counted, "
@@ -178,8 +205,20 @@ def decode_report(
     return {"rows_decoded": decoded, "roundtrip": report}, problem
 
 
-def log_roundtrip(summary: dict[str, Any]) -> None:
-    """The round trip in the printed summary: totals, then one line per length bucket."""
+def log_drift(summary: dict[str, Any]) -> None:
+    """A warning line when the round trip flagged drift (rows never trained on far below training's held out)."""
+    drift = (summary.get("roundtrip") or {}).get("drift") or {}
+    if drift.get("flagged"):
+        log.warning("drift: %d rows never trained on round-trip whole at %s, %s points below training's held-out "
+                    "%s (rule: %s)", drift["rows"], percent(drift["exact_match"], 2), drift["points_below"],
+                    percent(drift["reference_exact_match"], 2), drift["rule"])
+
+
+def log_roundtrip(summary: dict[str, Any], warn_drift: bool = True) -> None:
+    """The round trip in the printed summary: totals, by training split, then one line per length bucket.
+
+    ``warn_drift``: also the drift warning (``log_drift``), unless the job's own last stage logged it here.
+    """
     rt = summary.get("roundtrip")
     if not rt:
         return
@@ -197,6 +236,15 @@ def log_roundtrip(summary: dict[str, Any]) -> None:
     if test:
         log.info("  these rows may include the model's training rows; held out in training: token accuracy %s, "
                  "exact match %s", pct(test["token_accuracy"]), pct(test["exact_match"]))
+    split = summary.get("training_split") or {}
+    if rt.get("by_split"):
+        for name, g in rt["by_split"].items():
+            log.info("  %-9s rows: %8d sequences  token accuracy %8s  exact match %8s", name.replace("_", "-"),
+                     g["sequences"], pct(g["token_accuracy"]), pct(g["exact_match"]))
+        if warn_drift:
+            log_drift(summary)
+    elif split.get("available") is False:
+        log.info("  training/held-out split unavailable: %s", split["reason"])
     for b in rt["by_length"]:
         if b["sequences"]:
             log.info("  length %-9s %8d sequences  token accuracy %8s  exact match %8s",

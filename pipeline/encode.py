@@ -10,6 +10,7 @@ import time
 import apache_beam as beam
 import pyarrow as pa
 
+from seqcodec.model.heldout import read_split, split_unavailable
 from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab, training_facts
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
@@ -42,6 +43,7 @@ class EncodeJob(Job):
     mismatches: int = 0  # with decode: up to this many wrongly decoded examples to roundtrip/
     vocab: tuple[str, ...] | None = None  # with decode: words beside ids in decoded/ and the examples
     code_dtype: str = "float32"
+    split: bool = False  # with decode: the model keeps its training split, so score its groups apart
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
@@ -63,7 +65,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
             lambda t: t.select(["id", "length", "code"])).with_output_types(pa.Table)
         stage = add_decode_stage(encoded.main, job.staging, job.inputs.id_type, job.manifest.facts(), job.model_dir,
                                  job.batching, job.num_shards, compare=True, mismatches=job.mismatches,
-                                 total_rows=job.progress_total, vocab=job.vocab)
+                                 total_rows=job.progress_total, vocab=job.vocab, split=job.split)
     else:
         codes = encoded.main
     codes_written = codes | "Write codes" >> WriteTables(
@@ -124,6 +126,9 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
     manifest = read_manifest(args.model_dir)
     vocab = job_vocab(args, manifest) if args.decode else None
+    split = args.decode and split_unavailable(manifest) is None
+    if split:
+        read_split(args.model_dir, manifest)  # a damaged record stops the job now, not on a worker
     check_code_dtype(args.code_dtype, manifest.max_length)
     partition = Partition(partition_path(args.output, args.run_date))
     partition.check("encode", inputs.paths)
@@ -132,7 +137,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
     job = EncodeJob.from_args(
         args, inputs, manifest, partition.staging, tokens_column=args.tokens_column, too_long=args.too_long,
-        decode=args.decode, mismatches=args.mismatches, vocab=vocab, code_dtype=args.code_dtype,
+        decode=args.decode, mismatches=args.mismatches, vocab=vocab, code_dtype=args.code_dtype, split=split,
         progress_total=inputs.rows if single_worker(pipeline.options) else None,
     )
     graph = build_pipeline(pipeline, job)

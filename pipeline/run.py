@@ -27,7 +27,7 @@ from apache_beam.runners.runner import PipelineState
 from seqcodec.model.config import Batching
 from seqcodec.model.data import first_line
 from seqcodec.model.manifest import Manifest
-from seqcodec.pipeline.decode_stage import MISMATCHES, decode_report, log_roundtrip
+from seqcodec.pipeline.decode_stage import MISMATCHES, decode_report, heldout_reference, log_drift, log_roundtrip
 from seqcodec.pipeline.errors import EXIT_PIPELINE_FAILED, EXIT_TOO_MANY_REJECTS, PipelineFailed, TooManyRejects
 from seqcodec.pipeline.options import DIRECT_RUNNERS, runner_name
 from seqcodec.transforms.parquet_io import read_schema
@@ -230,8 +230,9 @@ def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
     if plan.roundtrip is not None:
         expected = written_rows(written, plan.expected_folder) if plan.expected_folder else done
         fields, problem = decode_report(stats, plan.roundtrip == "compare", written_rows(written, "decoded"),
-                                        expected, mismatches)
+                                        expected, mismatches, heldout_reference(plan.facts))
         summary.details.update(fields)
+        log_drift(fields)
         problems += [problem] if problem else []
     rate = rejected / plan.rows_read if plan.rows_read else 0.0
     if problems:
@@ -324,7 +325,7 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
         summary.rejected_by_reason or "", summary.elapsed_seconds, summary.sequences_per_second or 0,
         partition.path, replaced(partition),
     )
-    log_roundtrip(summary.to_dict())
+    log_roundtrip(summary.to_dict(), warn_drift=not in_process)  # in process, the job's last stage warned here
     counted = counters(result)
     # The per-length round-trip counters are dozens; summary.json has them as by_length.
     log.info("beam counters: %s", json.dumps({k: v for k, v in counted.items() if "_len" not in k}))

@@ -174,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="where to write the model directory (checked before training)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the model already in --model-dir (only its own files: encoder.keras, decoder.keras, "
-                        "manifest.json, history.json, vocab.txt; other files are kept; default: refuse)")
+                        "manifest.json, history.json, split.parquet, vocab.txt; other files are kept; default: refuse)")
     p.add_argument("--vocab", metavar="FILE",
                    help="one token per line (line number = id): stored with the model as vocab.txt, so decode, "
                         "encode --decode and report show words by default; sets the vocabulary's size")

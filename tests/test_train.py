@@ -362,7 +362,7 @@ def test_overwrite_replaces_only_the_models_own_files(trained, corpus_glob, tmp_
     assert manifest_of(model_dir)["fingerprint"] != old
     assert load_codec(model_dir).fingerprint == manifest_of(model_dir)["fingerprint"]
     assert sorted(p.name for p in model_dir.iterdir()) == ["README.md", "decoder.keras", "encoder.keras",
-                                                           "history.json", "manifest.json", "notes"]
+                                                           "history.json", "manifest.json", "notes", "split.parquet"]
     assert (model_dir / "README.md").read_text() == "my model, trained on Tuesday\n"
     assert (model_dir / "notes" / "eval.txt").read_text() == "looks fine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left beside it

@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from seqcodec.model.heldout import GROUPS, read_split, token_hashes
+from seqcodec.model.manifest import read_manifest
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 MAX_BUCKETS = 20
@@ -100,6 +102,68 @@ class TokenStats(beam.DoFn):
             same = np.add.reduceat((values == np.repeat(first, lengths)).astype(np.int64), starts) == lengths
             stats[1] = np.bincount(first[same], minlength=self.vocab_size)
         yield stats
+
+
+class SplitStats(beam.DoFn):
+    """Compared table -> counts ``(len(GROUPS), 4)`` per group of the model's training split (training, held
+    out, unseen): rows, tokens, correct tokens, exact rows. Rows are matched to the model's split record
+    (``split.parquet``) by the hash of their original tokens."""
+
+    def __init__(self, model_dir: str) -> None:
+        self.model_dir = model_dir
+        self.record = None
+
+    def setup(self) -> None:
+        self.record = read_split(self.model_dir, read_manifest(self.model_dir))
+
+    def process(self, table: pa.Table) -> Iterator[np.ndarray]:
+        original = table.column("original").combine_chunks()
+        values = original.flatten().to_numpy(zero_copy_only=False)
+        offsets = original.offsets.to_numpy().astype(np.int64)
+        lengths = np.diff(offsets)
+        group = self.record.groups(token_hashes(values, offsets))
+        correct = table.column("correct").to_numpy().astype(np.int64)
+        stats = np.zeros((len(GROUPS), 4), dtype=np.int64)
+        for column, weights in enumerate((None, lengths, correct, correct == lengths)):
+            weights = None if weights is None else weights.astype(np.float64)
+            stats[:, column] = np.bincount(group, weights=weights, minlength=len(GROUPS)).astype(np.int64)
+        yield stats
+
+
+def split_report(stats: np.ndarray) -> dict[str, Any]:
+    """Summed SplitStats counts -> per group: sequences, tokens, token accuracy, exact match."""
+    out = {}
+    for name, (rows, tokens, correct, exact) in zip(GROUPS, np.asarray(stats).tolist(), strict=True):
+        out[name] = {"sequences": rows, "tokens": tokens, "tokens_correct": correct, "exact_matches": exact,
+                     "token_accuracy": _ratio(correct, tokens), "exact_match": _ratio(exact, rows)}
+    return out
+
+
+# The drift rule: the night's rows never trained on (held out or unseen) round-trip whole more than
+# DRIFT_POINTS below the training run's held-out test figure, by more than DRIFT_SIGMAS standard errors
+# of a binomial rate at that figure (so a small night cannot raise it by chance), on at least DRIFT_MIN_ROWS.
+DRIFT_POINTS, DRIFT_SIGMAS, DRIFT_MIN_ROWS = 0.05, 3.0, 100
+DRIFT_RULE = (f"rows never trained on (held out + unseen) more than {100 * DRIFT_POINTS:g} points and "
+              f"{DRIFT_SIGMAS:g} standard errors below training's held-out exact match, on at least "
+              f"{DRIFT_MIN_ROWS} rows")
+
+
+def drift_report(groups: dict[str, Any], reference: float | None) -> dict[str, Any]:
+    """Whether the night's rows never trained on round-trip well below training's held-out exact match."""
+    rows = groups["held_out"]["sequences"] + groups["unseen"]["sequences"]
+    exact = _ratio(groups["held_out"]["exact_matches"] + groups["unseen"]["exact_matches"], rows)
+    out: dict[str, Any] = {"flagged": False, "rows": rows, "exact_match": exact, "reference_exact_match": reference,
+                           "rule": DRIFT_RULE}
+    if reference is None:
+        out["not_checked"] = "the model has no held-out figure from training"
+    elif rows < DRIFT_MIN_ROWS:
+        out["not_checked"] = f"{rows} rows never trained on, fewer than {DRIFT_MIN_ROWS}"
+    else:
+        below = reference - exact
+        error = (reference * (1 - reference) / rows) ** 0.5
+        out["points_below"] = round(100 * below, 2)
+        out["flagged"] = bool(below > DRIFT_POINTS and below > DRIFT_SIGMAS * error)
+    return out
 
 
 def baseline_report(token_stats: np.ndarray, sequences: int) -> dict[str, Any]:
