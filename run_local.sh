@@ -12,7 +12,7 @@ OUT="${SEQCODEC_OUT:-out/sample}"
   --input 'data/sample/*.parquet' \
   --model-dir models/default \
   --output "$OUT" \
-  --decode --mismatches 20 \
+  --decode --mismatches 20 --vocab data/sample/vocab.json \
   "$@"
-.venv/bin/seqcodec report "$OUT"
+.venv/bin/seqcodec report "$OUT" --vocab data/sample/vocab.json
 echo "run_local: codes in $OUT/codes, decoded sequences in $OUT/decoded, report in $OUT/report.html"

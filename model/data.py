@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import logging
 import os
 
@@ -151,14 +152,35 @@ def read_vocab(path: str, vocab_size: int | None) -> list[str]:
 
 
 def parse_vocab(text: str, where: str, vocab_size: int | None) -> list[str]:
-    """A vocabulary file's text as its tokens; InputDataError unless it holds exactly ``vocab_size`` (None: any)."""
-    tokens = text.splitlines()
+    """A vocabulary file's text as its tokens; InputDataError unless it holds exactly ``vocab_size`` (None: any).
+
+    One token per line (line number = id), or JSON: a list of strings, or an object whose ``tokens``
+    is one (as ``data/sample/vocab.json``); a file is read as JSON only when the whole of it parses so.
+    """
+    tokens = json_tokens(text)
+    if tokens is None:
+        tokens = text.splitlines()
     if vocab_size is not None and len(tokens) != vocab_size:
         raise InputDataError(
             f"{where}: {len(tokens)} tokens, but the model's vocabulary has {vocab_size} "
             "(one token per line, line number = id)"
         )
     return tokens
+
+
+def json_tokens(text: str) -> list[str] | None:
+    """The tokens of a JSON vocabulary (a list of strings, or an object with one as ``tokens``), else None."""
+    if not text.lstrip().startswith(("[", "{")):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        data = data.get("tokens")
+    if isinstance(data, list) and all(isinstance(t, str) for t in data):
+        return data
+    return None
 
 
 def token_text(values: np.ndarray, offsets: np.ndarray, vocab: list[str]) -> pa.Array:

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -312,6 +311,34 @@ class BestExactMatch(keras.callbacks.Callback):
                        vocab=self.vocab, split=self.split)
 
 
+def epoch_line(epoch: int, epochs: int, seconds: float, logs: dict[str, Any]) -> str:
+    """One epoch's figures for people: accuracies as percentages, the rest in fixed decimals (never 6.6667e-04)."""
+    parts = []
+    for key, value in logs.items():
+        if "accuracy" in key or "exact_match" in key:
+            parts.append(f"{key} {percent(value, 2)}")
+        elif key == "learning_rate":
+            parts.append(f"{key} {value:.6f}")
+        else:
+            parts.append(f"{key} {value:.4f}")
+    return f"epoch {epoch + 1}/{epochs} ({seconds:.0f} s): " + ", ".join(parts)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Log ``epoch_line`` after each epoch, in place of Keras' own line (which prints small values as 6.6667e-04)."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.start = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        log.info("%s", epoch_line(epoch, self.epochs, time.monotonic() - self.start, logs or {}))
+
+
 def hints(metrics: dict[str, Any]) -> list[str]:
     """Short advice from a finished run's metrics: where it stands and what to try (may be empty)."""
     out = []
@@ -437,7 +464,7 @@ def train_codec(
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
     best = BestExactMatch(codec, validation, model_dir, budget, vocab, record)
     anneal = AnnealLearningRate(settings.learning_rate, budget)
-    callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if tied else []), best]
+    callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if tied else []), best, EpochLog(settings.epochs)]
     started = time.monotonic()
     history = autoencoder.fit(
         dataset,
@@ -445,7 +472,7 @@ def train_codec(
         epochs=settings.epochs,
         shuffle=False,
         callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
+        verbose=0,  # EpochLog writes the epoch lines
     )
     seconds = time.monotonic() - started
     epochs_run = len(history.history.get("loss", []))

@@ -132,7 +132,8 @@ def decoded_columns(table: pa.Table, vocab: tuple[str, ...] | None) -> pa.Table:
 
 def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", metavar="FILE",
-                        help="one token per line (line number = id): decoded rows get a text column and "
+                        help="one token per line (line number = id), or JSON (a list, or an object with a tokens "
+                             "list, as data/sample/vocab.json): decoded rows get a text column and "
                              "mismatch examples their words (default: the model's own vocab.txt, stored by "
                              "`train --vocab`; without one, ids only)")
 

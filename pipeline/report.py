@@ -180,6 +180,12 @@ def figures_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             b = rt["baseline"]
             out.append((f"baseline on these rows: always the most frequent token (id {b['token']})", "",
                         percent(b["token_accuracy"]), percent(b["exact_match"])))
+        for name, g in (rt.get("by_split") or {}).items():
+            out.append((f"round trip: {GROUP_LABELS[name]}", f"{g['sequences']:,}", percent(g["token_accuracy"]),
+                        percent(g["exact_match"])))
+        if (summary.get("training_split") or {}).get("available") is False:
+            out.append((f"round trip by training split: unavailable ({summary['training_split']['reason']})",
+                        "", "", ""))
     training = summary.get("model_training") or {}
     labels = (("test", "training: held-out test rows (never trained on)"),
               ("train", "training: a sample of its training rows"),
@@ -196,6 +202,36 @@ def _empty(ax, text: str) -> None:
     ax.set_axis_off()
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="#555555", wrap=True,
             transform=ax.transAxes)
+
+
+def zoom_percent(ax, values: list[float]) -> None:
+    """Fit the y axis (fractions shown as percentages) to ``values``, within [0, 1], with decimals that
+    tell its ticks apart: curves near 100% fill the panel instead of lying flat at its top."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    pad = max((hi - lo) * 0.08, 0.002)
+    bottom, top = max(lo - pad, 0.0), min(hi + pad, 1.0)
+    if top - bottom < 0.01:  # a flat curve: one point of percentage around it
+        bottom, top = max(min(bottom, top - 0.01), 0.0), min(max(top, bottom + 0.01), 1.0)
+    ax.set_ylim(bottom - (top - bottom) * 0.02, top + (top - bottom) * 0.02)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
+    digits = max(0, min(3, int(np.ceil(-np.log10((top - bottom) * 100 / 5)))))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.{digits}f}%"))
+
+
+def whole_epochs(ax) -> None:
+    """Epoch ticks at whole numbers only (no 1.5, 2.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def trim_empty(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Length buckets without the empty ones before the first row and after the last (gaps between stay)."""
+    filled = [i for i, b in enumerate(rows) if b["sequences"]]
+    return rows[filled[0] : filled[-1] + 1] if filled else rows
 
 
 def _plot_accuracy(ax, roundtrip: dict[str, Any] | None) -> None:
@@ -215,8 +251,8 @@ def _plot_accuracy(ax, roundtrip: dict[str, Any] | None) -> None:
         ax.axhline(roundtrip["baseline"]["token_accuracy"], color=COLORS["wrong"], linestyle="--", linewidth=1.5,
                    label=f"baseline: always the most frequent token ({_pct(roundtrip['baseline']['token_accuracy'])})")
     ax.set_xticks(x, [b["lengths"] for b in buckets], rotation=45 if len(buckets) > 8 else 0)
-    ax.set_ylim(-0.02, 1.02)
-    ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+    # The baseline's line stays out of the zoom: it is often far below, and its legend entry has its value.
+    zoom_percent(ax, [*token, *exact, roundtrip["token_accuracy"], roundtrip["exact_match"]])
     ax.set_xlabel("sequence length")
     ax.set_ylabel("correct")
     ax.set_title(f"Round trip by length ({roundtrip['sequences']:,} sequences, training rows included)")
@@ -228,6 +264,7 @@ def _plot_lengths(ax, rows: list[dict[str, Any]] | None, roundtrip: dict[str, An
     if not rows:
         _empty(ax, "no sequence lengths in this run")
         return
+    rows = trim_empty(rows)
     x = np.arange(len(rows))
     total = np.array([b["sequences"] for b in rows])
     if roundtrip:
@@ -252,6 +289,7 @@ def _plot_loss(ax, history: dict[str, list[float]] | None, model_dir: str | None
         return
     epochs = np.arange(1, len(history["loss"]) + 1)
     ax.plot(epochs, history["loss"], "o-", color=COLORS["token"], markersize=3, label="training loss")
+    whole_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title("Training loss")
@@ -281,12 +319,13 @@ def _plot_training_accuracy(ax, history: dict[str, list[float]] | None) -> None:
     for key, label, color, style in present:
         values = history[key]
         ax.plot(np.arange(1, len(values) + 1), values, style, marker="o", markersize=3, color=color, label=label)
-    ax.set_ylim(-0.02, 1.02)
-    ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+    zoom_percent(ax, [v for key, *_ in present for v in history[key]])
+    whole_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_title("Training accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    # Below the panel, not on it: zoomed curves fill the whole panel, so any corner would hide one.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(present), fontsize=9, frameon=False)
 
 
 def headline(summary: dict[str, Any], run_dir: str) -> list[str]:
@@ -304,7 +343,38 @@ def headline(summary: dict[str, Any], run_dir: str) -> list[str]:
     second = ", ".join(counts) + (f"  |  model {model}" if model else "")
     if summary.get("elapsed_seconds") is not None:
         second += f"  |  {summary['elapsed_seconds']:.1f} s on {summary.get('runner', '?')}"
-    return [first, second]
+    return [first, second, *figures_headline(summary)]
+
+
+def _scores(figures: dict[str, Any]) -> str:
+    return f"{_pct(figures['exact_match'])} exact, {_pct(figures['token_accuracy'])} tokens"
+
+
+GROUP_LABELS = {"held_out": "held out in training", "training": "training rows", "unseen": "rows unseen in training"}
+
+
+def figures_headline(summary: dict[str, Any]) -> list[str]:
+    """The round trip for the top of the picture: all rows beside the held-out rows (and drift), or nothing."""
+    rt = summary.get("roundtrip")
+    if not rt:
+        return []
+    parts = [f"round trip, all {rt['sequences']:,} rows: {_scores(rt)}"]
+    groups = rt.get("by_split")
+    if groups:
+        parts += [f"{GROUP_LABELS[name]} ({g['sequences']:,}): {_scores(g)}"
+                  for name, g in groups.items() if g["sequences"]]
+    else:
+        test = (summary.get("model_training") or {}).get("test")
+        if test:
+            parts.append(f"training's own held-out test ({test['sequences']:,}): {_scores(test)}")
+        parts.append("(these rows' training/held-out split: unavailable)")
+    lines = ["  |  ".join(parts)]
+    drift = rt.get("drift") or {}
+    if drift.get("flagged"):
+        lines.append(f"DRIFT: {drift['rows']:,} rows never trained on at {_pct(drift['exact_match'])} exact, "
+                     f"{drift['points_below']:g} points below training's held-out "
+                     f"{_pct(drift['reference_exact_match'])}")
+    return lines
 
 
 def render_png(summary: dict[str, Any], history: dict[str, list[float]] | None,
@@ -344,6 +414,7 @@ def render_html(summary: dict[str, Any], png: bytes, rows: list[dict[str, Any]] 
     fact_rows = "\n".join(f"<tr><th>{e(str(k))}</th><td>{e(json.dumps(v) if isinstance(v, dict) else str(v))}</td></tr>"
                           for k, v in facts)
     table = ""
+    rows = trim_empty(rows) if rows else rows
     if rows:
         head = "<tr><th>length</th><th>sequences</th>" + (
             "<th>token accuracy</th><th>exact match</th>" if roundtrip else "") + "</tr>"
@@ -410,8 +481,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the run's output directory (the partition holding summary.json)")
     p.add_argument("--out", help="where to write report.png and report.html (default: RUN_DIR)")
     p.add_argument("--vocab", metavar="FILE",
-                   help="one token per line (line number = id): words in the examples (default: the run's model's "
-                        "own vocab.txt, stored by `train --vocab`)")
+                   help="one token per line (line number = id), or JSON (a list, or an object with a tokens list, "
+                        "as data/sample/vocab.json): words in the examples (default: the run's model's own "
+                        "vocab.txt, stored by `train --vocab`)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 

@@ -14,6 +14,7 @@ from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 from matplotlib.image import imread
 
 from seqcodec.model.figures import percent
+from seqcodec.pipeline.report import _plot_accuracy, _plot_lengths, _plot_loss, _plot_training_accuracy, headline
 
 VOCAB, MAX_LEN = 5, 6
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -29,12 +30,13 @@ def trained_run(tmp_path_factory):
         "--epochs", 6, "--batch-size", 32, "--learning-rate", 0.01, "--time-budget", 0,
     ])
     assert code == 0, err
+    train_log = err
     code, _, err = run_seqcodec(["encode", "--input", data, "--output", root / "run", "--model-dir", root / "model",
                                  "--decode", "--mismatches", 3])
     assert code == 0, err
     code, out, err = run_seqcodec(["report", root / "run"])
     assert code == 0, err
-    return SimpleNamespace(root=root, dir=root / "run", out=out,
+    return SimpleNamespace(root=root, dir=root / "run", out=out, train_log=train_log,
                            summary=json.loads((root / "run" / "summary.json").read_text()))
 
 
@@ -131,3 +133,82 @@ def test_report_shows_where_the_model_stands_and_words_with_vocab(trained_run, t
     code, _, err = run_seqcodec(["report", trained_run.dir, "--out", tmp_path / "out2", "--vocab", short])
     assert code == 2 and str(short) in err and f"1 tokens, but the model's vocabulary has {VOCAB}" in err
 
+
+
+# -- what the picture says at a glance --------------------------------------------------------------
+
+
+def test_the_headline_puts_held_out_rows_beside_all_rows(trained_run):
+    s = trained_run.summary
+    rt, held = s["roundtrip"], s["roundtrip"]["by_split"]["held_out"]
+    line = headline(s, str(trained_run.dir))[2]
+    assert line.startswith(f"round trip, all {rt['sequences']:,} rows: {percent(rt['exact_match'])} exact")
+    assert f"held out in training ({held['sequences']:,}): {percent(held['exact_match'])} exact, " in line
+    # A model without the split record: training's own held-out figure, and a word that the split is missing.
+    old = {**s, "roundtrip": {k: v for k, v in rt.items() if k not in ("by_split", "drift")}}
+    line = headline(old, "x")[2]
+    test = s["model_training"]["test"]
+    assert f"training's own held-out test ({test['sequences']:,}): {percent(test['exact_match'])} exact" in line
+    assert "unavailable" in line
+    flagged = {**s, "roundtrip": {**rt, "drift": {**rt["drift"], "flagged": True, "points_below": 7.5,
+                                                  "exact_match": 0.1, "reference_exact_match": 0.175}}}
+    assert headline(flagged, "x")[3].startswith("DRIFT: ") and "7.5 points below" in headline(flagged, "x")[3]
+
+
+def test_report_reads_a_json_vocabulary(trained_run, tmp_path):
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({"tokens": [f"L{i}" for i in range(VOCAB)], "source": "test"}))
+    code, _, err = run_seqcodec(["report", trained_run.dir, "--out", tmp_path / "out", "--vocab", vocab])
+    assert code == 0, err
+    page = (tmp_path / "out" / "report.html").read_text()
+    examples = [json.loads(line) for line in (trained_run.dir / "roundtrip" / "mismatches.jsonl").open()]
+    assert examples and all(" ".join(f"L{t}" for t in e["original"]) in page for e in examples)
+
+
+def drawn(plot, *args):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.25), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    plot(ax, *args)
+    fig.canvas.draw()
+    return ax
+
+
+def test_training_curves_zoom_show_whole_epochs_and_keep_the_legend_off_them():
+    history = {"token_accuracy": [0.991, 0.996, 0.998, 0.999], "val_token_accuracy": [0.990, 0.995, 0.997, 0.998],
+               "val_exact_match": [0.95, 0.975, 0.985, 0.99], "loss": [0.1, 0.05, 0.02, 0.01]}
+    ax = drawn(_plot_training_accuracy, history)
+    bottom, top = ax.get_ylim()
+    assert 0.9 < bottom < 0.95 and top < 1.01  # the curves fill the panel
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(set(labels)) == len(labels)  # enough decimals to tell the ticks apart
+    assert all(float(t) == int(float(t)) for t in ax.get_xticks() if 1 <= t <= 4)
+    legend, panel = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert not legend.overlaps(panel)  # below the panel, covering no curve
+    loss = drawn(_plot_loss, history, None)
+    assert all(float(t) == int(float(t)) for t in loss.get_xticks())
+
+
+def test_round_trip_panel_zooms_to_its_data():
+    buckets = [{"lengths": str(n), "sequences": 10, "token_accuracy": 0.999, "exact_match": 0.99} for n in (3, 4)]
+    rt = {"by_length": buckets, "token_accuracy": 0.999, "exact_match": 0.99, "sequences": 20,
+          "baseline": {"token": 0, "token_accuracy": 0.1, "exact_match": 0.0}}
+    bottom, _ = drawn(_plot_accuracy, rt).get_ylim()
+    assert bottom > 0.95
+
+
+def test_length_histogram_starts_and_ends_with_rows():
+    rows = [{"lengths": label, "sequences": n} for label, n in (("1-2", 0), ("3-4", 5), ("5-6", 0), ("7-8", 3),
+                                                                 ("9-10", 0))]
+    ax = drawn(_plot_lengths, rows, None)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["3-4", "5-6", "7-8"]
+
+
+def test_epoch_lines_print_percentages(trained_run):
+    lines = [line for line in trained_run.train_log.splitlines() if " epoch " in line and "val_exact_match" in line]
+    assert len(lines) == 6 and "epoch 6/6 (" in lines[-1]
+    assert all(re.search(r"val_exact_match \d+\.\d\d+%", line) for line in lines)
+    assert not any(re.search(r"\de-\d", line) for line in lines)
