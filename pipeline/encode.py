@@ -93,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--code-dtype", choices=tuple(CODE_DTYPES), default="float32",
                    help="value type of the codes: float16 halves them, lengths stay exact up to "
-                        f"{FLOAT16_EXACT_LENGTH} (default: %(default)s)")
+                        f"{FLOAT16_EXACT_LENGTH}, but it can change decodes (measured on the word and letters "
+                        "samples in docs/MODEL.md, \"Codes in float16\"; default: %(default)s)")
     p.add_argument("--decode", action="store_true",
                    help="also decode every code (DIR/decoded/) and report the round trip in summary.json")
     p.add_argument("--mismatches", type=int, default=0, metavar="N",

@@ -324,7 +324,7 @@ class EncodeSequences(_CodecTransform):
 
     ``batch_tokens`` bounds a batch of elements by its tokens (not rows). ``too_long``: ``reject``
     or ``truncate`` rows over the model's max_length. ``code_dtype="float16"`` halves the codes'
-    size (lengths stay exact up to 2048; docs/MODEL.md says what it costs in accuracy).
+    size (lengths stay exact up to 2048) and can change decodes (docs/MODEL.md, "Codes in float16").
     """
 
     def __init__(self, model_dir: str, *, too_long: str = "reject", batch_tokens: int = DEFAULT_BATCH_TOKENS,
