@@ -35,11 +35,12 @@ _EXPORTS = {
     "REASONS": "seqcodec.transforms.validate",
     "CODE_REASONS": "seqcodec.transforms.validate",
     "committed_files": "seqcodec.transforms.partition",
+    "CodeNormalization": "seqcodec.model.similarity",
 }
 __all__ = [  # the same names as _EXPORTS (tests/test_library.py checks), written out for linters
     "__version__", "load", "train", "SequenceCodec", "CodecConfig", "Manifest", "read_manifest", "ModelDirError",
     "InputDataError", "EncodeSequences", "DecodeCodes", "SequenceModelHandler", "REASONS", "CODE_REASONS",
-    "committed_files",
+    "committed_files", "CodeNormalization",
 ]
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from seqcodec.model.config import CodecConfig
     from seqcodec.model.data import InputDataError
     from seqcodec.model.manifest import Manifest, ModelDirError, read_manifest
+    from seqcodec.model.similarity import CodeNormalization
     from seqcodec.model.storage import load
     from seqcodec.pipeline.train import train
     from seqcodec.transforms.partition import committed_files

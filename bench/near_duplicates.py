@@ -1,0 +1,154 @@
+"""Near-duplicate retrieval with the codes against TF-IDF bag of words: recall@1 and @10 per edit kind and count.
+
+Sources are sentences of at least ``--min-words`` words (and at most the model's max_length - 3,
+so that 3 inserted words still fit); each query is a source with 1, 2 or 3
+edits of one kind (a word replaced, two adjacent words swapped, a word dropped, a word inserted;
+new words drawn from the corpus' own word frequencies, a replacement never the word it replaces).
+Every query is looked up among all sentences of the corpus: by cosine on ``h`` (the code without
+its length field), raw and after each normalization learned from the corpus' own codes
+(``--norms``), and by cosine on TF-IDF vectors (smoothed idf, L2-normalized, numpy only). A query
+finds its source when a sentence with the source's tokens is among the first k. With a model
+directory that keeps its training split, sources are drawn half from training rows and half from
+held-out rows, and both are reported::
+
+    .venv/bin/python -m bench.near_duplicates --model-dir models/words --input data/words/sentences.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import seqcodec
+from seqcodec.model.heldout import GROUPS, read_split, split_unavailable, token_hashes
+from seqcodec.model.similarity import NORMALIZATIONS, CodeNormalization
+
+KINDS = ("replaced", "swapped", "dropped", "inserted")
+
+
+def edit(tokens: np.ndarray, kind: str, count: int, rng: np.random.Generator, words: np.ndarray,
+         frequency: np.ndarray) -> np.ndarray:
+    """``tokens`` with ``count`` edits of ``kind``, each at a position no earlier edit touched."""
+    out = list(tokens)
+    for _ in range(count):
+        if kind == "replaced":
+            i = rng.integers(len(out))
+            new = out[i]
+            while new == out[i]:
+                new = rng.choice(words, p=frequency)
+            out[i] = new
+        elif kind == "swapped":
+            pairs = [i for i in range(len(out) - 1) if out[i] != out[i + 1]]
+            i = pairs[rng.integers(len(pairs))]
+            out[i], out[i + 1] = out[i + 1], out[i]
+        elif kind == "dropped":
+            del out[rng.integers(len(out))]
+        else:
+            out.insert(rng.integers(len(out) + 1), rng.choice(words, p=frequency))
+    return np.asarray(out, dtype=np.int64)
+
+
+class TfIdf:
+    """Cosine on TF-IDF bag-of-words vectors (raw counts x smoothed idf, L2-normalized), scored through
+    posting lists: each query adds its words' weights to the documents that hold them."""
+
+    def __init__(self, docs: list[np.ndarray], vocab_size: int) -> None:
+        self.size = len(docs)
+        doc_of = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+        words = np.concatenate(docs)
+        pair = np.unique(doc_of * vocab_size + words, return_counts=True)
+        doc, word, count = pair[0] // vocab_size, pair[0] % vocab_size, pair[1].astype(np.float64)
+        df = np.bincount(word, minlength=vocab_size)
+        self.idf = np.log((1 + len(docs)) / (1 + df)) + 1
+        weight = count * self.idf[word]
+        weight /= np.sqrt(np.bincount(doc, weights=weight**2))[doc]
+        order = np.argsort(word, kind="stable")
+        self.doc, self.weight = doc[order], weight[order]
+        self.start = np.concatenate([[0], np.cumsum(np.bincount(word, minlength=vocab_size))])
+
+    def scores(self, queries: list[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(queries), self.size))
+        for row, query in enumerate(queries):
+            words, count = np.unique(query, return_counts=True)
+            weight = count * self.idf[words]
+            weight /= np.sqrt((weight**2).sum())
+            spans = [np.arange(self.start[w], self.start[w + 1]) for w in words]
+            at = np.concatenate(spans)
+            out[row] = np.bincount(self.doc[at], weights=self.weight[at] * np.repeat(weight, [len(s) for s in spans]),
+                                   minlength=self.size)
+        return out
+
+
+def cosine(norm: CodeNormalization, index: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
+    """Cosine of each query's normalized code with each indexed one (both unit rows)."""
+    return norm(query_codes) @ index.T
+
+
+def recalls(scores: np.ndarray, source_hash: np.ndarray, doc_hash: np.ndarray) -> tuple[float, float]:
+    """recall@1 and recall@10: a hit is any of the first k documents with the source's tokens."""
+    top = np.argpartition(-scores, 10, axis=1)[:, :10]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
+    hit = doc_hash[top] == source_hash[:, None]
+    return float(hit[:, 0].mean()), float(hit.any(axis=1).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", default="models/words")
+    p.add_argument("--input", default="data/words/sentences.parquet")
+    p.add_argument("--queries", type=int, default=1000, help="per edit kind and count (half held out if known)")
+    p.add_argument("--min-words", type=int, default=10)
+    p.add_argument("--edits", default="1,2,3")
+    p.add_argument("--norms", default=",".join(NORMALIZATIONS),
+                   help="normalizations of h to measure (seqcodec.CodeNormalization kinds; KIND:EPS sets eps)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    started = time.time()
+    rng = np.random.default_rng(args.seed)
+    docs = [np.asarray(t, np.int64) for t in pq.read_table(args.input, columns=["tokens"]).column("tokens").to_pylist()]
+    codec = seqcodec.load(args.model_dir)
+    manifest = seqcodec.read_manifest(args.model_dir)
+    lengths = np.array([len(d) for d in docs])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    doc_hash = token_hashes(np.concatenate(docs), offsets)
+    counts = np.bincount(np.concatenate(docs), minlength=manifest.vocab_size).astype(np.float64)
+    words, frequency = np.arange(manifest.vocab_size), counts / counts.sum()
+    # Room for 3 inserted words within the model's max_length, for every kind alike.
+    long_enough = np.flatnonzero((lengths >= args.min_words) & (lengths <= manifest.max_length - 3))
+    pools = {"all": long_enough}
+    if split_unavailable(manifest) is None:
+        group = read_split(args.model_dir, manifest).groups(doc_hash[long_enough])
+        pools = {"training": long_enough[group == GROUPS.index("training")],
+                 "held_out": long_enough[group == GROUPS.index("held_out")]}
+    codes = codec.encode(docs)
+    scorers = {"tfidf": TfIdf(docs, manifest.vocab_size).scores}
+    for name in (n for n in args.norms.split(",") if n):
+        kind, _, eps = name.partition(":")
+        norm = CodeNormalization.fit(codes, kind, float(eps or 1e-3))
+        index = norm(codes)
+        scorers[f"codes:{name}"] = functools.partial(cosine, norm, index)
+    rows = []
+    for kind in KINDS:
+        for count in (int(e) for e in args.edits.split(",")):
+            for pool_name, pool in pools.items():
+                per_pool = args.queries // len(pools)
+                sources = rng.choice(pool, size=min(per_pool, pool.size), replace=False)
+                queries = [edit(docs[s], kind, count, rng, words, frequency) for s in sources]
+                query_codes = codec.encode(queries)
+                for name, score in scorers.items():
+                    scores = score(queries) if name == "tfidf" else score(query_codes)
+                    r1, r10 = recalls(scores, doc_hash[sources], doc_hash)
+                    rows.append({"kind": kind, "edits": count, "sources": pool_name, "queries": len(sources),
+                                 "method": name, "recall@1": round(r1, 3), "recall@10": round(r10, 3)})
+                    print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps({"model": manifest.fingerprint, "documents": len(docs), "seconds": round(time.time() - started)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

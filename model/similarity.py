@@ -1,0 +1,72 @@
+"""Codes normalized for similarity search (``seqcodec.CodeNormalization``), learned from the codes to search.
+
+Cosine similarity on raw ``h`` (the code without its length field) is dominated by directions that
+all codes share; whitening, fitted on the codes to be searched, weighs every direction alike.
+``bench/near_duplicates.py`` measures it against raw and centered codes (docs/MODEL.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+NORMALIZATIONS = ("raw", "centered", "whitened")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeNormalization:
+    """A transform of codes for cosine search: ``norm = CodeNormalization.fit(codes)``, then ``norm(codes)``.
+
+    Fit it on the codes you search (e.g. a night's codes) and apply it to them and to every query;
+    the results are unit rows, so ``index @ queries.T`` is their cosine similarity. Codes are
+    ``(N, hidden_size + 1)`` as ``SequenceCodec.encode`` and the jobs write them; the length field
+    (column 0) is left out. ``mean`` and ``matrix`` are plain arrays: keep them (``np.savez``) to
+    apply the same transform later.
+    """
+
+    kind: str
+    mean: np.ndarray  # (H,): subtracted first (zeros for "raw")
+    matrix: np.ndarray  # (H, H): applied after ("raw", "centered": the identity)
+
+    @classmethod
+    def fit(cls, codes: np.ndarray, kind: str = "whitened", eps: float = 1e-3) -> CodeNormalization:
+        """Learn the transform from ``codes``.
+
+        ``raw``: ``h`` as it is; ``centered``: minus the mean ``h``; ``whitened`` (the default):
+        centered, rotated onto the principal axes of ``h`` and each scaled to unit variance, with
+        ``eps`` of the largest variance added first so that near-empty directions are not blown up
+        into noise.
+        """
+        if kind not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {kind!r}")
+        h = _state(codes)
+        if len(h) < 2:
+            raise ValueError(f"fitting a normalization needs at least 2 codes, got {len(h)}")
+        size = h.shape[1]
+        if kind == "raw":
+            return cls(kind, np.zeros(size), np.eye(size))
+        mean = h.mean(axis=0)
+        if kind == "centered":
+            return cls(kind, mean, np.eye(size))
+        variance, axes = np.linalg.eigh(np.cov(h - mean, rowvar=False))
+        variance = np.maximum(variance, 0.0)  # eigh may return tiny negative values for flat directions
+        return cls(kind, mean, axes / np.sqrt(variance + eps * variance.max()))
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        """The codes' ``h`` transformed, as float32 unit rows ``(N, hidden_size)``."""
+        h = _state(codes)
+        if h.shape[1] != self.mean.size:
+            raise ValueError(f"codes are {h.shape[1] + 1} wide, this normalization was fitted on "
+                             f"{self.mean.size + 1}-wide codes")
+        out = (h - self.mean) @ self.matrix
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def _state(codes: np.ndarray) -> np.ndarray:
+    """``h`` of (N, H + 1) codes as float64; ValueError for anything else."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] < 2 or not np.issubdtype(codes.dtype, np.floating):
+        raise ValueError(f"expected codes as an (N, hidden_size + 1) float array, got {codes.dtype} {codes.shape}")
+    return codes[:, 1:].astype(np.float64)
