@@ -20,11 +20,12 @@ def python_blocks(section: str) -> list[str]:
 
 
 def test_the_sections_have_examples():
-    assert [len(python_blocks(s)) for s in SECTIONS] == [2, 2]
+    assert [len(python_blocks(s)) for s in SECTIONS] == [3, 2]
 
 
 @pytest.mark.parametrize(
-    ("section", "index"), [(s, i) for s in SECTIONS for i in range(2)], ids=["load", "train", "beam", "runinference"]
+    ("section", "index"), [(s, i) for s, n in zip(SECTIONS, (3, 2), strict=True) for i in range(n)],
+    ids=["load", "train", "search", "beam", "runinference"],
 )
 def test_readme_example_runs(section, index, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the examples use models/default as a relative path, as a reader would
@@ -33,6 +34,8 @@ def test_readme_example_runs(section, index, monkeypatch, capsys):
     out = capsys.readouterr().out
     if index == 0 and section == SECTIONS[0]:
         assert "['sequence', 'autoencoder', 'a']" in out
+    if index == 2 and section == SECTIONS[0]:
+        assert out.startswith("[42, ")  # the sentence the query was made from comes first
     if index == 0 and section == SECTIONS[1]:
         assert '"reason": "token_out_of_range"' in out and '"id": 2' in out
     if index == 1 and section == SECTIONS[1]:
