@@ -257,7 +257,9 @@ def _plot_accuracy(ax, roundtrip: dict[str, Any] | None) -> None:
     ax.set_ylabel("correct")
     ax.set_title(f"Round trip by length ({roundtrip['sequences']:,} sequences, training rows included)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    # Below the panel: the zoomed curves fill it, so a legend on it would hide part of one.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32 if len(buckets) > 8 else -0.2), ncol=2, fontsize=8,
+              frameon=False)
 
 
 def _plot_lengths(ax, rows: list[dict[str, Any]] | None, roundtrip: dict[str, Any] | None) -> None:
@@ -319,10 +321,16 @@ def _plot_training_accuracy(ax, history: dict[str, list[float]] | None) -> None:
     for key, label, color, style in present:
         values = history[key]
         ax.plot(np.arange(1, len(values) + 1), values, style, marker="o", markersize=3, color=color, label=label)
-    zoom_percent(ax, [v for key, *_ in present for v in history[key]])
+    # Zoom to the later three quarters of the run: the first epochs climb from far below and would
+    # flatten the differences that matter, those between the last epochs.
+    epochs = max(len(history[key]) for key, *_ in present)
+    skip = epochs // 4 if epochs >= 8 else 0
+    zoom_percent(ax, [v for key, *_ in present for v in history[key][skip:]])
     whole_epochs(ax)
     ax.set_xlabel("epoch")
-    ax.set_title("Training accuracy")
+    below = any(v is not None and v < ax.get_ylim()[0] for key, *_ in present for v in history[key])
+    ax.set_title("Training accuracy" + (f" (zoomed to epochs {skip + 1}-{epochs}; earlier ones lower)" if below
+                                        else ""))
     ax.grid(alpha=0.3)
     # Below the panel, not on it: zoomed curves fill the whole panel, so any corner would hide one.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(present), fontsize=9, frameon=False)
@@ -360,15 +368,18 @@ def figures_headline(summary: dict[str, Any]) -> list[str]:
         return []
     parts = [f"round trip, all {rt['sequences']:,} rows: {_scores(rt)}"]
     groups = rt.get("by_split")
+    more = []
     if groups:
-        parts += [f"{GROUP_LABELS[name]} ({g['sequences']:,}): {_scores(g)}"
-                  for name, g in groups.items() if g["sequences"]]
+        # Held-out rows first, beside all rows: they are the honest figure; the other groups follow.
+        shown = [f"{GROUP_LABELS[name]} ({groups[name]['sequences']:,}): {_scores(groups[name])}"
+                 for name in ("held_out", "training", "unseen") if groups[name]["sequences"]]
+        parts, more = parts + shown[:1], shown[1:]
     else:
         test = (summary.get("model_training") or {}).get("test")
         if test:
             parts.append(f"training's own held-out test ({test['sequences']:,}): {_scores(test)}")
         parts.append("(these rows' training/held-out split: unavailable)")
-    lines = ["  |  ".join(parts)]
+    lines = ["  |  ".join(parts)] + (["  |  ".join(more)] if more else [])
     drift = rt.get("drift") or {}
     if drift.get("flagged"):
         lines.append(f"DRIFT: {drift['rows']:,} rows never trained on at {_pct(drift['exact_match'])} exact, "

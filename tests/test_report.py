@@ -143,7 +143,8 @@ def test_the_headline_puts_held_out_rows_beside_all_rows(trained_run):
     rt, held = s["roundtrip"], s["roundtrip"]["by_split"]["held_out"]
     line = headline(s, str(trained_run.dir))[2]
     assert line.startswith(f"round trip, all {rt['sequences']:,} rows: {percent(rt['exact_match'])} exact")
-    assert f"held out in training ({held['sequences']:,}): {percent(held['exact_match'])} exact, " in line
+    assert f"  |  held out in training ({held['sequences']:,}): {percent(held['exact_match'])} exact, " in line
+    assert headline(s, "x")[3].startswith("training rows (")  # the other groups on the next line
     # A model without the split record: training's own held-out figure, and a word that the split is missing.
     old = {**s, "roundtrip": {k: v for k, v in rt.items() if k not in ("by_split", "drift")}}
     line = headline(old, "x")[2]
@@ -152,7 +153,8 @@ def test_the_headline_puts_held_out_rows_beside_all_rows(trained_run):
     assert "unavailable" in line
     flagged = {**s, "roundtrip": {**rt, "drift": {**rt["drift"], "flagged": True, "points_below": 7.5,
                                                   "exact_match": 0.1, "reference_exact_match": 0.175}}}
-    assert headline(flagged, "x")[3].startswith("DRIFT: ") and "7.5 points below" in headline(flagged, "x")[3]
+    assert headline(flagged, "x")[-1].startswith("DRIFT: ") and "7.5 points below" in headline(flagged, "x")[-1]
+    assert not any(line.startswith("DRIFT") for line in headline(s, "x"))
 
 
 def test_report_reads_a_json_vocabulary(trained_run, tmp_path):
@@ -188,6 +190,10 @@ def test_training_curves_zoom_show_whole_epochs_and_keep_the_legend_off_them():
     assert all(float(t) == int(float(t)) for t in ax.get_xticks() if 1 <= t <= 4)
     legend, panel = ax.get_legend().get_window_extent(), ax.get_window_extent()
     assert not legend.overlaps(panel)  # below the panel, covering no curve
+    # A long run: the first epochs' climb does not flatten the last ones.
+    climbing = {"val_exact_match": [0.3, 0.7, 0.9, *np.linspace(0.95, 0.99, 9)]}
+    ax = drawn(_plot_training_accuracy, climbing)
+    assert 0.9 < ax.get_ylim()[0] < 0.95 and "zoomed to epochs 4-12" in ax.get_title()
     loss = drawn(_plot_loss, history, None)
     assert all(float(t) == int(float(t)) for t in loss.get_xticks())
 
@@ -196,8 +202,9 @@ def test_round_trip_panel_zooms_to_its_data():
     buckets = [{"lengths": str(n), "sequences": 10, "token_accuracy": 0.999, "exact_match": 0.99} for n in (3, 4)]
     rt = {"by_length": buckets, "token_accuracy": 0.999, "exact_match": 0.99, "sequences": 20,
           "baseline": {"token": 0, "token_accuracy": 0.1, "exact_match": 0.0}}
-    bottom, _ = drawn(_plot_accuracy, rt).get_ylim()
-    assert bottom > 0.95
+    ax = drawn(_plot_accuracy, rt)
+    assert ax.get_ylim()[0] > 0.95
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
 
 
 def test_length_histogram_starts_and_ends_with_rows():
