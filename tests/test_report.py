@@ -123,6 +123,8 @@ def test_report_shows_where_the_model_stands_and_words_with_vocab(trained_run, t
     assert "Where the model stands" in page and "may include rows the model trained on" in page
     assert f"always the most frequent token (id {rt['baseline']['token']})" in page
     assert "held-out test rows (never trained on)" in page
+    held = trained_run.summary["roundtrip"]["by_split"]["held_out"]
+    assert f"round trip: held out in training</td><td>{held['sequences']:,}</td>" in page
     assert percent(training["test"]["token_accuracy"]) in page
     examples = [json.loads(line) for line in (trained_run.dir / "roundtrip" / "mismatches.jsonl").open()]
     assert examples and "Mismatch examples" in page
