@@ -14,10 +14,15 @@ def requirements() -> list[str]:
 
 
 def runner_extras() -> dict[str, list[str]]:
-    """``pip install .[aws]`` / ``.[gcp]``: Beam's S3 or Google Cloud (gs://, Dataflow) support, same Beam pin."""
+    """``pip install .[aws]`` / ``.[gcp]``: Beam's S3 or Google Cloud (gs://, Dataflow) support, same Beam pin;
+    ``.[iceberg]``: Iceberg table output."""
     beam = next(r for r in requirements() if r.startswith("apache-beam=="))
     version = beam.split("==", 1)[1]
-    return {extra: [f"apache-beam[{extra}]=={version}"] for extra in ("aws", "gcp")}
+    extras = {extra: [f"apache-beam[{extra}]=={version}"] for extra in ("aws", "gcp")}
+    # ``pip install .[iceberg]``: --table output (pyiceberg, with SQLAlchemy for the embedded sqlite catalog);
+    # checked with the pyarrow and Beam pins above.
+    extras["iceberg"] = ["pyiceberg[sql-sqlite]==0.12.0"]
+    return extras
 
 
 setup(
