@@ -81,9 +81,14 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def add_table_arguments(parser: argparse.ArgumentParser, help: str) -> None:
-    """``--table NAMESPACE.TABLE`` and ``--catalog NAME``: an Iceberg table in place of a folder (README, "Iceberg")."""
+def add_table_arguments(parser: argparse.ArgumentParser, help: str, read: bool = False) -> None:
+    """``--table NAMESPACE.TABLE`` and ``--catalog NAME``: an Iceberg table in place of a folder (README, "Iceberg");
+    readers also get ``--snapshot-id`` (time travel)."""
     parser.add_argument("--table", metavar="NAMESPACE.TABLE", help=help)
+    if read:
+        parser.add_argument("--snapshot-id", type=int, metavar="ID",
+                            help="with --table: read the table as of this snapshot (time travel; default: the "
+                                 "current one)")
     parser.add_argument("--catalog", metavar="NAME", default="default",
                         help="with --table: the pyiceberg catalog, configured the pyiceberg way "
                              "(PYICEBERG_CATALOG__NAME__TYPE/URI/WAREHOUSE or .pyiceberg.yaml; default: %(default)s)")

@@ -38,11 +38,17 @@ class InputFiles:
     bytes: int = 0  # the files' sizes, for splitting the read
 
 
-def match_files(pattern: str) -> dict[str, int]:
+def match_files(pattern: str | list[str]) -> dict[str, int]:
     """Files matching ``pattern`` (or the Parquet files of a directory) on any Beam filesystem: path -> bytes, sorted.
 
-    InputDataError if none.
+    A list is taken as exact files (e.g. an Iceberg snapshot's data files). InputDataError if none.
     """
+    if isinstance(pattern, list):
+        try:
+            results = FileSystems.match(pattern)
+        except Exception as exc:  # a file the table names is gone: report it, do not crash
+            raise InputDataError(f"{pattern[0]}: cannot read the table's files ({first_line(exc)})") from None
+        return {m.path: m.size_in_bytes for r in results for m in r.metadata_list}
     committed = partition_inputs(pattern)
     if committed is not None:  # a seqcodec partition's folder: the files its commit names, wherever they are
         if not committed:
@@ -145,7 +151,8 @@ def _first_rows_width(file: pq.ParquetFile, column: str) -> int | None:
     return None
 
 
-def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: Manifest, model_dir: str) -> CodeFiles:
+def inspect_codes(pattern: str | list[str], id_column: str, code_column: str, manifest: Manifest,
+                  model_dir: str) -> CodeFiles:
     """Check every code file against the model before the job starts; InputDataError (one line) if unusable.
 
     Codes whose metadata names another model are refused, naming both fingerprints. Files with no
