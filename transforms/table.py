@@ -12,7 +12,8 @@ snapshot before it stays readable by time travel. Tables:
 Every snapshot carries ``seqcodec.run_id`` (and the run date, rows, model, run directory): a commit
 that finds its run id in the table's history does nothing, so a retried finalize is harmless. Two
 runs committing the same date at once are ordered by the catalog's optimistic concurrency
-(``CommitFailedException``): the loser re-reads the table and applies its replacement on top.
+(``CommitFailedException``; pyiceberg's own retry refuses with ``ValidationException`` when another
+commit added files meanwhile): the loser re-reads the table and applies its replacement on top.
 There is no lease: a later committer simply wins, whole.
 
 pyiceberg is imported lazily: it is the optional ``[iceberg]`` extra.
@@ -298,7 +299,7 @@ class TableRun:
     def _replace(self, catalog: Any, identifier: str, paths: list[str], rows: int,
                  table_properties: dict[str, str] | None = None) -> TableCommit | None:
         """One snapshot of ``identifier`` that replaces the run date's files by ``paths``, retried on conflicts."""
-        from pyiceberg.exceptions import CommitFailedException
+        from pyiceberg.exceptions import CommitFailedException, ValidationException
         from pyiceberg.expressions import EqualTo
         from pyiceberg.io.pyarrow import parquet_files_to_data_files
 
@@ -320,9 +321,9 @@ class TableRun:
                     overwrite.append_data_file(data_file)
             if table_properties:
                 tx.set_properties(table_properties)
-            try:
+            try:  # pyiceberg retries a lost commit itself; it refuses (ValidationException) if files changed under it
                 tx.commit_transaction()
-            except CommitFailedException as exc:
+            except (CommitFailedException, ValidationException) as exc:
                 log.warning("commit of %s lost to another writer (attempt %d of %d): %s; re-reading the table",
                             identifier, attempt, COMMIT_ATTEMPTS, str(exc).splitlines()[0] if str(exc) else "")
                 time.sleep(random.uniform(0.05, 0.2 * attempt))  # so two losers do not collide again at once
