@@ -290,11 +290,15 @@ class TableRun:
             folder = name.split("/", 1)[0]
             if name.endswith(".parquet"):
                 by_folder.setdefault(folder, []).append(self.staged(name))
+        started = time.perf_counter()
         catalog = self.ref.load_catalog()
         errors_rows = _rows(by_folder.get("errors", []))
         self._replace(catalog, self.ref.identifier + ERRORS_SUFFIX, by_folder.get("errors", []), errors_rows)
-        return self._replace(catalog, self.ref.identifier, by_folder.get("codes", []), rows,
-                             {FINGERPRINT: self.fingerprint})
+        previous = self._replace(catalog, self.ref.identifier, by_folder.get("codes", []), rows,
+                                 {FINGERPRINT: self.fingerprint})
+        log.info("committed run %s to %s%s and %s in %.2fs", self.run_id, self.ref.identifier, ERRORS_SUFFIX,
+                 self.ref.identifier, time.perf_counter() - started)
+        return previous
 
     def _replace(self, catalog: Any, identifier: str, paths: list[str], rows: int,
                  table_properties: dict[str, str] | None = None) -> TableCommit | None:
