@@ -64,7 +64,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = job_parser("seqcodec decode", "Decode length-prefixed codes back into token sequences.")
+    p = job_parser("seqcodec decode", "Decode length-prefixed codes back into token sequences.", table_replaces="input")
     p.add_argument("--code-column", default="code", help="name of the code column (default: %(default)s)")
     add_vocab_argument(p)
     add_table_arguments(p, "read the codes of --run-date D from this Iceberg table (as `seqcodec encode --table` "
@@ -87,8 +87,6 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
     check_table_arguments(args, "--input")
-    if args.output is None:
-        raise UsageError("the following arguments are required: --output")
     check_io_arguments(args)
     if args.snapshot_id is not None and args.table is None:
         raise UsageError("--snapshot-id needs --table")

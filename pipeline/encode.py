@@ -16,6 +16,7 @@ from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import (
     add_table_arguments,
     check_beam_arguments,
+    check_extras,
     check_io_arguments,
     check_table_arguments,
     job_parser,
@@ -102,7 +103,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
                  stage.stats, stage.mismatches)
 
 def parser() -> argparse.ArgumentParser:
-    p = job_parser("seqcodec encode", "Encode token sequences into length-prefixed codes.")
+    p = job_parser("seqcodec encode", "Encode token sequences into length-prefixed codes.", table_replaces="output")
     p.add_argument("--tokens-column", default="tokens", help="name of the tokens column (default: %(default)s)")
     p.add_argument("--too-long", choices=TOO_LONG_CHOICES, default="reject",
                    help="rows longer than the model's max_length: reject (dead letter) or truncate "
@@ -116,8 +117,9 @@ def parser() -> argparse.ArgumentParser:
                    help="with --decode: write up to N wrongly decoded examples to DIR/roundtrip/mismatches.jsonl "
                         "(default: %(default)s)")
     add_vocab_argument(p)
-    add_table_arguments(p, "write into this Iceberg table instead of --output (needs --run-date): one commit per run "
-                           "replaces the date's rows; rejected rows go to NAMESPACE.TABLE_errors (README, \"Iceberg\")")
+    add_table_arguments(p, "write into this Iceberg table instead of --output (needs --run-date): one commit per "
+                           "run replaces the date's rows; rejected rows go to NAMESPACE.TABLE_errors (README, "
+                           "\"Iceberg tables\")")
     return p
 
 
@@ -179,6 +181,7 @@ def table_run(ref: TableRef, run_date: str, inputs: InputFiles, manifest: Manife
     schemas = {"": table_schema(code_schema(inputs.id_type, manifest.code_size, manifest.facts())),
                ERRORS_SUFFIX: table_schema(error_schema(inputs.id_type))}
     location = prepare_tables(ref, schemas, manifest.fingerprint, manifest.code_size)
+    check_extras(location)  # the workers write the shards there through Beam's filesystem (s3:// needs boto3)
     return TableRun(ref, run_date, location, manifest.fingerprint, manifest.code_size)
 
 

@@ -27,6 +27,7 @@ from test_s3 import BUCKET, s3  # noqa: F401 - the moto server fixture
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.storage import save_codec
 from seqcodec.pipeline import run
+from seqcodec.transforms import table as table_io
 
 D1, D2 = "2026-11-26", "2026-11-27"
 TABLE = "nightly.codes"
@@ -237,11 +238,25 @@ def fresh(tmp_path, monkeypatch, inputs, tiny_model_dir) -> dict:
 
 def test_a_retried_finalize_commits_once_even_twice_at_once(fresh, inputs, monkeypatch):
     side = staged_run(monkeypatch, fresh["argv"]("first"))
+    for key in fresh["env"]:  # a worker without the launcher's PYICEBERG_* variables: the job carries them
+        monkeypatch.delenv(key)
     results, errors = at_once(run.finalize, None, **side)
     assert not errors and [r["status"] for r in results] == ["published", "published"], (errors, results)
     assert run.finalize(None, **side)["status"] == "published"  # and once more, later
     codes = reader_catalog(fresh["env"]).load_table(TABLE)
     assert run_ids(codes) == [side["plan"].partition.run_id]
+    assert ids_on(codes, D1) == inputs["first"][1]
+
+
+def test_encode_decode_into_a_table_keeps_decoded_rows_in_the_run_directory(fresh, inputs, tiny_model_dir):
+    code, _, err = run_seqcodec(["encode", *fresh["argv"]("first"), "--decode"])
+    assert code == 0, err
+    codes = reader_catalog(fresh["env"]).load_table(TABLE)
+    run_dir = Path(table_io.beam_path(codes.current_snapshot().summary.get("seqcodec.run_dir")))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "published"
+    assert summary["rows_decoded"] == summary["roundtrip"]["sequences"] == len(inputs["first"][1])
+    assert sorted(pl.read_parquet(str(run_dir / "decoded" / "*.parquet"))["id"].to_list()) == inputs["first"][1]
     assert ids_on(codes, D1) == inputs["first"][1]
 
 
