@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyiceberg.io.pyarrow
 import pytest
@@ -28,6 +29,9 @@ from seqcodec.model.config import CodecConfig
 from seqcodec.model.storage import save_codec
 from seqcodec.pipeline import run
 from seqcodec.transforms import table as table_io
+
+# Polars plans Iceberg scans with pyiceberg unless its optional polars_iceberg plugin is installed, and says so.
+pytestmark = pytest.mark.filterwarnings("ignore:Iceberg scan planning with the polars_iceberg plugin")
 
 D1, D2 = "2026-11-26", "2026-11-27"
 TABLE = "nightly.codes"
@@ -198,6 +202,25 @@ def test_a_model_of_another_code_size_is_refused_before_it_runs(local, inputs, t
     assert code == 2 and "holds codes of size 17" in one_line(err) and "code size 9" in err
     assert len(catalog.load_table(TABLE).snapshots()) == before
     assert len(list((local["root"] / "warehouse").glob("nightly/codes/seqcodec/.run_date=*"))) == runs_before
+
+
+def test_a_table_of_another_layout_is_refused_before_it_runs(fresh, inputs, tiny_model_dir):
+    catalog = reader_catalog(fresh["env"])
+    catalog.create_namespace("nightly")
+    other = catalog.create_table(TABLE, schema=pa.schema([("id", pa.int64()), ("run_date", pa.date32())]))
+    code, _, err = run_seqcodec(["encode", *fresh["argv"]("first")])
+    assert code == 2 and "not by run_date alone" in one_line(err)
+    with other.update_spec() as spec:
+        spec.add_identity("run_date")
+    with other.transaction() as tx:
+        tx.set_properties({"write.update.isolation-level": "snapshot"})
+    code, _, err = run_seqcodec(["encode", *fresh["argv"]("first")])
+    assert code == 2 and "write.update.isolation-level=snapshot" in one_line(err)
+    with other.transaction() as tx:
+        tx.remove_properties("write.update.isolation-level")
+    code, _, err = run_seqcodec(["encode", *fresh["argv"]("first")])  # the table has no length or code column
+    assert code == 2 and "this run's rows do not fit the table's schema" in one_line(err)
+    assert catalog.load_table(TABLE).snapshots() == []
 
 
 def test_a_catalog_that_is_not_configured_is_one_line_with_the_sqlite_variables(inputs, tiny_model_dir):

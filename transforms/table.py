@@ -48,6 +48,18 @@ FINGERPRINT = PREFIX + "fingerprint"  # table property (latest run's model) and 
 CODE_SIZE = PREFIX + "code_size"  # table property: every run into the table must have this code size
 COMMIT_ATTEMPTS = 8  # commits lost to a concurrent writer before the run gives up (exit 4)
 INSTALL_HINT = "pip install 'seqcodec[iceberg]'"
+ISOLATION = "write.update.isolation-level"  # overwrites; pyiceberg's default is serializable
+
+
+class _NoCodeStatistics(logging.Filter):
+    """Drops pyiceberg's warning that a column has no statistics: the code column has none on purpose
+    (floats never filtered on; parquet_sink's plain columns), and a clean nightly run should print no warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("PyArrow statistics missing for column")
+
+
+logging.getLogger("pyiceberg.io.pyarrow").addFilter(_NoCodeStatistics())
 
 
 class TableCommitFailed(Exception):
@@ -197,6 +209,22 @@ def _check_schema(table: Any, identifier: str, schema: pa.Schema) -> None:
                          f"({' '.join(str(exc).split())[:300]})") from None
 
 
+def _check_layout(table: Any, identifier: str) -> None:
+    """ValueError (one line) for a table whose layout would make a run's replacement of its date unsafe.
+
+    The commit removes whole files of the date: the table must stay partitioned by run date alone.
+    And it relies on serializable isolation (pyiceberg's default): under snapshot isolation
+    pyiceberg's own commit retry could add a run's files on top of another run's files of the same date.
+    """
+    fields = [(table.schema().find_column_name(f.source_id), str(f.transform)) for f in table.spec().fields]
+    if fields != [(RUN_DATE_COLUMN, "identity")]:
+        raise ValueError(f"--table {identifier} is partitioned by {fields or 'nothing'}, not by run_date alone; "
+                         "seqcodec replaces a date's files whole: use another table")
+    if table.properties.get(ISOLATION, "serializable") != "serializable":
+        raise ValueError(f"--table {identifier} has {ISOLATION}={table.properties[ISOLATION]}; runs of the same date "
+                         "could then both land: remove the property (serializable is the default)")
+
+
 def prepare_tables(ref: TableRef, schemas: dict[str, pa.Schema], fingerprint: str, code_size: int) -> str:
     """Check (or create) the run's tables before the job starts; the codes table's location (a Beam path).
 
@@ -220,6 +248,7 @@ def prepare_tables(ref: TableRef, schemas: dict[str, pa.Schema], fingerprint: st
                 f"--table {ref.identifier} holds codes of size {have} (model {codes.properties.get(FINGERPRINT)}); "
                 f"model {fingerprint} has code size {code_size}: use another table")
     for suffix, table in found.items():
+        _check_layout(table, ref.identifier + suffix)
         _check_schema(table, ref.identifier + suffix, schemas[suffix])
     properties = {CODE_SIZE: str(code_size), FINGERPRINT: fingerprint}
     for suffix, schema in schemas.items():
