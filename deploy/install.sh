@@ -5,7 +5,7 @@
 # Usage: deploy/install.sh [--extras aws,gcp] [VENV]
 #   VENV      the virtualenv (default: .venv of this checkout; cloned to /opt/seqcodec that is
 #             /opt/seqcodec/.venv, which deploy/launch.sh, the cron wrapper and the Airflow DAG use)
-#   --extras  Beam's extras to add: aws (s3:// paths), gcp (gs:// paths, Dataflow), or aws,gcp
+#   --extras  extras to add, comma-separated: aws (s3:// paths), gcp (gs:// paths, Dataflow), iceberg (--table)
 #   PYTHON    the interpreter that creates VENV (default python3; it must be Python 3.11)
 # Running it again is a no-op unless requirements.txt, setup.py or the extras changed.
 # Exit 2 with one line `deploy/install.sh: error: ...` (or `seqcodec: error: ...`) on a bad argument or Python.
@@ -20,7 +20,7 @@ fail() {
 extras="" venv=""
 while (( $# )); do
   case "$1" in
-    --extras) (( $# >= 2 )) || fail "--extras needs a value: aws, gcp or aws,gcp"; extras="$2"; shift 2 ;;
+    --extras) (( $# >= 2 )) || fail "--extras needs a value: aws, gcp, iceberg or a comma-separated list"; extras="$2"; shift 2 ;;
     --extras=*) extras="${1#*=}"; shift ;;
     -h|--help) sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     -*) fail "unknown option $1 (usage: deploy/install.sh [--extras aws,gcp] [VENV])" ;;
@@ -29,7 +29,8 @@ while (( $# )); do
 done
 IFS=, read -ra wanted <<<"$extras"
 for extra in "${wanted[@]}"; do
-  [[ "$extra" == aws || "$extra" == gcp ]] || fail "unknown extra '$extra' (aws, gcp or aws,gcp)"
+  [[ "$extra" == aws || "$extra" == gcp || "$extra" == iceberg ]] ||
+    fail "unknown extra '$extra' (aws, gcp, iceberg, comma-separated)"
 done
 if [[ -n "$venv" ]]; then
   venv="$(realpath -m "$venv")"  # pip and the stamp need an absolute path; it may not exist yet
