@@ -304,8 +304,9 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
         raise
     if not wait and not in_process:
         job_id = job_id_of(result)
-        log.info("submitted%s; the job publishes %s itself (%s written last); if it does not, the reason is in %s",
-                 f" job {job_id}" if job_id else "", partition.path, SUCCESS, partition.staged(SUMMARY))
+        how = "a snapshot with its run id" if isinstance(partition, TableRun) else f"{SUCCESS} written last"
+        log.info("submitted%s; the job publishes %s itself (%s); if it does not, the reason is in %s",
+                 f" job {job_id}" if job_id else "", partition.path, how, partition.staged(SUMMARY))
         if job_id:
             print(job_id)
         return 0

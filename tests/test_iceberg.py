@@ -142,6 +142,7 @@ def test_nightly_runs_and_a_rerun_replace_the_date_in_one_snapshot_each(local, i
     assert codes.properties["seqcodec.fingerprint"] == manifest["fingerprint"]
     last = codes.current_snapshot().summary
     assert last.get("seqcodec.run_date") == D1 and last.get("seqcodec.rows") == str(len(inputs["rerun"][1]))
+    assert last.get("seqcodec.fingerprint") == manifest["fingerprint"]
     # The codes are the model's: code[0] is the length.
     rows = codes.scan(row_filter=EqualTo("run_date", D1)).to_arrow()
     assert pc.all(pc.equal(pc.list_element(rows.column("code"), 0), pc.cast(rows.column("length"), "float32"))).as_py()
