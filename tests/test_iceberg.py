@@ -284,6 +284,15 @@ def test_encode_decode_into_a_table_keeps_decoded_rows_in_the_run_directory(fres
     assert ids_on(codes, D1) == inputs["first"][1]
 
 
+def test_a_table_run_on_worker_processes_commits_from_a_worker(fresh, inputs):
+    """Multi-process workers: the finalize stage (and its pickled table run) runs in a worker process."""
+    code, _, err = run_seqcodec(["encode", *fresh["argv"]("first"), "--direct_running_mode=multi_processing",
+                                 "--direct_num_workers=2"])
+    assert code == 0, err
+    codes = reader_catalog(fresh["env"]).load_table(TABLE)
+    assert len(codes.snapshots()) == 1 and ids_on(codes, D1) == inputs["first"][1]
+
+
 def test_two_runs_finalizing_the_same_date_at_once_end_with_one_run_whole(fresh, inputs, monkeypatch):
     sides = [staged_run(monkeypatch, fresh["argv"](name)) for name in ("first", "rerun")]
     rows_of = {side["plan"].partition.run_id: inputs[name][1] for side, name in zip(sides, ("first", "rerun"),
