@@ -330,6 +330,29 @@ def test_a_commit_that_loses_to_another_run_retries_on_top(fresh, inputs, monkey
     assert run_ids(errors) == run_ids(codes) and ids_on(errors, D1) == [0, 50, 100, 150]
 
 
+def test_a_commit_that_keeps_losing_gives_up_and_commits_nothing_there(fresh, inputs, monkeypatch):
+    """With one attempt allowed, A's commit that loses to B is not retried: A is not published, B stays whole."""
+    first, rerun = (staged_run(monkeypatch, fresh["argv"](name)) for name in ("first", "rerun"))
+    real = pyiceberg.io.pyarrow.parquet_files_to_data_files
+    interleaved = threading.Event()
+
+    def b_commits_in_between(*args, **kwargs):
+        if not interleaved.is_set():
+            interleaved.set()
+            assert run.finalize(None, **rerun)["status"] == "published"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pyiceberg.io.pyarrow, "parquet_files_to_data_files", b_commits_in_between)
+    monkeypatch.setattr(table_io, "COMMIT_ATTEMPTS", 1)
+    result = run.finalize(None, **first)
+    assert result["status"] == "not published" and result["exit_code"] == 4
+    assert "every commit attempt (1) lost to other writers" in result["reason"]
+    catalog = reader_catalog(fresh["env"])
+    for name in (TABLE, TABLE + "_errors"):  # A lost its first table's commit and stopped there
+        assert run_ids(catalog.load_table(name)) == [rerun["plan"].partition.run_id]
+    assert ids_on(catalog.load_table(TABLE), D1) == inputs["rerun"][1]
+
+
 # -- an s3:// warehouse -----------------------------------------------------------------------------------
 
 

@@ -362,7 +362,7 @@ class TableRun:
                 time.sleep(random.uniform(0.05, 0.2 * attempt))  # so two losers do not collide again at once
                 continue
             return previous
-        raise TableCommitFailed(f"{identifier}: the commit lost to other writers {COMMIT_ATTEMPTS} times; "
+        raise TableCommitFailed(f"{identifier}: every commit attempt ({COMMIT_ATTEMPTS}) lost to other writers; "
                                 f"nothing of run {self.run_id} was committed there")
 
     def committed_here(self) -> bool:
