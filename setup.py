@@ -8,16 +8,26 @@ HERE = Path(__file__).parent
 SUBPACKAGES = ("model", "transforms", "pipeline")
 
 
-def requirements() -> list[str]:
-    lines = (HERE / "requirements.txt").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+def requirements(section: str = "") -> list[str]:
+    """requirements.txt's pins: those above its ``# [train]`` marker, or those below it (section "train")."""
+    current, pins = "", []
+    for line in (HERE / "requirements.txt").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("# ["):
+            current = line[3:].rstrip("]")
+        elif line and not line.startswith("#") and current == section:
+            pins.append(line)
+    return pins
 
 
-def runner_extras() -> dict[str, list[str]]:
-    """``pip install .[aws]`` / ``.[gcp]``: Beam's S3 or Google Cloud (gs://, Dataflow) support, same Beam pin."""
+def extras() -> dict[str, list[str]]:
+    """``.[train]``: TensorFlow and Keras; ``.[aws]`` / ``.[gcp]``: Beam's S3 or Google Cloud support, same Beam pin;
+    ``.[iceberg]``: Iceberg table output (--table)."""
     beam = next(r for r in requirements() if r.startswith("apache-beam=="))
     version = beam.split("==", 1)[1]
-    return {extra: [f"apache-beam[{extra}]=={version}"] for extra in ("aws", "gcp")}
+    # pyiceberg with SQLAlchemy for the embedded sqlite catalog; checked with the pyarrow and Beam pins above.
+    return {"train": requirements("train"), **{extra: [f"apache-beam[{extra}]=={version}"] for extra in ("aws", "gcp")},
+            "iceberg": ["pyiceberg[sql-sqlite]==0.12.0"]}
 
 
 setup(
@@ -31,7 +41,7 @@ setup(
     # under seqcodec. so that a user's own model.py or pipeline.py cannot shadow the library.
     packages=["seqcodec", *(f"seqcodec.{name}" for name in SUBPACKAGES)],
     package_dir={"seqcodec": "seqcodec", **{f"seqcodec.{name}": name for name in SUBPACKAGES}},
-    install_requires=requirements(),
-    extras_require=runner_extras(),
+    install_requires=requirements(),  # no TensorFlow: workers run the numpy engine
+    extras_require=extras(),
     entry_points={"console_scripts": ["seqcodec=seqcodec.pipeline.cli:entry"]},
 )

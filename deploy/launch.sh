@@ -79,8 +79,8 @@ case "$runner" in
     cmd+=(--runner=DirectRunner)
     ;;
   dataflow)
-    # Workers install the project from the sdist that --setup_file builds (it pulls requirements.txt,
-    # TensorFlow included, on every worker start: a prebuilt --sdk_container_image starts faster).
+    # Workers install the project from the sdist that --setup_file builds (its pins from requirements.txt,
+    # without TensorFlow, on every worker start: a prebuilt --sdk_container_image starts faster).
     cmd+=(--runner=DataflowRunner
       --project="$GCP_PROJECT" --region="$GCP_REGION" --temp_location="$GCS_TEMP"
       --job_name="seqcodec-encode-$run_date"

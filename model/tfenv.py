@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -33,7 +34,15 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+class TensorFlowMissing(ValueError):
+    """TensorFlow is not installed (a slim install): one line saying what needs it and what to install."""
+
+
 def _import_quietly() -> None:
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+        raise TensorFlowMissing(
+            "TensorFlow is not installed (a slim install): training, beam search and models the numpy engine "
+            "cannot run need it: pip install 'seqcodec[train]'")
     if os.environ.get("SEQCODEC_TF_LOGS") == "1":
         import tensorflow  # noqa: F401
 

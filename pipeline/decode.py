@@ -14,10 +14,12 @@ import apache_beam as beam
 
 from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab
-from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
+from seqcodec.pipeline.errors import UsageError, exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import (
+    add_table_arguments,
     check_beam_arguments,
     check_io_arguments,
+    check_table_arguments,
     job_parser,
     make_pipeline,
     single_worker,
@@ -27,6 +29,7 @@ from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, mo
 from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
 from seqcodec.transforms.partition import Partition, partition_path, shard_prefix
+from seqcodec.transforms.table import TableRef, date_files
 from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import ERRORS_TAG, ValidateCodes
 
@@ -61,9 +64,11 @@ def build_pipeline(pipeline: beam.Pipeline, job: DecodeJob) -> Graph:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = job_parser("seqcodec decode", "Decode length-prefixed codes back into token sequences.")
+    p = job_parser("seqcodec decode", "Decode length-prefixed codes back into token sequences.", table_replaces="input")
     p.add_argument("--code-column", default="code", help="name of the code column (default: %(default)s)")
     add_vocab_argument(p)
+    add_table_arguments(p, "read the codes of --run-date D from this Iceberg table (as `seqcodec encode --table` "
+                           "writes it) instead of --input; the decoded rows go to OUTPUT/dt=D as usual", read=True)
     return p
 
 
@@ -81,11 +86,18 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     check_beam_arguments(beam_args)  # a typo (or an abbreviation) is a usage error before any input is read
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
+    check_table_arguments(args, "--input")
     check_io_arguments(args)
+    if args.snapshot_id is not None and args.table is None:
+        raise UsageError("--snapshot-id needs --table")
     started = time.time()
     manifest = read_manifest(args.model_dir)
     vocab = job_vocab(args, manifest)
-    inputs = inspect_codes(args.input, args.id_column, args.code_column, manifest, args.model_dir)
+    source = args.input
+    if args.table is not None:  # the date's data files at the snapshot: the job reads them as it reads any codes
+        ref = TableRef.resolve(args.catalog, args.table)
+        source = date_files(ref.load(), args.table, args.run_date, args.snapshot_id)
+    inputs = inspect_codes(source, args.id_column, args.code_column, manifest, args.model_dir)
     partition = Partition(partition_path(args.output, args.run_date))
     partition.check("decode", inputs.paths)
     pipeline = pipeline or make_pipeline(beam_args)

@@ -11,12 +11,15 @@ import apache_beam as beam
 import pyarrow as pa
 
 from seqcodec.model.heldout import read_split, split_unavailable
-from seqcodec.model.manifest import read_manifest
+from seqcodec.model.manifest import Manifest, read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab, training_facts
 from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import (
+    add_table_arguments,
     check_beam_arguments,
+    check_extras,
     check_io_arguments,
+    check_table_arguments,
     job_parser,
     make_pipeline,
     single_worker,
@@ -27,6 +30,7 @@ from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
 from seqcodec.transforms.partition import Partition, partition_path, shard_prefix
 from seqcodec.transforms.sequences import EncodeSequences
+from seqcodec.transforms.table import ERRORS_SUFFIX, TableRef, TableRun, prepare_tables, table_schema, with_run_date
 from seqcodec.transforms.validate import TOO_LONG_CHOICES
 
 log = logging.getLogger("seqcodec")
@@ -44,6 +48,17 @@ class EncodeJob(Job):
     vocab: tuple[str, ...] | None = None  # with decode: words beside ids in decoded/ and the examples
     code_dtype: str = "float32"
     split: bool = False  # with decode: the model keeps its training split, so score its groups apart
+    run_date_column: str | None = None  # table output: every code and error row carries this run date
+
+
+def shard_schemas(job: EncodeJob) -> tuple[pa.Schema, pa.Schema]:
+    """The schemas of the code and error shards (as a table stores them, with the run date, for table output)."""
+    m = job.manifest
+    codes = code_schema(job.inputs.id_type, m.code_size, m.facts(), job.code_dtype)
+    errors = error_schema(job.inputs.id_type)
+    if job.run_date_column is None:
+        return codes, errors
+    return table_schema(codes), table_schema(errors)
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
@@ -68,16 +83,20 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
                                  total_rows=job.progress_total, vocab=job.vocab, split=job.split)
     else:
         codes = encoded.main
-    codes_written = codes | "Write codes" >> WriteTables(
-        shard_prefix(job.staging, "codes"),
-        code_schema(job.inputs.id_type, m.code_size, job.manifest.facts(), job.code_dtype), job.num_shards,
+    codes_schema, errors_schema = shard_schemas(job)
+    rows, errors = codes, encoded.errors
+    if job.run_date_column is not None:
+        rows = codes | "Codes with run date" >> beam.Map(
+            with_run_date, job.run_date_column, codes_schema).with_output_types(pa.Table)
+        errors = errors | "Errors with run date" >> beam.Map(
+            with_run_date, job.run_date_column, errors_schema).with_output_types(pa.Table)
+    codes_written = rows | "Write codes" >> WriteTables(
+        shard_prefix(job.staging, "codes"), codes_schema, job.num_shards,
         # Floats that never repeat and are never filtered on: a dictionary would only be built and
         # dropped, and min/max statistics computed for nothing.
         plain_columns=["code"],
     )
-    errors_written = encoded.errors | "Write errors" >> WriteTables(
-        shard_prefix(job.staging, "errors"), error_schema(job.inputs.id_type), 1
-    )
+    errors_written = errors | "Write errors" >> WriteTables(shard_prefix(job.staging, "errors"), errors_schema, 1)
     counted = {"read": tables, "rejected": encoded.errors, "encoded": codes}
     if not job.decode:
         return Graph([codes_written, errors_written], row_counts(pipeline, counted), tuple(counted))
@@ -86,7 +105,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
                  stage.stats, stage.mismatches)
 
 def parser() -> argparse.ArgumentParser:
-    p = job_parser("seqcodec encode", "Encode token sequences into length-prefixed codes.")
+    p = job_parser("seqcodec encode", "Encode token sequences into length-prefixed codes.", table_replaces="output")
     p.add_argument("--tokens-column", default="tokens", help="name of the tokens column (default: %(default)s)")
     p.add_argument("--too-long", choices=TOO_LONG_CHOICES, default="reject",
                    help="rows longer than the model's max_length: reject (dead letter) or truncate "
@@ -101,6 +120,9 @@ def parser() -> argparse.ArgumentParser:
                    help="with --decode: write up to N wrongly decoded examples to DIR/roundtrip/mismatches.jsonl "
                         "(default: %(default)s)")
     add_vocab_argument(p)
+    add_table_arguments(p, "write into this Iceberg table instead of --output (needs --run-date): one commit per "
+                           "run replaces the date's rows; rejected rows go to NAMESPACE.TABLE_errors (README, "
+                           "\"Iceberg tables\")")
     return p
 
 
@@ -118,7 +140,11 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     check_beam_arguments(beam_args)  # a typo (or an abbreviation) is a usage error before any input is read
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
+    check_table_arguments(args, "--output")
     check_io_arguments(args)
+    ref = TableRef.resolve(args.catalog, args.table) if args.table else None
+    if ref is not None and args.code_dtype != "float32":
+        raise ValueError("--table takes float32 codes only (Iceberg has no float16); drop --code-dtype")
     if args.mismatches < 0 or (args.mismatches and not args.decode):
         raise ValueError("--mismatches must be >= 0 and needs --decode")
     if args.vocab and not args.decode:
@@ -131,14 +157,18 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     if split:
         read_split(args.model_dir, manifest)  # a damaged record stops the job now, not on a worker
     check_code_dtype(args.code_dtype, manifest.max_length)
-    partition = Partition(partition_path(args.output, args.run_date))
-    partition.check("encode", inputs.paths)
+    if ref is None:
+        partition = Partition(partition_path(args.output, args.run_date))
+        partition.check("encode", inputs.paths)
     pipeline = pipeline or make_pipeline(beam_args)
+    if ref is not None:  # last of the checks: a table that does not exist yet is created here
+        partition = table_run(ref, args.run_date, inputs, manifest)
     log.info("encoding %d rows from %d file(s) with model %s (code size %d) into %s",
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
     job = EncodeJob.from_args(
         args, inputs, manifest, partition.staging, tokens_column=args.tokens_column, too_long=args.too_long,
         decode=args.decode, mismatches=args.mismatches, vocab=vocab, code_dtype=args.code_dtype, split=split,
+        run_date_column=args.run_date if ref is not None else None,
         progress_total=inputs.rows if single_worker(pipeline.options) else None,
     )
     graph = build_pipeline(pipeline, job)
@@ -150,6 +180,15 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     plan = make_plan(args, pipeline, partition, inputs.rows, "codes", "encoded", facts, started,
                      counted=graph.counted, **roundtrip)
     return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)
+
+
+def table_run(ref: TableRef, run_date: str, inputs: InputFiles, manifest: Manifest) -> TableRun:
+    """Check (or create) the codes and errors tables for this run; the run, staged under the codes table's location."""
+    schemas = {"": table_schema(code_schema(inputs.id_type, manifest.code_size, manifest.facts())),
+               ERRORS_SUFFIX: table_schema(error_schema(inputs.id_type))}
+    location = prepare_tables(ref, schemas, manifest.fingerprint, manifest.code_size)
+    check_extras(location)  # the workers write the shards there through Beam's filesystem (s3:// needs boto3)
+    return TableRun(ref, run_date, location, manifest.fingerprint, manifest.code_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,9 @@ EXIT_CODES_HELP = """exit codes:
   With --no-wait the codes above cover only the checks and the submission (0: submitted); the job
   publishes by itself, and its outcome is OUTPUT's summary.json and _SUCCESS, or, if it did not
   publish, the reason in its run directory's summary.json (printed at submission); on the
-  in-process DirectRunner the job has ended by then, and its outcome is the exit code."""
+  in-process DirectRunner the job has ended by then, and its outcome is the exit code.
+  With --table, "published" means that the run's Iceberg snapshot was committed, and 75 does not
+  occur (tables have no lease: the catalog orders concurrent commits)."""
 
 
 class UsageError(ValueError):

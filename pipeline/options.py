@@ -24,24 +24,30 @@ DIRECT_RUNNERS = (None, "DirectRunner", "direct")
 DEFAULT_MAX_ERROR_RATE = 0.05
 
 
-def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A Beam job's parser: the shared options, the exit codes in --help, unknown options left for Beam."""
+def job_parser(prog: str, description: str, table_replaces: str = "") -> argparse.ArgumentParser:
+    """A Beam job's parser: the shared options, the exit codes in --help, unknown options left for Beam.
+
+    ``table_replaces`` ("input" or "output"): the option that the job's ``--table`` stands in for, so not required.
+    """
     parser = ArgumentParser(
         prog=prog,
         description=f"{description} Unknown --options go to Beam (e.g. --runner, --direct_running_mode, --setup_file).",
         epilog=EXIT_CODES_HELP,
         formatter_class=HelpFormatter,
     )
-    add_io_arguments(parser)
+    add_io_arguments(parser, table_replaces)
     return parser
 
 
-def add_io_arguments(parser: argparse.ArgumentParser) -> None:
+def add_io_arguments(parser: argparse.ArgumentParser, table_replaces: str = "") -> None:
     """Options every job shares: where data and model are, and how outputs are cut."""
-    parser.add_argument("--input", required=True,
-                        help="glob of input Parquet files, or a directory of them (any Beam filesystem)")
-    parser.add_argument("--output", required=True,
-                        help="output directory: the run's partition, or with --run-date the parent of its partitions")
+    instead = " (default: none, with --table instead)"
+    parser.add_argument("--input", required=table_replaces != "input",
+                        help="glob of input Parquet files, or a directory of them (any Beam filesystem)"
+                             + (instead if table_replaces == "input" else ""))
+    parser.add_argument("--output", required=table_replaces != "output",
+                        help="output directory: the run's partition, or with --run-date the parent of its partitions"
+                             + (instead if table_replaces == "output" else ""))
     parser.add_argument("--model-dir", required=True, help="model directory written by `seqcodec train`")
     parser.add_argument("--id-column", default="id", help="name of the id column (default: %(default)s)")
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_TOKEN_BUDGET,
@@ -77,6 +83,33 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
                         help="submit the job, print its id where the runner has one, and exit 0; the job "
                              "publishes by itself (with the DirectRunner the job runs in this process anyway)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def add_table_arguments(parser: argparse.ArgumentParser, help: str, read: bool = False) -> None:
+    """``--table NAMESPACE.TABLE`` and ``--catalog NAME``: an Iceberg table in place of a folder (README, "Iceberg");
+    readers also get ``--snapshot-id`` (time travel)."""
+    parser.add_argument("--table", metavar="NAMESPACE.TABLE", help=f"{help} (default: none)")
+    if read:
+        parser.add_argument("--snapshot-id", type=int, metavar="ID",
+                            help="with --table: read the table as of this snapshot (time travel; default: the "
+                                 "current one)")
+    parser.add_argument("--catalog", metavar="NAME", default="default",
+                        help="with --table: the pyiceberg catalog, configured the pyiceberg way "
+                             "(PYICEBERG_CATALOG__NAME__TYPE/URI/WAREHOUSE or .pyiceberg.yaml; default: %(default)s)")
+
+
+def check_table_arguments(args: argparse.Namespace, replaces: str) -> None:
+    """UsageError unless exactly one of ``--table`` and the option it ``replaces`` (--input or --output) is given."""
+    dest = replaces.lstrip("-")
+    given = getattr(args, dest) is not None
+    if getattr(args, "table", None) is None:
+        if not given:
+            raise UsageError(f"the following arguments are required: {replaces} (or --table)")
+        return
+    if given:
+        raise UsageError(f"--table replaces {replaces}: give one of them")
+    if args.run_date is None:
+        raise UsageError("--table needs --run-date (the table's rows are replaced per run date)")
 
 
 def check_run_options(args: argparse.Namespace) -> None:

@@ -22,10 +22,23 @@ from apache_beam.io.filesystems import FileSystems
 from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
 from seqcodec.model.manifest import VOCAB_FILE, ModelDirError, model_vocab, read_manifest
-from seqcodec.pipeline.errors import ArgumentParser, exit_process, run_cli, setup_logging
-from seqcodec.pipeline.options import check_beam_arguments, check_extras, use_filesystem_options
-from seqcodec.transforms.partition import SUCCESS, SUMMARY, committed_run_dir, matching_paths, seqcodec_files
+from seqcodec.pipeline.errors import ArgumentParser, UsageError, exit_process, run_cli, setup_logging
+from seqcodec.pipeline.options import (
+    add_table_arguments,
+    check_beam_arguments,
+    check_extras,
+    use_filesystem_options,
+)
+from seqcodec.transforms.partition import (
+    SUCCESS,
+    SUMMARY,
+    check_run_date,
+    committed_run_dir,
+    matching_paths,
+    seqcodec_files,
+)
 from seqcodec.transforms.roundtrip import bucket_label, length_buckets
+from seqcodec.transforms.table import TableRef, run_dir_of
 
 log = logging.getLogger("seqcodec")
 
@@ -489,13 +502,18 @@ def parser() -> argparse.ArgumentParser:
         description="Render a finished run (its summary.json) as report.png and report.html. "
         "Beam's filesystem options (--s3_endpoint_url, ...) are accepted for runs on object stores.",
     )
-    p.add_argument("run_dir", help="the run's output directory (the partition holding summary.json)")
+    p.add_argument("run_dir", nargs="?",
+                   help="the run's output directory (the partition holding summary.json); not with --table")
     p.add_argument("--out", help="where to write report.png and report.html (default: RUN_DIR)")
     p.add_argument("--vocab", metavar="FILE",
                    help="one token per line (line number = id), or JSON (a list, or an object with a tokens list, "
                         "as data/sample/vocab.json): words in the examples (default: the run's model's own "
                         "vocab.txt, stored by `train --vocab`)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_table_arguments(p, "report the run that wrote --run-date D's rows of this Iceberg table (as of "
+                           "--snapshot-id, default the current snapshot); the report goes into that run's "
+                           "directory unless --out is given", read=True)
+    p.add_argument("--run-date", metavar="YYYY-MM-DD", help="with --table: the date whose run to report")
     return p
 
 
@@ -505,6 +523,16 @@ def main(argv: list[str] | None = None) -> int:
     check_beam_arguments(beam_args)  # an option neither the report nor Beam knows would be dropped silently
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
+    if args.table is not None:
+        if args.run_dir is not None or args.run_date is None:
+            raise UsageError("--table takes --run-date D and no RUN_DIR")
+        check_run_date(args.run_date)
+        ref = TableRef.resolve(args.catalog, args.table)
+        args.run_dir = run_dir_of(ref.load(), args.table, args.run_date, args.snapshot_id)
+    elif args.run_dir is None:
+        raise UsageError("the following arguments are required: run_dir (or --table with --run-date)")
+    elif args.run_date is not None or args.snapshot_id is not None:
+        raise UsageError("--run-date and --snapshot-id go with --table")
     check_extras(args.run_dir, args.out)
     files = run_files(args.run_dir)
     summary = read_summary(files)

@@ -41,6 +41,7 @@ from seqcodec.transforms.partition import (
     PartitionBusy,
     RunSummary,
 )
+from seqcodec.transforms.table import ERRORS_SUFFIX, TableCommitFailed, TableRun
 from seqcodec.transforms.validate import METRICS_NAMESPACE
 
 log = logging.getLogger("seqcodec")
@@ -103,7 +104,7 @@ class Graph:
 class Plan:
     """What the finalize stage needs, fixed at launch (it travels to the worker that runs the stage)."""
 
-    partition: Partition
+    partition: Partition | TableRun  # a folder's partition, or an Iceberg table's run date (transforms/table.py)
     rows_read: int  # from the input files' footers, counted before the job started
     folder: str  # the main output: "codes" or "decoded"
     done_label: str  # its rows are counted as rows_<done_label>
@@ -183,7 +184,7 @@ def finalize(_: None, plan: Plan, written: list[str], counts: dict[str, int], st
         return summary.to_dict()
     try:
         previous = partition.commit(summary.files, plan.job, summary.rows_done)
-    except PartitionBusy as exc:
+    except (PartitionBusy, TableCommitFailed) as exc:
         log.error("not published: %s", exc)
         return {**summary.to_dict(), "status": NOT_PUBLISHED, "reason": str(exc), "exit_code": EXIT_PIPELINE_FAILED}
     if previous is not None:
@@ -246,8 +247,11 @@ def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
     return summary
 
 
-def errors_folder(partition: Partition, published: bool) -> str:
-    """Where a run's rejected rows are: the partition's errors/ once published locally, else its run directory's."""
+def errors_folder(partition: Partition | TableRun, published: bool) -> str:
+    """Where a run's rejected rows are: the partition's errors/ once published locally (the errors table's
+    run date for a table), else its run directory's."""
+    if published and isinstance(partition, TableRun):
+        return f"{partition.ref.identifier}{ERRORS_SUFFIX} (run_date={partition.run_date})"
     if published and partition.local:
         return FileSystems.join(partition.path, "errors")
     return partition.staged("errors")
@@ -301,8 +305,9 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
         raise
     if not wait and not in_process:
         job_id = job_id_of(result)
-        log.info("submitted%s; the job publishes %s itself (%s written last); if it does not, the reason is in %s",
-                 f" job {job_id}" if job_id else "", partition.path, SUCCESS, partition.staged(SUMMARY))
+        how = "a snapshot with its run id" if isinstance(partition, TableRun) else f"{SUCCESS} written last"
+        log.info("submitted%s; the job publishes %s itself (%s); if it does not, the reason is in %s",
+                 f" job {job_id}" if job_id else "", partition.path, how, partition.staged(SUMMARY))
         if job_id:
             print(job_id)
         return 0
@@ -333,8 +338,10 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
     return 0
 
 
-def replaced(partition: Partition) -> str:
+def replaced(partition: Partition | TableRun) -> str:
     """", replacing run X (N rows)" when this run's commit replaced another run, else ""."""
+    if isinstance(partition, TableRun):
+        return ""  # the finalize stage logged it (the table keeps no record of what a snapshot replaced)
     current = partition.committed()
     if current is None or current.run_id != partition.run_id or not current.superseded:
         return ""
@@ -342,9 +349,11 @@ def replaced(partition: Partition) -> str:
     return f", replacing run {current.superseded[-1][0] or '(unnamed)'}{rows}"
 
 
-def outcome(partition: Partition) -> RunSummary:
+def outcome(partition: Partition | TableRun) -> RunSummary:
     """The finished run's summary and decision, from its own directory; PipelineFailed if it decided to
     publish but did not commit."""
+    if isinstance(partition, TableRun):
+        return table_outcome(partition)
     current = partition.committed()
     summary = partition.decision()
     if summary is None:
@@ -356,6 +365,17 @@ def outcome(partition: Partition) -> RunSummary:
         if current is not None and current.committed_at > partition.started():
             why = f"run {current.run_id} committed it meanwhile"
         raise PipelineFailed(f"publishing {partition.path} failed ({why}); its files are in {partition.staging}")
+    return summary
+
+
+def table_outcome(run: TableRun) -> RunSummary:
+    """``outcome`` for a table: the run's decision, and whether the codes table has the run's snapshot."""
+    summary = run.decision()
+    if summary is None:
+        raise PipelineFailed(f"the job ended without a summary, nothing was published; its files are in {run.staging}")
+    if summary.published and not run.committed_here():
+        raise PipelineFailed(f"publishing {run.path} failed (the commit did not happen; the job's log says why); "
+                             f"its files are in {run.staging}")
     return summary
 
 

@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from conftest import write_tokens_parquet
@@ -190,6 +191,36 @@ def test_install_refuses_bad_arguments_and_other_pythons_in_one_line(argv, pytho
     assert run.returncode == 2 and run.stdout == ""
     assert len(run.stderr.splitlines()) == 1 and message in run.stderr, run.stderr
     assert not venv.exists()  # nothing created
+
+
+def test_slim_install_runs_the_jobs_without_tensorflow_and_train_says_what_to_install(tmp_path):
+    """`deploy/install.sh --slim` (what workers get from `pip install seqcodec`): no TensorFlow, the jobs still run."""
+    venv = tmp_path / "slim"
+    install = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--slim", str(venv)], capture_output=True,
+                             text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    python = venv / "bin" / "python"
+    for module in ("tensorflow", "keras"):
+        found = subprocess.run([str(python), "-c", f"import importlib.util as u; print(u.find_spec('{module}'))"],
+                               capture_output=True, text=True, timeout=60)
+        assert found.stdout.strip() == "None", found.stdout  # not installed at all, not merely unused
+    sample = ROOT / "data" / "sample" / "words.parquet"
+    rows = pq.read_table(sample).slice(0, 2000)
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    seqcodec = str(venv / "bin" / "seqcodec")
+    encode = subprocess.run([seqcodec, "encode", "--input", str(tmp_path / "rows.parquet"), "--model-dir",
+                             str(ROOT / "models" / "default"), "--output", str(tmp_path / "out"), "--decode"],
+                            capture_output=True, text=True, timeout=300)
+    assert encode.returncode == 0, encode.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["rows_encoded"] == summary["rows_decoded"] == 2000
+    train = subprocess.run([seqcodec, "train", "--input", str(tmp_path / "rows.parquet"), "--model-dir",
+                            str(tmp_path / "model")], capture_output=True, text=True, timeout=120)
+    assert train.returncode == 2 and train.stdout == "", train.stderr[-3000:]
+    assert train.stderr.splitlines() == [
+        "seqcodec: error: TensorFlow is not installed (a slim install): training, beam search and models the "
+        "numpy engine cannot run need it: pip install 'seqcodec[train]'"]
+    assert not (tmp_path / "model").exists()
 
 
 def test_python_version_is_one_everywhere():

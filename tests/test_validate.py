@@ -6,6 +6,7 @@ the model is the tiny saved codec from conftest.
 """
 
 import dataclasses
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,15 @@ from helpers_beam import (
 from seqcodec.model.config import Batching
 from seqcodec.pipeline.options import direct_runner
 from seqcodec.transforms.formats import error_schema
-from seqcodec.transforms.parquet_io import MIN_SPLIT_BYTES, InputFiles, ReadBatches, slice_tables, split_bytes
+from seqcodec.transforms.parquet_io import (
+    MIN_SPLIT_BYTES,
+    InputFiles,
+    ReadBatches,
+    RowGroups,
+    row_group_splits,
+    slice_tables,
+    split_bytes,
+)
 from seqcodec.transforms.sequences import EncodeSequences
 from seqcodec.transforms.validate import ERRORS_TAG, METRICS_NAMESPACE, REASONS, ValidateTokens, split_rows
 
@@ -357,6 +366,25 @@ def test_a_file_split_into_many_reads_gives_every_row_once(tmp_path):
     assert split_bytes(files, 65536) == MIN_SPLIT_BYTES
     assert split_bytes(dataclasses.replace(files, bytes=1_000_000_000), 65536) == 65_536_000
     assert split_bytes(dataclasses.replace(files, bytes=10**12), 65536) == 64 << 20
+
+
+def test_row_group_splits_cover_each_row_group_once_in_runs_of_max_rows(tmp_path):
+    """Consecutive row groups up to max_rows rows a split; a file no bigger than a split is one split, unopened."""
+    seqs = [s.tolist() for s in random_sequences(300, VOCAB, MAX_LEN, seed=13)]
+    path = str(write_table(tmp_path / "a.parquet", range(300), seqs, row_group_size=20))
+    splits = list(row_group_splits(path, 64, 64 << 20))
+    assert splits == [RowGroups(path)]  # smaller than split_bytes: the whole file, no footer read
+    splits = list(row_group_splits(path, 64, 300))  # bytes allow ~1 group; rows would allow 3
+    assert [(s.first, s.stop) for s in splits] == [(i, i + 1) for i in range(15)]
+    splits = list(row_group_splits(path, 64, 1000 * 300))
+    assert splits == [RowGroups(path)]
+    big = str(write_table(tmp_path / "b.parquet", range(300), seqs, row_group_size=20))
+    size = os.path.getsize(big)
+    splits = list(row_group_splits(big, 64, size - 1))  # too big for one split: cut by rows
+    assert [(s.first, s.stop) for s in splits] == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15)]
+    garbage = tmp_path / "small.parquet"
+    garbage.write_bytes(b"not parquet")
+    assert list(row_group_splits(str(garbage), 64, 1 << 20)) == [RowGroups(str(garbage))]
 
 
 def test_read_token_batches_other_column_names(tmp_path):

@@ -38,11 +38,17 @@ class InputFiles:
     bytes: int = 0  # the files' sizes, for splitting the read
 
 
-def match_files(pattern: str) -> dict[str, int]:
+def match_files(pattern: str | list[str]) -> dict[str, int]:
     """Files matching ``pattern`` (or the Parquet files of a directory) on any Beam filesystem: path -> bytes, sorted.
 
-    InputDataError if none.
+    A list is taken as exact files (e.g. an Iceberg snapshot's data files). InputDataError if none.
     """
+    if isinstance(pattern, list):
+        try:
+            results = FileSystems.match(pattern)
+        except Exception as exc:  # a file the table names is gone: report it, do not crash
+            raise InputDataError(f"{pattern[0]}: cannot read the table's files ({first_line(exc)})") from None
+        return {m.path: m.size_in_bytes for r in results for m in r.metadata_list}
     committed = partition_inputs(pattern)
     if committed is not None:  # a seqcodec partition's folder: the files its commit names, wherever they are
         if not committed:
@@ -145,7 +151,8 @@ def _first_rows_width(file: pq.ParquetFile, column: str) -> int | None:
     return None
 
 
-def inspect_codes(pattern: str, id_column: str, code_column: str, manifest: Manifest, model_dir: str) -> CodeFiles:
+def inspect_codes(pattern: str | list[str], id_column: str, code_column: str, manifest: Manifest,
+                  model_dir: str) -> CodeFiles:
     """Check every code file against the model before the job starts; InputDataError (one line) if unusable.
 
     Codes whose metadata names another model are refused, naming both fingerprints. Files with no
@@ -224,27 +231,83 @@ class CoalesceTables(beam.DoFn):
         self.rows = rows
 
     def start_bundle(self) -> None:
-        self.pending: dict[tuple, list[pa.Table]] = {}
+        self.pending: dict[tuple, tuple[list[pa.Table], int]] = {}
 
     def process(self, table: pa.Table) -> Iterable[pa.Table]:
         if table.num_rows >= self.rows:
             yield table
             return
         key = schema_key(table.schema)
-        pending = self.pending.setdefault(key, [])
-        pending.append(table)
-        if sum(t.num_rows for t in pending) < self.rows:
+        tables, held = self.pending.get(key, ([], 0))
+        tables.append(table)
+        held += table.num_rows
+        if held < self.rows:
+            self.pending[key] = (tables, held)
             return
-        merged = pa.concat_tables(pending).combine_chunks()
+        merged = pa.concat_tables(tables).combine_chunks()
         full = merged.num_rows - merged.num_rows % self.rows
         yield from slice_tables(merged.slice(0, full), self.rows)
-        self.pending[key] = [merged.slice(full)] if full < merged.num_rows else []
+        rest = merged.num_rows - full
+        self.pending[key] = ([merged.slice(full)], rest) if rest else ([], 0)
 
     def finish_bundle(self) -> Iterable[beam.utils.windowed_value.WindowedValue]:
-        for pending in self.pending.values():
-            if pending:
-                yield beam.transforms.window.GlobalWindows.windowed_value(pa.concat_tables(pending).combine_chunks())
+        for tables, _ in self.pending.values():
+            if tables:
+                yield beam.transforms.window.GlobalWindows.windowed_value(pa.concat_tables(tables).combine_chunks())
         self.pending = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class RowGroups:
+    """One read split: row groups ``first`` up to ``stop`` of a file (``stop`` None: to the end)."""
+
+    path: str
+    first: int = 0
+    stop: int | None = None
+
+
+def row_group_splits(path: str, max_rows: int, split_bytes: int) -> Iterable[RowGroups]:
+    """Cut a file into runs of consecutive row groups of about ``max_rows`` rows or ``split_bytes`` bytes.
+
+    A file no bigger than a split is one split without opening it (a night of many small files
+    pays one open each, in the read).
+    """
+    (match,) = FileSystems.match([path])
+    if len(match.metadata_list) == 1 and match.metadata_list[0].size_in_bytes <= split_bytes:
+        yield RowGroups(path)
+        return
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        meta = pq.ParquetFile(handle).metadata
+    first, rows, size = 0, 0, 0
+    for index in range(meta.num_row_groups):
+        group = meta.row_group(index)
+        group_bytes = sum(group.column(c).total_compressed_size for c in range(group.num_columns))
+        if index > first and (rows + group.num_rows > max_rows or size + group_bytes > split_bytes):
+            yield RowGroups(path, first, index)
+            first, rows, size = index, 0, 0
+        rows, size = rows + group.num_rows, size + group_bytes
+    if meta.num_row_groups > first:
+        yield RowGroups(path, first, meta.num_row_groups)
+
+
+class ReadRowGroups(beam.DoFn):
+    """Read a split's row groups in one call, projected to ``columns``, as tables of at most ``max_rows`` rows.
+
+    One call for all of a split's row groups, not one per row group: 100-row row groups cost a
+    read each otherwise (docs/BENCHMARKS.md, small inputs).
+    """
+
+    def __init__(self, columns: list[str], max_rows: int) -> None:
+        self.columns, self.max_rows = columns, max_rows
+
+    def process(self, split: RowGroups) -> Iterable[pa.Table]:
+        with FileSystems.open(split.path, compression_type="uncompressed") as handle:
+            file = pq.ParquetFile(handle)
+            stop = file.metadata.num_row_groups if split.stop is None else split.stop
+            if stop <= split.first:
+                return
+            table = file.read_row_groups(range(split.first, stop), columns=self.columns).select(self.columns)
+        yield from slice_tables(table, self.max_rows)
 
 
 def split_bytes(files: InputFiles | CodeFiles, rows: int) -> int:
@@ -261,8 +324,9 @@ def split_bytes(files: InputFiles | CodeFiles, rows: int) -> int:
 class ReadBatches(beam.PTransform):
     """Read the checked files' row groups as Arrow tables of at most ``max_rows`` rows, projected to two columns.
 
-    Row groups smaller than ``max_rows`` are merged (within a bundle) up to ``max_rows`` rows. Files
-    are split for parallel reading every ``split_bytes`` (a row group belongs to the split it starts in).
+    Files are cut into splits of consecutive row groups (``row_group_splits``: about ``max_rows`` rows
+    or ``split_bytes`` bytes) for parallel reading; each split is read in one call, and smaller tables
+    are merged (within a bundle) up to ``max_rows`` rows.
     """
 
     def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str, max_rows: int = 65536,
@@ -276,9 +340,9 @@ class ReadBatches(beam.PTransform):
         return (
             pbegin
             | "Files" >> beam.Create(self.paths)
-            | "Row groups" >> beam.io.ReadAllFromParquetBatched(columns=self.columns,
-                                                                desired_bundle_size=self.split_bytes)
-            | "Slice" >> beam.FlatMap(slice_tables, self.max_rows).with_output_types(pa.Table)
+            | "Splits" >> beam.FlatMap(row_group_splits, self.max_rows, self.split_bytes)
+            | "Spread" >> beam.Reshuffle()  # a big file's splits go to several workers
+            | "Row groups" >> beam.ParDo(ReadRowGroups(self.columns, self.max_rows)).with_output_types(pa.Table)
             | "Coalesce" >> beam.ParDo(CoalesceTables(self.max_rows)).with_output_types(pa.Table)
         )
 
