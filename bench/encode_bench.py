@@ -232,7 +232,7 @@ def job_main(argv: list[str]) -> int:
     for name in filter(None, args.patch.split(",")):
         PATCHES[name]()
     from seqcodec.pipeline.encode import main
-    from seqcodec.pipeline.errors import run_cli
+    from seqcodec.pipeline.runtime import run_cli
 
     return run_cli(main, [a for a in rest if a != "--"])
 

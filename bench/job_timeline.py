@@ -53,7 +53,7 @@ def main() -> int:
 
     from seqcodec.model.numpy_decoder import NumpyDecoder
     from seqcodec.model.numpy_encoder import NumpyEncoder
-    from seqcodec.pipeline import decode, encode, run
+    from seqcodec.pipeline import decode, encode, finalize, job, launch
     from seqcodec.pipeline.cli import main as cli
 
     events: list[tuple[float, str]] = []
@@ -62,10 +62,10 @@ def main() -> int:
     wrap(NumpyDecoder, "decode_flat", events, "model call")
     for module in (encode, decode):
         wrap(module, "build_pipeline", events, "build the graph")
-    wrap(run, "launch", events, "run the pipeline")
-    wrap(run, "account", events, "finalize: account")
+    wrap(launch, "launch", events, "run the pipeline")
+    wrap(finalize, "account", events, "finalize: account")
     started: list[float] = []
-    original_plan = run.make_plan
+    original_plan = job.make_plan
 
     def make_plan(*args: Any, **kwargs: Any) -> Any:
         plan = original_plan(*args, **kwargs)

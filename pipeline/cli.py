@@ -6,7 +6,7 @@ import importlib
 import sys
 
 from seqcodec import __version__
-from seqcodec.pipeline.errors import exit_process, run_cli
+from seqcodec.pipeline.runtime import exit_process, run_cli
 
 COMMANDS = {
     "train": ("seqcodec.pipeline.train", "fit a codec on Parquet token files"),

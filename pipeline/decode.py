@@ -14,7 +14,9 @@ import apache_beam as beam
 
 from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab
-from seqcodec.pipeline.errors import UsageError, exit_process, run_cli, setup_logging
+from seqcodec.pipeline.finalize import add_finalize
+from seqcodec.pipeline.job import Graph, Job, make_plan, model_dir_fact, row_counts
+from seqcodec.pipeline.launch import Built
 from seqcodec.pipeline.options import (
     add_table_arguments,
     check_beam_arguments,
@@ -25,7 +27,7 @@ from seqcodec.pipeline.options import (
     single_worker,
     use_filesystem_options,
 )
-from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_counts
+from seqcodec.pipeline.runtime import UsageError, exit_process, run_cli, setup_logging
 from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
 from seqcodec.transforms.partition import Partition, partition_path, shard_prefix

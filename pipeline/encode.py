@@ -13,7 +13,9 @@ import pyarrow as pa
 from seqcodec.model.heldout import read_split, split_unavailable
 from seqcodec.model.manifest import Manifest, read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab, training_facts
-from seqcodec.pipeline.errors import exit_process, run_cli, setup_logging
+from seqcodec.pipeline.finalize import add_finalize
+from seqcodec.pipeline.job import Graph, Job, make_plan, model_dir_fact, row_counts
+from seqcodec.pipeline.launch import Built
 from seqcodec.pipeline.options import (
     add_table_arguments,
     check_beam_arguments,
@@ -25,7 +27,7 @@ from seqcodec.pipeline.options import (
     single_worker,
     use_filesystem_options,
 )
-from seqcodec.pipeline.run import Built, Graph, Job, add_finalize, make_plan, model_dir_fact, row_counts
+from seqcodec.pipeline.runtime import exit_process, run_cli, setup_logging
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
 from seqcodec.transforms.partition import Partition, partition_path, shard_prefix

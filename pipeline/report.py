@@ -22,13 +22,13 @@ from apache_beam.io.filesystems import FileSystems
 from seqcodec.model.data import InputDataError, first_line, read_vocab
 from seqcodec.model.figures import percent
 from seqcodec.model.manifest import VOCAB_FILE, ModelDirError, model_vocab, read_manifest
-from seqcodec.pipeline.errors import ArgumentParser, UsageError, exit_process, run_cli, setup_logging
 from seqcodec.pipeline.options import (
     add_table_arguments,
     check_beam_arguments,
     check_extras,
     use_filesystem_options,
 )
+from seqcodec.pipeline.runtime import ArgumentParser, UsageError, exit_process, run_cli, setup_logging
 from seqcodec.transforms.partition import (
     SUCCESS,
     SUMMARY,

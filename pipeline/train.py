@@ -16,7 +16,7 @@ from seqcodec.model.config import DECODERS, CodecConfig
 from seqcodec.model.data import TokenSequences, read_token_sequences, read_vocab
 from seqcodec.model.figures import percent
 from seqcodec.model.manifest import VOCAB_FILE, Manifest, ModelDirError
-from seqcodec.pipeline.errors import ArgumentParser, HelpFormatter, exit_process, run_cli, setup_logging
+from seqcodec.pipeline.runtime import ArgumentParser, HelpFormatter, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
 

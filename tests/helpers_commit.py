@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.pipeline import encode, run
+from seqcodec.pipeline import encode, finalize
 from seqcodec.transforms import partition as protocol
 from seqcodec.transforms.partition import committed_files
 
@@ -43,7 +43,7 @@ def staged_run(monkeypatch, argv: list[str]) -> dict:
     """Run an encode job up to its finalize stage (shards written, lease held): finalize's arguments."""
     _CAPTURED.clear()
     with monkeypatch.context() as patch:
-        patch.setattr(run, "finalize", _capture)  # the graph takes finalize when it is built
+        patch.setattr(finalize, "finalize", _capture)  # the graph takes finalize when it is built
         built = encode.build(argv)
     built.plan.partition.take_lease(pid_bound=True)
     built.pipeline.run().wait_until_finish()
@@ -110,13 +110,13 @@ def crash_after_each_step(monkeypatch, stage: Callable[[str], dict], part: str, 
             patch.setattr(os, "replace", counted(os.replace))
             patch.setattr(FileSystems, "delete", counted(FileSystems.delete))
             try:
-                run.finalize(None, **side)
+                finalize.finalize(None, **side)
                 crashed = False
             except Crash:
                 crashed = True
         seen = committed_ids(part)
         assert seen in (ids[current], ids[target]), f"after change {k}: {seen}"
-        assert run.finalize(None, **side)["status"] == "published"  # the runner's retry
+        assert finalize.finalize(None, **side)["status"] == "published"  # the runner's retry
         assert committed_ids(part) == ids[target], f"the retry after change {k}"
         assert ids_of(reader_files) == first  # a reader midway keeps reading what it resolved
         current = target

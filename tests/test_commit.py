@@ -21,7 +21,7 @@ import pytest
 from conftest import random_sequences, write_tokens_parquet
 from helpers_commit import at_once, committed_ids, crash_after_each_step, ids_of, staged_run
 
-from seqcodec.pipeline import decode, encode, run
+from seqcodec.pipeline import decode, encode, finalize
 from seqcodec.transforms.partition import SUCCESS, Partition, PartitionBusy, committed_files
 
 DATE = "2026-11-26"
@@ -48,7 +48,7 @@ def argv(model_dir, input_path, output, *extra) -> list[str]:
 
 def test_finalize_run_twice_at_once_leaves_the_new_run_whole(tiny_model_dir, data, tmp_path, monkeypatch):
     """Beam may run the finalize bundle twice, overlapping (backup tasks, lost leases): 8 runs, each finalized twice."""
-    original = run.finalize
+    original = finalize.finalize
     errors: list[BaseException] = []
 
     def twice(*args, **kwargs):
@@ -56,7 +56,7 @@ def test_finalize_run_twice_at_once_leaves_the_new_run_whole(tiny_model_dir, dat
         errors.extend(failed)
         return results[0]
 
-    monkeypatch.setattr(run, "finalize", twice)
+    monkeypatch.setattr(finalize, "finalize", twice)
     out = tmp_path / "codes"
     part = out / f"dt={DATE}"
     for trial in range(8):
@@ -131,7 +131,7 @@ def test_a_run_that_lost_its_lease_does_not_commit(tiny_model_dir, data, tmp_pat
     lease = Path(side["plan"].partition.lease_path)
     held = json.loads(lease.read_text())
     lease.write_text(json.dumps({**held, "run_id": "20990101T000000.000000Z-0ther0"}))  # another run took over
-    summary = run.finalize(None, **side)
+    summary = finalize.finalize(None, **side)
     assert summary["status"] == "not published" and "no longer holds the lease" in summary["reason"]
     assert committed_ids(part) == data["old"][1]
 

@@ -17,9 +17,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import committed_run, token_file, visible
 
 from seqcodec.pipeline import encode
-from seqcodec.pipeline.errors import TooManyRejects
+from seqcodec.pipeline.finalize import finalize
 from seqcodec.pipeline.options import direct_runner
-from seqcodec.pipeline.run import finalize
+from seqcodec.pipeline.runtime import TooManyRejects
 from seqcodec.transforms.partition import SUCCESS, SUMMARY
 
 DATE = "2026-11-26"
@@ -225,7 +225,7 @@ def test_no_wait_on_the_direct_runner_reports_the_outcome_it_already_knows(seqco
 
 def test_counts_missing_from_the_combine_are_zero_and_valid_is_read_minus_rejected():
     """A name with no rows never reaches the one CombinePerKey; finalize still reports it, as 0."""
-    from seqcodec.pipeline.run import job_counters
+    from seqcodec.pipeline.finalize import job_counters
 
     assert job_counters(("read", "rejected", "encoded"), {"read": 5, "rejected": 5}) == {
         "read": 5, "encoded": 0, "valid": 0}

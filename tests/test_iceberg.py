@@ -27,7 +27,7 @@ from test_s3 import BUCKET, s3  # noqa: F401 - the moto server fixture
 
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.storage import save_codec
-from seqcodec.pipeline import run
+from seqcodec.pipeline import finalize
 from seqcodec.transforms import table as table_io
 
 # Polars plans Iceberg scans with pyiceberg unless its optional polars_iceberg plugin is installed, and says so.
@@ -264,9 +264,9 @@ def test_a_retried_finalize_commits_once_even_twice_at_once(fresh, inputs, monke
     side = staged_run(monkeypatch, fresh["argv"]("first"))
     for key in fresh["env"]:  # a worker without the launcher's PYICEBERG_* variables: the job carries them
         monkeypatch.delenv(key)
-    results, errors = at_once(run.finalize, None, **side)
+    results, errors = at_once(finalize.finalize, None, **side)
     assert not errors and [r["status"] for r in results] == ["published", "published"], (errors, results)
-    assert run.finalize(None, **side)["status"] == "published"  # and once more, later
+    assert finalize.finalize(None, **side)["status"] == "published"  # and once more, later
     codes = reader_catalog(fresh["env"]).load_table(TABLE)
     assert run_ids(codes) == [side["plan"].partition.run_id]
     assert ids_on(codes, D1) == inputs["first"][1]
@@ -298,7 +298,7 @@ def test_two_runs_finalizing_the_same_date_at_once_end_with_one_run_whole(fresh,
     rows_of = {side["plan"].partition.run_id: inputs[name][1] for side, name in zip(sides, ("first", "rerun"),
                                                                                       strict=True)}
     pending = list(sides)
-    results, errors = at_once(lambda: run.finalize(None, **pending.pop()))
+    results, errors = at_once(lambda: finalize.finalize(None, **pending.pop()))
     assert not errors and [r["status"] for r in results] == ["published", "published"], (errors, results)
     codes = reader_catalog(fresh["env"]).load_table(TABLE)
     assert sorted(run_ids(codes)) == sorted(rows_of)  # both committed, one after the other
@@ -316,11 +316,11 @@ def test_a_commit_that_loses_to_another_run_retries_on_top(fresh, inputs, monkey
     def b_commits_in_between(*args, **kwargs):
         if not interleaved.is_set():
             interleaved.set()
-            assert run.finalize(None, **rerun)["status"] == "published"  # B, complete, while A is mid-commit
+            assert finalize.finalize(None, **rerun)["status"] == "published"  # B, complete, while A is mid-commit
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pyiceberg.io.pyarrow, "parquet_files_to_data_files", b_commits_in_between)
-    assert run.finalize(None, **first)["status"] == "published"
+    assert finalize.finalize(None, **first)["status"] == "published"
     assert interleaved.is_set()
     codes = reader_catalog(fresh["env"]).load_table(TABLE)
     assert run_ids(codes) == [rerun["plan"].partition.run_id, first["plan"].partition.run_id]
@@ -339,12 +339,12 @@ def test_a_commit_that_keeps_losing_gives_up_and_commits_nothing_there(fresh, in
     def b_commits_in_between(*args, **kwargs):
         if not interleaved.is_set():
             interleaved.set()
-            assert run.finalize(None, **rerun)["status"] == "published"
+            assert finalize.finalize(None, **rerun)["status"] == "published"
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pyiceberg.io.pyarrow, "parquet_files_to_data_files", b_commits_in_between)
     monkeypatch.setattr(table_io, "COMMIT_ATTEMPTS", 1)
-    result = run.finalize(None, **first)
+    result = finalize.finalize(None, **first)
     assert result["status"] == "not published" and result["exit_code"] == 4
     assert "every commit attempt (1) lost to other writers" in result["reason"]
     catalog = reader_catalog(fresh["env"])

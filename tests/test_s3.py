@@ -25,7 +25,7 @@ from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 from helpers_beam import REPO, child_env, free_port, stop_process_group, wait_for_port
 from helpers_commit import at_once, committed_ids, crash_after_each_step, staged_run
 
-from seqcodec.pipeline import run
+from seqcodec.pipeline import finalize
 from seqcodec.pipeline.options import use_filesystem_options
 from seqcodec.transforms.partition import Partition, read_versioned, write_if
 
@@ -299,7 +299,7 @@ def test_finalize_twice_at_once_on_s3_commits_once(s3, inputs, monkeypatch):
     argv = [str(a) for a in ("--input", inputs["tokens"], "--output", output, "--model-dir", inputs["model"],
                              "--run-date", DATE, *s3.beam_args)]
     side = staged_run(monkeypatch, argv)
-    results, errors = at_once(run.finalize, None, **side)
+    results, errors = at_once(finalize.finalize, None, **side)
     assert not errors and [r["status"] for r in results] == ["published", "published"], (errors, results)
     assert committed_ids(f"{output}/dt={DATE}") == inputs["ids"]
     assert f".dt={DATE}.lease" not in s3.objects("twice")

@@ -1,6 +1,6 @@
 """A run's output partition: its run directory, the lease that fences runs, the one-way commit, and how readers find it.
 
-This module owns the whole protocol; the job (pipeline/run.py) only decides *whether* to commit.
+This module owns the whole protocol; the job (pipeline/finalize.py) only decides *whether* to commit.
 
 Layout (``--output DIR`` alone makes DIR the partition NAME; with ``--run-date D`` NAME is ``DIR/dt=D``)::
 

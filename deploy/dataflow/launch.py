@@ -36,6 +36,6 @@ def seqcodec_argv(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     from seqcodec.pipeline.encode import main
-    from seqcodec.pipeline.errors import run_cli
+    from seqcodec.pipeline.runtime import run_cli
 
     sys.exit(run_cli(main, seqcodec_argv(sys.argv[1:])))

@@ -1,4 +1,7 @@
-"""Turn known failures into one line on stderr and a documented exit code, without a stack trace."""
+"""The command-line runtime: logging, the worker log relay, argparse classes, exit codes and process exit.
+
+Known failures end as one line on stderr and a documented exit code, without a stack trace.
+"""
 
 from __future__ import annotations
 
