@@ -15,19 +15,18 @@ import apache_beam as beam
 from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab
 from seqcodec.pipeline.finalize import add_finalize
-from seqcodec.pipeline.job import Graph, Job, make_plan, model_dir_fact, row_counts
+from seqcodec.pipeline.job import Graph, Job, JobKind, RoundTrip, make_plan, model_dir_fact, row_counts
 from seqcodec.pipeline.launch import Built
 from seqcodec.pipeline.options import (
     add_table_arguments,
     check_beam_arguments,
-    check_io_arguments,
-    check_table_arguments,
     job_parser,
     make_pipeline,
     single_worker,
     use_filesystem_options,
 )
-from seqcodec.pipeline.runtime import UsageError, exit_process, run_cli, setup_logging
+from seqcodec.pipeline.runtime import exit_process, run_cli, setup_logging
+from seqcodec.pipeline.specs import DecodeSpec
 from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
 from seqcodec.transforms.partition import Partition, partition_path, shard_prefix
@@ -88,33 +87,34 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     check_beam_arguments(beam_args)  # a typo (or an abbreviation) is a usage error before any input is read
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
-    check_table_arguments(args, "--input")
-    check_io_arguments(args)
-    if args.snapshot_id is not None and args.table is None:
-        raise UsageError("--snapshot-id needs --table")
+    return build_spec(DecodeSpec.from_args(args), beam_args, pipeline)
+
+
+def build_spec(spec: DecodeSpec, beam_args: list[str], pipeline: beam.Pipeline | None = None) -> Built:
+    """``build`` from the parsed settings: the model, the codes (from files or a table's run date), then the job."""
     started = time.time()
-    manifest = read_manifest(args.model_dir)
-    vocab = job_vocab(args, manifest)
-    source = args.input
-    if args.table is not None:  # the date's data files at the snapshot: the job reads them as it reads any codes
-        ref = TableRef.resolve(args.catalog, args.table)
-        source = date_files(ref.load(), args.table, args.run_date, args.snapshot_id)
-    inputs = inspect_codes(source, args.id_column, args.code_column, manifest, args.model_dir)
-    partition = Partition(partition_path(args.output, args.run_date))
+    manifest = read_manifest(spec.model_dir)
+    vocab = job_vocab(spec.vocab, spec.model_dir, manifest)
+    source = spec.input
+    if spec.table is not None:  # the date's data files at the snapshot: the job reads them as it reads any codes
+        ref = TableRef.resolve(spec.table.catalog, spec.table.name)
+        source = date_files(ref.load(), spec.table.name, spec.run_date, spec.table.snapshot_id)
+    inputs = inspect_codes(source, spec.id_column, spec.code_column, manifest, spec.model_dir)
+    partition = Partition(partition_path(spec.output, spec.run_date))
     partition.check("decode", inputs.paths)
     pipeline = pipeline or make_pipeline(beam_args)
     log.info("decoding %d codes from %d file(s) with model %s (code size %d) into %s",
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
-    job = DecodeJob.from_args(args, inputs, manifest, partition.staging, code_column=args.code_column, vocab=vocab,
+    job = DecodeJob.from_spec(spec, inputs, manifest, partition.staging, code_column=spec.code_column, vocab=vocab,
                               progress_total=inputs.rows if single_worker(pipeline.options) else None)
     graph = build_pipeline(pipeline, job)
     facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size,
-             "model_dir": model_dir_fact(args.model_dir), "input_files": len(inputs.paths),
+             "model_dir": model_dir_fact(spec.model_dir), "input_files": len(inputs.paths),
              "input_files_without_fingerprint": len(inputs.unmarked),
-             "beam_width": manifest.config.beam_width(args.beam_width)}
-    plan = make_plan(args, pipeline, partition, inputs.rows, "decoded", "decoded", facts, started,
-                     counted=graph.counted, roundtrip="lengths")
-    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)
+             "beam_width": manifest.config.beam_width(spec.batching.beam_width)}
+    plan = make_plan(spec, pipeline, partition, inputs.rows, JobKind.DECODE, facts, started, graph.counted,
+                     RoundTrip.LENGTHS)
+    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), spec.wait)
 
 
 def main(argv: list[str] | None = None) -> int:

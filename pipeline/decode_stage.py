@@ -47,12 +47,21 @@ MISMATCHES = ("roundtrip", "mismatches.jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
+class DecodeStats:
+    """The decode stage's summed counts, one per job: per length, and comparing, per token and per split group."""
+
+    lengths: np.ndarray  # roundtrip.LengthStats, summed
+    tokens: np.ndarray | None = None  # comparing: roundtrip.TokenStats, summed
+    split: np.ndarray | None = None  # comparing on a model that keeps its training split: roundtrip.SplitStats
+
+
+@dataclasses.dataclass(frozen=True)
 class DecodeStage:
     """What the decode stage adds to a graph: the decoded tables and what the finalize stage waits for."""
 
     decoded: beam.PCollection  # (id, tokens[, original, correct]) tables
     written: beam.PCollection  # file names of the decoded/ shards, once written
-    stats: beam.PCollection  # one array of summed per-length counts; comparing, {"lengths": ..., "tokens": ...}
+    stats: beam.PCollection  # one DecodeStats
     mismatches: beam.PCollection | None  # one int: examples written to roundtrip/mismatches.jsonl
 
 
@@ -88,11 +97,12 @@ def add_decode_stage(
         | "Decoded columns" >> beam.Map(decoded_columns, vocab).with_output_types(pa.Table)
         | "Write decoded" >> WriteTables(shard_prefix(staging, "decoded"), schema, num_shards)
     )
-    stats = (
+    lengths = (
         decoded
         | "Length stats" >> beam.ParDo(LengthStats(facts["max_length"], compare))
         | "Sum stats" >> beam.CombineGlobally(SumStats(facts["max_length"]))
     )
+    sides: dict[str, beam.pvalue.AsSingleton] = {}
     if compare:
         vocab_size = facts["vocab_size"]
         token_stats = (
@@ -100,14 +110,14 @@ def add_decode_stage(
             | "Token stats" >> beam.ParDo(TokenStats(vocab_size))
             | "Sum token stats" >> beam.CombineGlobally(SumStats(0, shape=(2, vocab_size)))
         )
-        sides = {"tokens": beam.pvalue.AsSingleton(token_stats)}
+        sides["tokens"] = beam.pvalue.AsSingleton(token_stats)
         if split:
             sides["split"] = beam.pvalue.AsSingleton(
                 decoded
                 | "Split stats" >> beam.ParDo(SplitStats(model_dir))
                 | "Sum split stats" >> beam.CombineGlobally(SumStats(0, shape=(len(GROUPS), 4)))
             )
-        stats = stats | "Join stats" >> beam.Map(lambda lengths, **rest: {"lengths": lengths, **rest}, **sides)
+    stats = lengths | "Join stats" >> beam.Map(lambda counts, **rest: DecodeStats(counts, **rest), **sides)
     kept = None
     if compare and mismatches:
         kept = (
@@ -138,14 +148,15 @@ def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
                              "`train --vocab`; without one, ids only)")
 
 
-def job_vocab(args: argparse.Namespace, manifest: Manifest) -> tuple[str, ...] | None:
-    """The --vocab file's tokens, else the model directory's own; checked against the model before anything runs.
+def job_vocab(vocab: str | None, model_dir: str, manifest: Manifest) -> tuple[str, ...] | None:
+    """The ``vocab`` file's tokens (--vocab), else the model directory's own; checked against the model before
+    anything runs.
 
     None when neither exists (ids only).
     """
-    if args.vocab is not None:
-        return tuple(read_vocab(args.vocab, manifest.vocab_size))
-    tokens = model_vocab(args.model_dir, manifest)
+    if vocab is not None:
+        return tuple(read_vocab(vocab, manifest.vocab_size))
+    tokens = model_vocab(model_dir, manifest)
     return None if tokens is None else tuple(tokens)
 
 
@@ -175,7 +186,7 @@ def _write_counted(examples: list[dict[str, Any]], path: str) -> int:
 
 
 def decode_report(
-    stats: np.ndarray, compare: bool, decoded: int, expected: int, mismatch_examples: int | None,
+    stats: DecodeStats, compare: bool, decoded: int, expected: int, mismatch_examples: int | None,
     reference: float | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """Summary fields from the summed per-length counts, and why the rows do not add up (None if they do).
@@ -185,14 +196,11 @@ def decode_report(
     ``reference``: training's held-out exact match, which the night's rows never trained on are
     checked against (``drift``) when the stats have per-group counts.
     """
-    token_stats = split_stats = None
-    if isinstance(stats, dict):
-        stats, token_stats, split_stats = stats["lengths"], stats["tokens"], stats.get("split")
-    report = length_report(stats, compare)
-    if token_stats is not None:
-        report["baseline"] = baseline_report(token_stats, report["sequences"])
-    if split_stats is not None:
-        report["by_split"] = split_report(split_stats)
+    report = length_report(stats.lengths, compare)
+    if stats.tokens is not None:
+        report["baseline"] = baseline_report(stats.tokens, report["sequences"])
+    if stats.split is not None:
+        report["by_split"] = split_report(stats.split)
         report["drift"] = drift_report(report["by_split"], reference)
     problem = None
     if not report["sequences"] == decoded == expected:

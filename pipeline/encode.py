@@ -14,20 +14,19 @@ from seqcodec.model.heldout import read_split, split_unavailable
 from seqcodec.model.manifest import Manifest, read_manifest
 from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument, job_vocab, training_facts
 from seqcodec.pipeline.finalize import add_finalize
-from seqcodec.pipeline.job import Graph, Job, make_plan, model_dir_fact, row_counts
+from seqcodec.pipeline.job import Graph, Job, JobKind, RoundTrip, make_plan, model_dir_fact, row_counts
 from seqcodec.pipeline.launch import Built
 from seqcodec.pipeline.options import (
     add_table_arguments,
     check_beam_arguments,
     check_extras,
-    check_io_arguments,
-    check_table_arguments,
     job_parser,
     make_pipeline,
     single_worker,
     use_filesystem_options,
 )
 from seqcodec.pipeline.runtime import exit_process, run_cli, setup_logging
+from seqcodec.pipeline.specs import EncodeSpec
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
 from seqcodec.transforms.partition import Partition, partition_path, shard_prefix
@@ -142,46 +141,48 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
     check_beam_arguments(beam_args)  # a typo (or an abbreviation) is a usage error before any input is read
     setup_logging(args.verbose)
     use_filesystem_options(beam_args)
-    check_table_arguments(args, "--output")
-    check_io_arguments(args)
-    ref = TableRef.resolve(args.catalog, args.table) if args.table else None
-    if ref is not None and args.code_dtype != "float32":
+    return build_spec(EncodeSpec.from_args(args), beam_args, pipeline)
+
+
+def build_spec(spec: EncodeSpec, beam_args: list[str], pipeline: beam.Pipeline | None = None) -> Built:
+    """``build`` from the parsed settings: the encode-only checks, the inputs and the model, then the job."""
+    ref = TableRef.resolve(spec.table.catalog, spec.table.name) if spec.table else None
+    if ref is not None and spec.code_dtype != "float32":
         raise ValueError("--table takes float32 codes only (Iceberg has no float16); drop --code-dtype")
-    if args.mismatches < 0 or (args.mismatches and not args.decode):
+    if spec.mismatches < 0 or (spec.mismatches and not spec.decode):
         raise ValueError("--mismatches must be >= 0 and needs --decode")
-    if args.vocab and not args.decode:
+    if spec.vocab and not spec.decode:
         raise ValueError("--vocab needs --decode (codes have no words to show)")
     started = time.time()
-    inputs = inspect_inputs(args.input, args.id_column, args.tokens_column)
-    manifest = read_manifest(args.model_dir)
-    vocab = job_vocab(args, manifest) if args.decode else None
-    split = args.decode and split_unavailable(manifest) is None
+    inputs = inspect_inputs(spec.input, spec.id_column, spec.tokens_column)
+    manifest = read_manifest(spec.model_dir)
+    vocab = job_vocab(spec.vocab, spec.model_dir, manifest) if spec.decode else None
+    split = spec.decode and split_unavailable(manifest) is None
     if split:
-        read_split(args.model_dir, manifest)  # a damaged record stops the job now, not on a worker
-    check_code_dtype(args.code_dtype, manifest.max_length)
+        read_split(spec.model_dir, manifest)  # a damaged record stops the job now, not on a worker
+    check_code_dtype(spec.code_dtype, manifest.max_length)
     if ref is None:
-        partition = Partition(partition_path(args.output, args.run_date))
+        partition = Partition(partition_path(spec.output, spec.run_date))
         partition.check("encode", inputs.paths)
     pipeline = pipeline or make_pipeline(beam_args)
     if ref is not None:  # last of the checks: a table that does not exist yet is created here
-        partition = table_run(ref, args.run_date, inputs, manifest)
+        partition = table_run(ref, spec.run_date, inputs, manifest)
     log.info("encoding %d rows from %d file(s) with model %s (code size %d) into %s",
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
-    job = EncodeJob.from_args(
-        args, inputs, manifest, partition.staging, tokens_column=args.tokens_column, too_long=args.too_long,
-        decode=args.decode, mismatches=args.mismatches, vocab=vocab, code_dtype=args.code_dtype, split=split,
-        run_date_column=args.run_date if ref is not None else None,
+    job = EncodeJob.from_spec(
+        spec, inputs, manifest, partition.staging, tokens_column=spec.tokens_column, too_long=spec.too_long,
+        decode=spec.decode, mismatches=spec.mismatches, vocab=vocab, code_dtype=spec.code_dtype, split=split,
+        run_date_column=spec.run_date if ref is not None else None,
         progress_total=inputs.rows if single_worker(pipeline.options) else None,
     )
     graph = build_pipeline(pipeline, job)
-    facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size, "code_dtype": args.code_dtype,
-             "input_files": len(inputs.paths), "model_dir": model_dir_fact(args.model_dir)}
-    if args.decode:
-        facts.update(training_facts(manifest), beam_width=manifest.config.beam_width(args.beam_width))
-    roundtrip = {"roundtrip": "compare", "expected_folder": "codes"} if args.decode else {}
-    plan = make_plan(args, pipeline, partition, inputs.rows, "codes", "encoded", facts, started,
-                     counted=graph.counted, **roundtrip)
-    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), args.wait)
+    facts = {"model_fingerprint": manifest.fingerprint, "code_size": manifest.code_size, "code_dtype": spec.code_dtype,
+             "input_files": len(inputs.paths), "model_dir": model_dir_fact(spec.model_dir)}
+    if spec.decode:
+        facts.update(training_facts(manifest), beam_width=manifest.config.beam_width(spec.batching.beam_width))
+    plan = make_plan(spec, pipeline, partition, inputs.rows, JobKind.ENCODE, facts, started, graph.counted,
+                     RoundTrip.COMPARE if spec.decode else None)
+    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), spec.wait)
 
 
 def table_run(ref: TableRef, run_date: str, inputs: InputFiles, manifest: Manifest) -> TableRun:

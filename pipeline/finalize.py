@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.pipeline.decode_stage import MISMATCHES, decode_report, heldout_reference, log_drift
-from seqcodec.pipeline.job import Graph, Plan
+from seqcodec.pipeline.decode_stage import MISMATCHES, DecodeStats, decode_report, heldout_reference, log_drift
+from seqcodec.pipeline.job import Graph, JobKind, Plan, RoundTrip
 from seqcodec.pipeline.runtime import EXIT_PIPELINE_FAILED, EXIT_TOO_MANY_REJECTS
 from seqcodec.transforms.parquet_io import read_schema
 from seqcodec.transforms.partition import NOT_PUBLISHED, PUBLISHED, SUMMARY, Partition, PartitionBusy, RunSummary
@@ -49,7 +49,7 @@ def job_counters(counted: tuple[str, ...], counts: dict[str, int]) -> dict[str, 
     return out
 
 
-def finalize(_: None, plan: Plan, written: list[str], counts: dict[str, int], stats: Any = None,
+def finalize(_: None, plan: Plan, written: list[str], counts: dict[str, int], stats: DecodeStats | None = None,
              mismatches: int | None = None) -> dict[str, Any]:
     """Account for every row, record the decision, commit if it says so: the run's summary (as summary.json has it).
 
@@ -91,7 +91,7 @@ def in_folder(written: list[str], folder: str) -> list[str]:
     return sorted(p for p in written if FileSystems.split(FileSystems.split(p)[0])[1] == folder)
 
 
-def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
+def account(plan: Plan, written: list[str], counts: dict[str, int], stats: DecodeStats | None,
             mismatches: int | None) -> RunSummary:
     """The run's summary from the files its writes returned, with the decision: publish, or why not."""
     partition = plan.partition
@@ -116,8 +116,10 @@ def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Any,
             f"{plan.done_label} {done} + rejected {rejected}"
         )
     if plan.roundtrip is not None:
-        expected = written_rows(written, plan.expected_folder) if plan.expected_folder else done
-        fields, problem = decode_report(stats, plan.roundtrip == "compare", written_rows(written, "decoded"),
+        compare = plan.roundtrip is RoundTrip.COMPARE
+        # Comparing, every code written must come back decoded; the decode job's own output is its measure.
+        expected = written_rows(written, JobKind.ENCODE.folder) if compare else done
+        fields, problem = decode_report(stats, compare, written_rows(written, "decoded"),
                                         expected, mismatches, heldout_reference(plan.facts))
         summary.details.update(fields)
         log_drift(fields)

@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import (
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
 from seqcodec.model.data import first_line
 from seqcodec.pipeline.runtime import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, UsageError, check_positive
+from seqcodec.transforms.parquet_io import MAX_BATCH_ROWS
 from seqcodec.transforms.partition import GRACE_SECONDS, check_run_date
 
 DIRECT_RUNNERS = (None, "DirectRunner", "direct")
@@ -67,7 +68,7 @@ def add_io_arguments(parser: argparse.ArgumentParser, table_replaces: str = "") 
                              "decoder (default 1: greedy; a repeat decoder's greedy choice is already the most "
                              "likely, so it ignores K; docs/MODEL.md has what K costs and gains)")
     parser.add_argument("--num-shards", type=int, default=0, help="output shards (default: the runner decides)")
-    parser.add_argument("--max-batch-rows", type=int, default=65536,
+    parser.add_argument("--max-batch-rows", type=int, default=MAX_BATCH_ROWS,
                         help="largest Arrow batch handed to the model at once; bigger row groups are sliced "
                              "(default: %(default)s)")
     parser.add_argument("--run-date", metavar="YYYY-MM-DD",

@@ -26,6 +26,9 @@ log = logging.getLogger("seqcodec")
 
 
 MIN_SPLIT_BYTES, MAX_SPLIT_BYTES = 1 << 20, 64 << 20
+# Rows per Arrow table handed on at once (``--max-batch-rows``): bigger row groups are sliced, which
+# bounds a worker's memory per element.
+MAX_BATCH_ROWS = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +332,7 @@ class ReadBatches(beam.PTransform):
     are merged (within a bundle) up to ``max_rows`` rows.
     """
 
-    def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str, max_rows: int = 65536,
+    def __init__(self, paths: tuple[str, ...], id_column: str, data_column: str, max_rows: int = MAX_BATCH_ROWS,
                  split_bytes: int = MAX_SPLIT_BYTES) -> None:
         super().__init__()
         self.paths, self.columns = paths, [id_column, data_column]
