@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,45 @@ from seqcodec.model.manifest import VOCAB_FILE, Manifest, ModelDirError
 from seqcodec.pipeline.runtime import ArgumentParser, HelpFormatter, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """What `seqcodec train` was asked for, parsed once: every option but --input and --model-dir.
+
+    The parser owns the defaults. None leaves the choice to the data: the vocabulary's measured default
+    (``seqcodec.model.train.defaults_for``), or the size and length the sequences need.
+    """
+
+    tokens_column: str
+    hidden_size: int
+    embedding_size: int | None
+    vocab_size: int | None
+    max_length: int | None
+    bidirectional: bool
+    position_signal: bool
+    decoder: str | None
+    dropout: float | None
+    word_dropout: float | None
+    label_smoothing: float | None
+    weight_decay: float | None
+    splice: float | None
+    sampled_softmax: int | None
+    tie_embeddings: bool | None
+    tie_output: bool | None
+    epochs: int
+    time_budget: float | None  # seconds; 0 or None: no limit
+    validation_fraction: float
+    batch_size: int | None
+    learning_rate: float
+    seed: int
+    vocab: str | os.PathLike | Sequence[str] | None  # a file of one token per line, or the tokens
+    overwrite: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainSpec:
+        """The spec from parsed arguments; the options are checked where they are used (``fit``)."""
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
 
 def train(
@@ -63,19 +103,29 @@ def train(
     decoding shows words without being told; it sets the vocabulary's size. ValueError (one line) for
     bad options or data.
     """
+    # Every keyword is a TrainSpec field (tests/test_library.py holds them to the command's options).
+    spec = TrainSpec(**{name: value for name, value in locals().items() if name not in ("input", "model_dir")})
+    return fit(input, model_dir, spec)
+
+
+def fit(input: str | Sequence[Sequence[int]] | Sequence[np.ndarray], model_dir: str | os.PathLike,
+        spec: TrainSpec) -> Manifest:
+    """``train`` with its options as a TrainSpec: check them and ``model_dir``, read the data, train, write."""
     from seqcodec.model.storage import check_model_dir, own_files
     from seqcodec.model.train import TrainSettings, defaults_for, train_codec  # TensorFlow is imported here
 
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("embedding_size", embedding_size)):
+    for name, value in (("epochs", spec.epochs), ("batch_size", spec.batch_size),
+                        ("embedding_size", spec.embedding_size)):
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if not learning_rate > 0:
-        raise ValueError(f"--learning-rate must be positive, got {learning_rate}")
-    if time_budget is not None and time_budget < 0:
+    if not spec.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be positive, got {spec.learning_rate}")
+    if spec.time_budget is not None and spec.time_budget < 0:
         raise ValueError("--time-budget must be >= 0 seconds")
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
-    check_model_dir(model_dir, overwrite)
+    if not 0 < spec.validation_fraction < 1:
+        raise ValueError(f"--validation-fraction must be between 0 and 1, got {spec.validation_fraction}")
+    check_model_dir(model_dir, spec.overwrite)
+    vocab, vocab_size, max_length = spec.vocab, spec.vocab_size, spec.max_length
     tokens = None
     if vocab is not None:
         tokens = read_vocab(os.fspath(vocab), None) if isinstance(vocab, str | os.PathLike) else list(vocab)
@@ -95,7 +145,7 @@ def train(
             raise ModelDirError(f"model directory {model_dir}: holds a {VOCAB_FILE} that is not the model's and "
                                 f"differs from {named}; move it away first")
     where = input if isinstance(input, str) else "the sequences"
-    data = read_token_sequences(input, tokens_column) if isinstance(input, str) else in_memory(input)
+    data = read_token_sequences(input, spec.tokens_column) if isinstance(input, str) else in_memory(input)
     if len(data) < 4:
         raise ValueError(f"{where}: {len(data)} usable sequences; training needs at least 4")
     seen_vocab = int(data.values.max()) + 1
@@ -109,12 +159,10 @@ def train(
         keep = data.lengths <= max_length
         log.warning("skipping %d sequences longer than --max-length %d", int((~keep).sum()), max_length)
         data = data.take(keep.nonzero()[0])
-    given = {"decoder": decoder, "embedding_size": embedding_size, "batch_size": batch_size, "dropout": dropout,
-             "word_dropout": word_dropout, "label_smoothing": label_smoothing, "weight_decay": weight_decay,
-             "splice": splice, "sampled_softmax": sampled_softmax, "tie_embeddings": tie_embeddings,
-             "tie_output": tie_output}
     # Options left unset take the measured default for this kind of data (letters or words).
-    chosen = {k: default if given[k] is None else given[k] for k, default in defaults_for(vocab_size).items()}
+    measured = defaults_for(vocab_size)
+    given = {name: getattr(spec, name) for name in measured}
+    chosen = {k: default if given[k] is None else given[k] for k, default in measured.items()}
     # Tying is measured with the autoregressive decoder only, so a repeat decoder leaves both off unless
     # asked: --tie-embeddings is then an error (it reads no tokens), --tie-output ties its output layer.
     for name in ("tie_embeddings", "tie_output"):
@@ -123,19 +171,19 @@ def train(
     config = CodecConfig(
         vocab_size=vocab_size,
         max_length=max_length,
-        hidden_size=hidden_size,
+        hidden_size=spec.hidden_size,
         embedding_size=chosen.pop("embedding_size"),
-        bidirectional=bidirectional,
-        position_signal=position_signal,
+        bidirectional=spec.bidirectional,
+        position_signal=spec.position_signal,
         decoder=chosen.pop("decoder"),
     )
     settings = TrainSettings(
-        epochs=epochs,
-        time_budget=time_budget or None,
-        validation_fraction=validation_fraction,
+        epochs=spec.epochs,
+        time_budget=spec.time_budget or None,
+        validation_fraction=spec.validation_fraction,
         batch_size=chosen.pop("batch_size"),
-        learning_rate=learning_rate,
-        seed=seed,
+        learning_rate=spec.learning_rate,
+        seed=spec.seed,
         **chosen,
     )
     return train_codec(data, config, settings, model_dir, tokens)
@@ -235,8 +283,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
-    options = {k: v for k, v in vars(args).items() if k not in ("input", "model_dir", "verbose")}
-    manifest = train(args.input, args.model_dir, **options)
+    manifest = fit(args.input, args.model_dir, TrainSpec.from_args(args))
     metrics = manifest.metrics
     test, train_rows, baseline = metrics["test"], metrics["train"], metrics["baseline"]
     print(json.dumps({"model_dir": args.model_dir, "fingerprint": manifest.fingerprint, "test": test,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import subprocess
@@ -14,6 +15,7 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from conftest import TINY, random_sequences
 
 import seqcodec
+from seqcodec.pipeline.train import TrainSpec
 from seqcodec.pipeline.train import parser as train_parser
 
 
@@ -110,7 +112,7 @@ def test_load_from_a_non_local_filesystem(tiny_model_dir, tiny_codec):
 
 
 def test_train_mirrors_the_command():
-    """Every option of `seqcodec train` is a keyword of seqcodec.train, with the same default."""
+    """Every option of `seqcodec train` is a keyword of seqcodec.train, with the same default, and a TrainSpec field."""
     params = inspect.signature(seqcodec.train).parameters
     for action in train_parser()._actions:
         if action.dest in ("help", "verbose", "input", "model_dir"):
@@ -119,6 +121,8 @@ def test_train_mirrors_the_command():
         assert params[action.dest].default == action.default, action.dest
     assert set(params) - {"input", "model_dir"} == {
         a.dest for a in train_parser()._actions if a.dest not in ("help", "verbose", "input", "model_dir")}
+    # The command and the function both hand their options on as a TrainSpec, every option a field.
+    assert {field.name for field in dataclasses.fields(TrainSpec)} == set(params) - {"input", "model_dir"}
 
 
 def test_train_in_memory_and_loadable(tmp_path):
