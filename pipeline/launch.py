@@ -40,6 +40,7 @@ class Built:
     wait: bool = True
 
     def launch(self) -> int:
+        """Launch the job (``launch``); its exit code."""
         return launch(self.pipeline, self.plan, self.wait)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -17,7 +18,10 @@ import pytest
 from conftest import write_tokens_parquet
 
 import seqcodec
+from seqcodec.model.config import Batching
 from seqcodec.pipeline import decode, encode, train
+from seqcodec.pipeline.specs import DecodeSpec, EncodeSpec, TableSpec
+from seqcodec.transforms.parquet_io import MAX_BATCH_ROWS
 
 REPO = Path(__file__).resolve().parents[1]
 PARSERS = {"train": train.parser, "encode": encode.parser, "decode": decode.parser}
@@ -186,3 +190,17 @@ def test_an_object_store_without_its_extra_names_what_to_install(tmp_path, schem
         f"seqcodec: error: {scheme}://bucket/tokens/*.parquet: {scheme}:// paths need {module}, which is not "
         f"installed: pip install 'seqcodec[{extra}]'")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_jobs_parse_once_into_frozen_specs():
+    """Below the parser the jobs see only typed, frozen settings: --table and its options as one TableSpec."""
+    args = encode.parser().parse_args(["--input", "in", "--output", "out", "--model-dir", "m", "--decode",
+                                       "--batch-tokens", "512", "--beam-width", "3"])
+    spec = EncodeSpec.from_args(args)
+    assert spec.batching == Batching(512, None, False, 0, beam_width=3) and spec.max_batch_rows == MAX_BATCH_ROWS
+    assert spec.decode and spec.table is None and spec.wait
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.decode = False  # type: ignore[misc]
+    args = decode.parser().parse_args(["--table", "ns.codes", "--run-date", "2026-11-26", "--snapshot-id", "7",
+                                       "--output", "out", "--model-dir", "m"])
+    assert DecodeSpec.from_args(args).table == TableSpec("ns.codes", "default", 7)
