@@ -307,19 +307,26 @@ def test_two_runs_finalizing_the_same_date_at_once_end_with_one_run_whole(fresh,
     assert len(codes.scan().to_arrow()) == len(rows_of[winner])
 
 
-def test_a_commit_that_loses_to_another_run_retries_on_top(fresh, inputs, monkeypatch):
-    """Run A plans its commit; run B commits the same date before A does: A's commit fails, A re-reads, wins."""
-    first, rerun = (staged_run(monkeypatch, fresh["argv"](name)) for name in ("first", "rerun"))
+def commit_in_between(monkeypatch, other: dict) -> threading.Event:
+    """Make the next commit finalize ``other`` completely while it is mid-commit (after planning, before
+    writing its snapshot), once; the event is set when that happened."""
     real = pyiceberg.io.pyarrow.parquet_files_to_data_files
     interleaved = threading.Event()
 
-    def b_commits_in_between(*args, **kwargs):
+    def other_commits_in_between(*args, **kwargs):
         if not interleaved.is_set():
             interleaved.set()
-            assert finalize.finalize(None, **rerun)["status"] == "published"  # B, complete, while A is mid-commit
+            assert finalize.finalize(None, **other)["status"] == "published"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pyiceberg.io.pyarrow, "parquet_files_to_data_files", b_commits_in_between)
+    monkeypatch.setattr(pyiceberg.io.pyarrow, "parquet_files_to_data_files", other_commits_in_between)
+    return interleaved
+
+
+def test_a_commit_that_loses_to_another_run_retries_on_top(fresh, inputs, monkeypatch):
+    """Run A plans its commit; run B commits the same date before A does: A's commit fails, A re-reads, wins."""
+    first, rerun = (staged_run(monkeypatch, fresh["argv"](name)) for name in ("first", "rerun"))
+    interleaved = commit_in_between(monkeypatch, rerun)
     assert finalize.finalize(None, **first)["status"] == "published"
     assert interleaved.is_set()
     codes = reader_catalog(fresh["env"]).load_table(TABLE)
@@ -333,16 +340,7 @@ def test_a_commit_that_loses_to_another_run_retries_on_top(fresh, inputs, monkey
 def test_a_commit_that_keeps_losing_gives_up_and_commits_nothing_there(fresh, inputs, monkeypatch):
     """With one attempt allowed, A's commit that loses to B is not retried: A is not published, B stays whole."""
     first, rerun = (staged_run(monkeypatch, fresh["argv"](name)) for name in ("first", "rerun"))
-    real = pyiceberg.io.pyarrow.parquet_files_to_data_files
-    interleaved = threading.Event()
-
-    def b_commits_in_between(*args, **kwargs):
-        if not interleaved.is_set():
-            interleaved.set()
-            assert finalize.finalize(None, **rerun)["status"] == "published"
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pyiceberg.io.pyarrow, "parquet_files_to_data_files", b_commits_in_between)
+    commit_in_between(monkeypatch, rerun)
     monkeypatch.setattr(table_io, "COMMIT_ATTEMPTS", 1)
     result = finalize.finalize(None, **first)
     assert result["status"] == "not published" and result["exit_code"] == 4
