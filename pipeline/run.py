@@ -65,8 +65,7 @@ class Job:
         """The job from the shared command-line options (add_io_arguments) plus the job's ``own`` fields."""
         return cls(
             inputs=inputs, model_dir=args.model_dir, manifest=manifest, staging=staging, id_column=args.id_column,
-            batching=Batching(args.batch_tokens, args.batch_size, args.xla, args.tf_threads,
-                              beam_width=args.beam_width),
+            batching=Batching(args.batch_tokens, args.batch_size, args.tf_threads, beam_width=args.beam_width),
             num_shards=args.num_shards, max_batch_rows=args.max_batch_rows, **own,
         )
 
