@@ -158,9 +158,8 @@ class CodecEncoderHandler(CodecHandler):
 
     Each element is already a batch (one Parquet row group or a slice of it), so RunInference
     is told not to batch further; inside, the codec sorts the rows by length, pads per bucket
-    and runs its compiled encoder. The model directory may be on any Beam filesystem.
+    and runs the encoder (the numpy engine). The model directory may be on any Beam filesystem.
     """
-
 
     def __init__(self, model_dir: str, batching: Batching | None = None, total_rows: int | None = None,
                  code_dtype: str = "float32") -> None:
@@ -222,11 +221,10 @@ class CodecDecoderHandler(CodecHandler):
     """Arrow table of valid (id, code) rows in, Arrow table of (id, tokens) out.
 
     Like the encoder's handler, each element is already a batch; the codec sorts its rows by
-    length, cuts them into batches and runs the compiled decoder. With ``compare`` the input
+    length, cuts them into batches and runs the decoder. With ``compare`` the input
     also holds the original ``tokens``; the output then keeps them as ``original`` and adds
     ``correct``, the number of positions each decoded row got right.
     """
-
 
     def __init__(self, model_dir: str, batching: Batching | None = None, compare: bool = False,
                  total_rows: int | None = None) -> None:
