@@ -41,6 +41,7 @@ def tf_engine(needs: str) -> Any:
 
 
 def _read(model_dir: str, path: Path) -> NetworkArrays | None:
+    """A saved network's layers and arrays (None: layers only Keras reads); ModelDirError if missing or damaged."""
     if not path.is_file():
         raise ModelDirError(f"model directory {model_dir}: {path.name} is missing")
     try:
