@@ -38,6 +38,7 @@ class NetworkArrays:
 
     layers: list[dict[str, Any]]
     arrays: dict[str, list[np.ndarray]]
+    ordered: list[np.ndarray] | None = None  # every weight in Keras' order, where Keras gave it (live models)
 
     def layer(self, name: str) -> dict[str, Any] | None:
         """A layer's own config (activation, units, ...) by name, or None."""
@@ -48,6 +49,8 @@ class NetworkArrays:
 
     def in_order(self) -> list[np.ndarray]:
         """Every weight in Keras' order (``model.weights``): layer by layer, each layer's own order."""
+        if self.ordered is not None:
+            return self.ordered
         return [array for layer in self.layers for array in self.arrays.get(layer["config"]["name"], [])]
 
 
@@ -99,8 +102,14 @@ def read_keras_file(path: str | os.PathLike) -> NetworkArrays | None:
 
 
 def live_arrays(model: Any) -> NetworkArrays:
-    """A live Keras functional model's layers and current weights (``get_config``, ``get_weights``)."""
-    return NetworkArrays(model.get_config()["layers"], {layer.name: layer.get_weights() for layer in model.layers})
+    """A live Keras model's layers (a functional model's config; none for other kinds, which numpy does not
+    run) and its current weights, by layer and in ``model.weights`` order."""
+    try:
+        layers = model.get_config().get("layers", [])
+    except NotImplementedError:  # a subclassed model without a config
+        layers = []
+    return NetworkArrays(layers, {layer.name: layer.get_weights() for layer in model.layers},
+                         [np.asarray(weight) for weight in model.weights])
 
 
 def fingerprint(config: CodecConfig, encoder: NetworkArrays, decoder: NetworkArrays) -> str:
