@@ -27,16 +27,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from seqcodec.model.data import read_token_sequences
-    from seqcodec.model.storage import load_codec
+    from seqcodec.model.loader import load
     from seqcodec.model.train import split
 
-    base = load_codec(args.model_dir)
+    base = load(args.model_dir)
     settings = base.manifest.metrics["settings"]
     _, _, test = split(read_token_sequences(args.input), settings["validation_fraction"], settings["seed"])
     reported = base.manifest.metrics["test"]
     codes = base.encode_flat(test.values, test.offsets)
     widths = [int(w) for w in args.widths.split(",")]
-    codecs = {w: load_codec(args.model_dir, beam_width=w) for w in widths}
+    codecs = {w: load(args.model_dir, beam_width=w) for w in widths}
     results: dict[int, dict] = {w: {"seconds": []} for w in widths}
     for round_ in range(args.rounds):
         for w in widths if round_ % 2 == 0 else widths[::-1]:

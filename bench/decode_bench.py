@@ -29,10 +29,10 @@ from bench.make_rows import ensure_rows
 
 def in_memory(model_dir: Path, data: Path, rows: int, rounds: int) -> dict:
     """Encode and decode the same sequences with the batched codec, interleaved; sequences per second."""
-    from seqcodec.model.storage import load_codec
+    from seqcodec.model.loader import load
     from seqcodec.transforms.inference import flat_tokens
 
-    codec = load_codec(model_dir)
+    codec = load(model_dir)
     tokens = pq.read_table(data, columns=["tokens"]).column("tokens").slice(0, rows)
     values, offsets = flat_tokens(tokens)
     codes = codec.encode_flat(values, offsets)  # warm-up (traces) and the decoder's input
@@ -51,14 +51,11 @@ def in_memory(model_dir: Path, data: Path, rows: int, rounds: int) -> dict:
 
 def budget_sweep(model_dir: Path, data: Path, rows: int, rounds: int, budgets: list[int]) -> dict:
     """The numpy decoder at each token budget on the same codes, rounds alternating; rows/s and ratios to the last."""
-    from seqcodec.model.numpy_decoder import load_decoder
-    from seqcodec.model.numpy_encoder import load_encoder
+    from seqcodec.model.loader import load
     from seqcodec.transforms.inference import flat_tokens
 
-    encoder = load_encoder(model_dir)
-    decoders = {b: load_decoder(model_dir, token_budget=b) for b in budgets}
-    if encoder is None or None in decoders.values():
-        raise SystemExit(f"{model_dir}: no file digests in its manifest; save it again with this version")
+    encoder = load(model_dir)
+    decoders = {b: load(model_dir, token_budget=b) for b in budgets}
     tokens = pq.read_table(data, columns=["tokens"]).column("tokens").slice(0, rows)
     codes = encoder.encode_flat(*flat_tokens(tokens))
     decoders[budgets[-1]].decode_flat(codes[:1000])
@@ -81,19 +78,18 @@ def budget_sweep(model_dir: Path, data: Path, rows: int, rounds: int, budgets: l
 def factors(model_dir: Path, data: Path, rows: int, rounds: int) -> dict:
     """The numpy decoder with its output layer in two factors against the same layer as one product,
     rounds alternating; rows/s, the ratio, and how many tokens differ."""
-    from seqcodec.model.numpy_decoder import load_decoder
-    from seqcodec.model.numpy_encoder import load_encoder
+    from seqcodec.model.codec import SequenceCodec
+    from seqcodec.model.engine import NumpyDecoder
+    from seqcodec.model.loader import load
     from seqcodec.transforms.inference import flat_tokens
 
-    encoder, factored, whole = load_encoder(model_dir), load_decoder(model_dir), load_decoder(model_dir)
-    if encoder is None or factored is None or whole is None:
-        raise SystemExit(f"{model_dir}: no file digests in its manifest; save it again with this version")
-    weights = factored.weights()
+    encoder = factored = load(model_dir)
+    weights = factored.decoder.weights
     if weights.output_left is None:
         raise SystemExit(f"{model_dir}: its output layer is full rank; --factors compares a tied one")
     product = np.vstack([weights.output_left @ weights.output[:-1], weights.output[-1:]])
     one = dataclasses.replace(weights, output_left=None, output=np.ascontiguousarray(product, np.float32))
-    whole.weights = lambda: one
+    whole = SequenceCodec(factored.encoder, NumpyDecoder(one), factored.config)
     tokens = pq.read_table(data, columns=["tokens"]).column("tokens").slice(0, rows)
     codes = encoder.encode_flat(*flat_tokens(tokens))
     factored.decode_flat(codes[:1000])

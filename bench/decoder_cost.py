@@ -22,13 +22,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from seqcodec.model.storage import load_codec
+    from seqcodec.model.loader import load
     from seqcodec.transforms.inference import flat_tokens
 
     tokens = pq.read_table(args.data, columns=["tokens"]).column("tokens").slice(0, args.rows)
     values, offsets = flat_tokens(tokens)
     rows = len(tokens)
-    codecs = {m: load_codec(m) for m in args.model_dirs}
+    codecs = {m: load(m) for m in args.model_dirs}
     codes = {m: c.encode_flat(values, offsets) for m, c in codecs.items()}
     for m, c in codecs.items():  # warm-up: traces
         c.decode_flat(codes[m][: min(rows, 600)])

@@ -161,8 +161,7 @@ def _vm_hwm_kib(pid: int) -> int:
 
 def snapshot_model(model_dir: Path, work: Path) -> Path:
     """A private copy of a local model directory, so a model replaced mid-run cannot mix two models."""
-    from seqcodec.model.manifest import MANIFEST, read_manifest
-    from seqcodec.model.storage import DECODER_FILE, ENCODER_FILE
+    from seqcodec.model.manifest import DECODER_FILE, ENCODER_FILE, MANIFEST, read_manifest
 
     fingerprint = read_manifest(model_dir).fingerprint
     copy = work / f"model-{fingerprint}"
@@ -191,17 +190,15 @@ def resolve_model(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        from seqcodec.model.codec import SequenceCodec
         from seqcodec.model.config import CodecConfig
-        from seqcodec.model.network import build_decoder, build_encoder
+        from seqcodec.model.network import build_network
         from seqcodec.model.storage import save_codec
         from seqcodec.model.tfenv import keras
 
         longest = int(pc.max(pc.list_value_length(pq.read_table(SAMPLE, columns=["tokens"])["tokens"])).as_py())
         config = CodecConfig(vocab_size=26, max_length=longest, hidden_size=args.hidden_size, embedding_size=64)
         keras.utils.set_random_seed(0)
-        codec = SequenceCodec(build_encoder(config), build_decoder(config), config)
-        save_codec(codec, path, extra={"note": "random initialisation, for speed benchmarks only"})
+        save_codec(build_network(config), path, extra={"note": "random initialisation, for speed benchmarks only"})
     return path, f"random init, hidden {args.hidden_size}"
 
 
@@ -271,9 +268,9 @@ def variant_main(argv: list[str]) -> int:
         """The seed's shape: one dict per row, the encoder called once per element."""
 
         def setup(self):
-            from seqcodec.model.storage import load_codec
+            from seqcodec.model.loader import load
 
-            self.codec = load_codec(model_dir)
+            self.codec = load(model_dir)
 
         def process(self, row):
             yield as_row(row["id"], self.codec.encode([row["tokens"]])[0])
@@ -285,17 +282,16 @@ def variant_main(argv: list[str]) -> int:
             super().__init__(min_batch_size=args.batch_size, max_batch_size=args.batch_size)
 
         def load_model(self):
-            from seqcodec.model.storage import load_codec
+            from seqcodec.model.manifest import ENCODER_FILE
+            from seqcodec.model.tf_engine import KerasEncoder, load_network_file
 
-            return load_codec(model_dir)
+            return KerasEncoder(load_network_file(str(model_dir), Path(model_dir) / ENCODER_FILE))
 
         def run_inference(self, batch, model, inference_args=None):
-            from seqcodec.model.tfenv import tf
-
             ids = np.zeros((len(batch), max_length), dtype=np.int32)
             for i, tokens in enumerate(batch):
                 ids[i, : len(tokens)] = np.asarray(tokens) + 1
-            codes = model._encode_fn(tf.constant(ids)).numpy()
+            codes = model(ids)
             return [PredictionResult(x, y) for x, y in zip(batch, codes, strict=True)]
 
     pipeline = make_pipeline([])
@@ -340,15 +336,17 @@ class Bench:
 
     def setup(self) -> None:
         from seqcodec.model.data import TokenSequences
-        from seqcodec.model.manifest import read_manifest
-        from seqcodec.model.storage import load_codec
+        from seqcodec.model.loader import load
+        from seqcodec.model.manifest import ENCODER_FILE, read_manifest
+        from seqcodec.model.tf_engine import KerasEncoder, load_network_file
         from seqcodec.model.tfenv import tf
         from seqcodec.transforms.inference import flat_tokens
 
         self.tf = tf
         self.model_dir, origin = resolve_model(self.args, self.work)
         manifest = read_manifest(self.model_dir)
-        self.codec = load_codec(self.model_dir)
+        self.codec = load(self.model_dir)
+        self.keras_encoder = KerasEncoder(load_network_file(str(self.model_dir), Path(self.model_dir) / ENCODER_FILE))
         self.input = self.data(self.args.rows)
         import pyarrow.parquet as pq
 
@@ -408,22 +406,22 @@ class Bench:
         """(a) batch sweep, (b) predict per sequence and (c) a compiled call per sequence, round-robin."""
         from seqcodec.model.batches import pad_shifted
 
-        tf, codec = self.tf, self.codec
         rng = np.random.default_rng(1)
         picks = rng.choice(self.n, size=max(self.args.predict_rows, self.args.call_rows), replace=False)
         singles = [pad_shifted(self.values, self.offsets, np.array([i])) for i in picks]
-        codec.encoder.predict(singles[0], verbose=0)  # build keras' predict function once
+        keras_encoder = self.keras_encoder
+        keras_encoder.model.predict(singles[0], verbose=0)  # build keras' predict function once
 
         def predict_rate() -> float:
             started = time.perf_counter()
             for x in singles[: self.args.predict_rows]:
-                codec.encoder.predict(x, verbose=0)
+                keras_encoder.model.predict(x, verbose=0)
             return self.args.predict_rows / (time.perf_counter() - started)
 
         def call_rate() -> float:
             started = time.perf_counter()
             for x in singles[: self.args.call_rows]:
-                codec._encode_fn(tf.constant(x)).numpy()
+                keras_encoder(x)
             return self.args.call_rows / (time.perf_counter() - started)
 
         sweep_rows = min(self.args.sweep_rows, self.n)

@@ -51,15 +51,14 @@ def main() -> int:
         args = args[2:]
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
-    from seqcodec.model.numpy_decoder import NumpyDecoder
-    from seqcodec.model.numpy_encoder import NumpyEncoder
+    from seqcodec.model.codec import SequenceCodec
     from seqcodec.pipeline import decode, encode, finalize, job, launch
     from seqcodec.pipeline.cli import main as cli
 
     events: list[tuple[float, str]] = []
     stages: list[tuple[float, float, str]] = []
-    wrap(NumpyEncoder, "encode_flat", events, "model call")
-    wrap(NumpyDecoder, "decode_flat", events, "model call")
+    wrap(SequenceCodec, "encode_flat", events, "model call")
+    wrap(SequenceCodec, "decode_flat", events, "model call")
     for module in (encode, decode):
         wrap(module, "build_pipeline", events, "build the graph")
     wrap(launch, "launch", events, "run the pipeline")

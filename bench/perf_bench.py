@@ -1,13 +1,12 @@
-"""The model step against the machine: XLA vs today's path, token budgets, small inputs, workers and threads.
+"""The model step against the machine: the engines, token budgets, small inputs, workers and threads.
 
 One run measures, as ratios within the run (the machine is shared: medians of alternating rounds):
 
   peak     a large float32 matmul, GFLOP/s: the machine's ceiling, next to every codec figure
-  memory   in memory, encode and decode: today's path (graph function, batch 512) against the new ones
-           (token budget, fused steps, the numpy encoder, XLA on fixed shapes), same rows; codes within
-           1e-5, identical lengths and tokens;
-           XLA compiles counted and timed; the codec's achieved GFLOP/s
-  budget   in-memory encode (XLA) per token budget, to pick the default
+  memory   in memory, encode and decode: the Keras layers as a TensorFlow graph (batch 512, the reference)
+           against the numpy engine (batch 512 and the token budget), same rows; codes within 1e-5,
+           identical lengths and tokens; the codec's achieved GFLOP/s
+  budget   in-memory encode and decode (numpy engine) per token budget, to pick the default
   ratio    only the 1M-row job between in-memory runs, ``--job-repeats`` times (a few minutes); with
            ``--before-tree`` and/or ``--ratio-variant`` other jobs alternate with it
   gap      where the job loses against the in-memory rate, in one process on ``--gap-rows`` rows: one
@@ -80,34 +79,42 @@ def decode_flops(config: Any, tokens: int) -> float:
     return tokens * (2 * (hidden + hidden) * 4 * hidden + 2 * hidden * config.vocab_size)
 
 
-TODAY = "today (Keras steps, graph, batch 512)"
+TODAY = "Keras layers, TensorFlow graph, batch 512"
 
 
 def in_memory(model_dir: Path, data: Path, rows: int, rounds: int, variants_: dict[str, dict]) -> dict[str, Any]:
-    """Variants of SequenceCodec against today's path, encode and decode, alternating rounds; GFLOP/s."""
+    """Codecs against the Keras layers' graph, encode and decode, alternating rounds; GFLOP/s.
+
+    ``variants_``: name -> ``loader.load`` options; an ``engine`` of "keras" runs the Keras layers instead.
+    """
     from seqcodec.model.codec import SequenceCodec
-    from seqcodec.model.storage import load_codec
+    from seqcodec.model.loader import load
+    from seqcodec.model.manifest import DECODER_FILE, ENCODER_FILE
+    from seqcodec.model.tf_engine import KerasDecoder, KerasEncoder, load_network_file
     from seqcodec.transforms.inference import flat_tokens
 
-    base = load_codec(model_dir)
+    base = load(model_dir)
     values, offsets = flat_tokens(pq.read_table(data, columns=["tokens"]).column("tokens").slice(0, rows))
     tokens = int(offsets[-1])
 
-    def codec(**options: Any) -> SequenceCodec:
-        return SequenceCodec(base.encoder, base.decoder, base.config, **options)
+    def codec(engine: str = "numpy", **options: Any) -> SequenceCodec:
+        if engine == "numpy":
+            return load(model_dir, **options)
+        encoder, decoder = (load_network_file(str(model_dir), model_dir / name)
+                            for name in (ENCODER_FILE, DECODER_FILE))
+        return SequenceCodec(KerasEncoder(encoder), KerasDecoder(decoder, base.config), base.config, **options)
 
-    variants = {TODAY: codec(batch_size=512, fused=False)}
+    variants = {TODAY: codec("keras", batch_size=512)}
     variants.update({name: codec(**options) for name, options in variants_.items()})
     reference = variants[TODAY].encode_flat(values, offsets)
     reference_tokens = variants[TODAY].decode_flat(reference)[0]
     checks = {}
-    for name, c in variants.items():  # warm-up: traces and XLA compiles happen here, counted per variant
+    for name, c in variants.items():  # warm-up: graph traces happen here
         codes = c.encode_flat(values, offsets)
         decoded, decoded_offsets = c.decode_flat(reference)
         checks[name] = {"max_code_diff": float(np.abs(codes - reference).max()),
                         "lengths_identical": bool((codes[:, 0] == reference[:, 0]).all()),
-                        "decoded_identical": bool(np.array_equal(decoded, reference_tokens)),
-                        "compiles": c.compile_stats()}
+                        "decoded_identical": bool(np.array_equal(decoded, reference_tokens))}
         log(f"  {name}: {checks[name]}")
     # Rows per wall second, and per CPU second of this process (all its threads): on a shared machine
     # the second is disturbed far less by other people's load.
@@ -181,12 +188,12 @@ def job(name: str, inputs: str, model_dir: Path, work: Path, extra: list[str] | 
 
 
 def new_rate(model_dir: Path, data: Path, rows: int) -> float:
-    """The new in-memory encode rate (XLA, default budget) on the first ``rows`` rows, as a subprocess."""
+    """The in-memory encode rate (numpy engine, default budget) on the first ``rows`` rows, as a subprocess."""
     import subprocess
     import sys
 
-    code = ("import sys,time;import pyarrow.parquet as pq;from seqcodec.model.storage import load_codec;"
-            "from seqcodec.transforms.inference import flat_tokens;c=load_codec(sys.argv[1]);"
+    code = ("import sys,time;import pyarrow.parquet as pq;from seqcodec.model.loader import load;"
+            "from seqcodec.transforms.inference import flat_tokens;c=load(sys.argv[1]);"
             "v,o=flat_tokens(pq.read_table(sys.argv[2],columns=['tokens']).column('tokens').slice(0,int(sys.argv[3])));"
             "c.encode_flat(v,o[:20001]);t=time.perf_counter();c.encode_flat(v,o);"
             "print(int(sys.argv[3])/(time.perf_counter()-t))")
@@ -275,12 +282,12 @@ def gap(model_dir: Path, work: Path, rows: int, rounds: int) -> dict[str, Any]:
     Variants alternate within each round; ratios are to that round's single call. The writer is the
     job's (``BackgroundWriter`` with ``writer_options``), writing a real file under ``work``.
     """
-    from seqcodec.model.numpy_encoder import load_encoder
+    from seqcodec.model.loader import load
     from seqcodec.transforms.formats import codes_table
     from seqcodec.transforms.inference import flat_tokens
     from seqcodec.transforms.parquet_sink import BackgroundWriter, writer_options
 
-    encoder = load_encoder(model_dir)
+    encoder = load(model_dir)
     table = pq.read_table(make_or_reuse(work / "data" / "perf-1000000.parquet", 1_000_000, 65_536)).slice(0, rows)
     ids, tokens = table.column("id").combine_chunks(), table.column("tokens").combine_chunks()
     values, offsets = flat_tokens(tokens)
@@ -346,8 +353,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=60_000, help="in-memory rows")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sweep", default="4096,8192,16384,32768,65536", help="token budgets in 'budget'")
-    parser.add_argument("--xla-variant", action=argparse.BooleanOptionalAction, default=True,
-                        help="include the XLA variant in 'memory' (it compiles for minutes on a busy machine)")
     parser.add_argument("--big-rows", type=int, default=1_000_000)
     parser.add_argument("--small-rows", type=int, default=200_000)
     parser.add_argument("--job-repeats", type=int, default=2)
@@ -369,18 +374,16 @@ def main() -> None:
         result["matmul_gflops"] = [round(matmul_peak(), 1) for _ in range(3)]
         log(f"float32 matmul 2048^3: {result['matmul_gflops']} GFLOP/s")
     if "memory" in parts:
-        log("in memory: today's path vs XLA + token budget")
+        log("in memory: the Keras layers' graph vs the numpy engine")
         result["memory"] = in_memory(model_dir, data, args.rows, args.rounds, {
-            "Keras steps, token budget (default 16384)": {"fused": False},
-            "fused, batch 512": {"batch_size": 512},
-            "fused TensorFlow graphs, token budget": {"numpy": False},
-            "fused, token budget (default: numpy encoder and decoder)": {},
-            **({"fused + XLA, token budget": {"xla": True}} if args.xla_variant else {}),
+            "Keras layers, TensorFlow graph, token budget": {"engine": "keras"},
+            "numpy engine, batch 512": {"batch_size": 512},
+            "numpy engine, token budget (default)": {},
         })
     if "budget" in parts:
-        log("in memory: token budget sweep (XLA)")
+        log("in memory: token budget sweep (numpy engine)")
         result["budget"] = in_memory(model_dir, data, args.rows, args.rounds,
-                                     {f"fused, budget {b}": {"token_budget": int(b)} for b in args.sweep.split(",")}
+                                     {f"numpy, budget {b}": {"token_budget": int(b)} for b in args.sweep.split(",")}
                                      )["table"]
     if "peak" in parts:
         result["matmul_gflops_end"] = round(matmul_peak(), 1)

@@ -38,10 +38,10 @@ def memory_main(input_path: str, model_dir: str) -> None:
     """Child: encode every row in memory with the codec alone."""
     import pyarrow.parquet as pq
 
-    from seqcodec.model.storage import load_codec
+    from seqcodec.model.loader import load
     from seqcodec.transforms.inference import flat_tokens
 
-    codec = load_codec(model_dir)
+    codec = load(model_dir)
     values, offsets = flat_tokens(pq.read_table(input_path, columns=["tokens"]).column("tokens"))
     started = time.perf_counter()
     codec.encode_flat(values, offsets)

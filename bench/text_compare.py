@@ -25,10 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqcodec.model.codec import SequenceCodec  # noqa: E402
 from seqcodec.model.config import CodecConfig  # noqa: E402
 from seqcodec.model.data import TokenSequences, read_token_sequences  # noqa: E402
-from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder  # noqa: E402
+from seqcodec.model.network import Network, build_autoencoder, build_decoder, build_encoder  # noqa: E402
 from seqcodec.model.tfenv import keras  # noqa: E402
 from seqcodec.model.train import bucketed_dataset, evaluate, split  # noqa: E402
 
@@ -52,7 +51,7 @@ def concat(a: TokenSequences, b: TokenSequences) -> TokenSequences:
 
 
 class Run:
-    """One variant: its model, codec, batch stream and curves."""
+    """One variant: its model, network, batch stream and curves."""
 
     def __init__(self, key: str, config: CodecConfig, train: TokenSequences, batch_size: int, lr: float) -> None:
         keras.utils.set_random_seed(0)
@@ -63,7 +62,7 @@ class Run:
         self.autoencoder.compile(
             optimizer=self.optimizer, loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=False
         )
-        self.codec = SequenceCodec(encoder, decoder, config)
+        self.network = Network(encoder, decoder, config)
         dataset, self.steps = bucketed_dataset(train, batch_size, seed=0)  # same batches for every variant
         self.batches = iter(dataset)
         self.result = {
@@ -85,7 +84,7 @@ class Run:
             losses.append(float(self.autoencoder.train_on_batch(x, y, sample_weight=w)))
         seconds = time.monotonic() - start
         start = time.monotonic()
-        scores = evaluate(self.codec, heldout)
+        scores = evaluate(self.network.codec(), heldout)
         r = self.result
         r["eval_seconds_by_epoch"].append(round(time.monotonic() - start, 2))
         r["seconds_by_epoch"].append(round(seconds, 2))

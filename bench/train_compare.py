@@ -19,10 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seqcodec.model.batches import pad_shifted  # noqa: E402
-from seqcodec.model.codec import SequenceCodec  # noqa: E402
 from seqcodec.model.config import CodecConfig  # noqa: E402
 from seqcodec.model.data import read_token_sequences  # noqa: E402
-from seqcodec.model.network import build_autoencoder, build_decoder, build_encoder  # noqa: E402
+from seqcodec.model.network import Network, build_autoencoder, build_decoder, build_encoder  # noqa: E402
 from seqcodec.model.tfenv import keras  # noqa: E402
 from seqcodec.model.train import bucketed_dataset, evaluate, split  # noqa: E402
 
@@ -39,7 +38,7 @@ def build(config: CodecConfig, lr: float = 2e-3):
     autoencoder = build_autoencoder(encoder, decoder)
     autoencoder.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
                         loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=False)
-    return autoencoder, SequenceCodec(encoder, decoder, config)
+    return autoencoder, Network(encoder, decoder, config)
 
 
 def compare_variants(train, val, epochs: int, batch_size: int) -> dict:
@@ -47,7 +46,7 @@ def compare_variants(train, val, epochs: int, batch_size: int) -> dict:
     for name, kwargs in VARIANTS.items():
         keras.utils.set_random_seed(0)
         config = CodecConfig(vocab_size=26, max_length=int(train.lengths.max()), embedding_size=64, **kwargs)
-        autoencoder, codec = build(config)
+        autoencoder, network = build(config)
         dataset, steps = bucketed_dataset(train, batch_size, seed=0)
         curve, seconds = [], []
         iterator = iter(dataset)
@@ -57,7 +56,7 @@ def compare_variants(train, val, epochs: int, batch_size: int) -> dict:
                 x, y, w = next(iterator)
                 autoencoder.train_on_batch(x, y, sample_weight=w)
             seconds.append(time.monotonic() - start)
-            curve.append(evaluate(codec, val)["exact_match"])
+            curve.append(evaluate(network.codec(), val)["exact_match"])
             print(f"{name}: epoch {len(curve)} exact {curve[-1]:.4f} ({seconds[-1]:.0f}s)", flush=True)
         results[name] = {"val_exact_match_by_epoch": curve, "seconds_by_epoch": seconds,
                          "params": autoencoder.count_params()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 from bench.train_jit import word_step_setup
+from seqcodec.model import names
 from seqcodec.model.config import CodecConfig
 from seqcodec.model.network import build_decoder, build_encoder
 from seqcodec.model.tfenv import keras, tf
@@ -24,7 +25,7 @@ def timed_step(config: CodecConfig, batch, samples: int, steps: int) -> float:
     keras.utils.set_random_seed(0)
     encoder, decoder = build_encoder(config, 0.1), build_decoder(config, 0.1)
     hidden = keras.Model(decoder.inputs, decoder.get_layer("output_dropout").output)
-    dense = decoder.get_layer("token_probs")
+    dense = decoder.get_layer(names.TOKEN_PROBS)
     (ids, previous), targets, weights = batch
     variables = encoder.trainable_variables + decoder.trainable_variables
     optimizer = keras.optimizers.Adam(2e-3, clipnorm=1.0)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from seqcodec.model.numpy_encoder import load_encoder
+from seqcodec.model.loader import load
 from seqcodec.transforms.formats import codes_table
 from seqcodec.transforms.inference import flat_tokens
 from seqcodec.transforms.parquet_sink import writer_options
@@ -55,9 +55,7 @@ def main() -> None:
     parser.add_argument("--input", default="/tmp/seqcodec-bench/data/perf-1000000.parquet")
     args = parser.parse_args()
     rows = pq.ParquetFile(args.input).read_row_group(0).slice(0, 65_536)
-    encoder = load_encoder(args.model_dir)
-    if encoder is None:
-        raise SystemExit(f"{args.model_dir}: no file digests in its manifest; save it again with this version")
+    encoder = load(args.model_dir)
     codes = encoder.encode_flat(*flat_tokens(rows.column("tokens")))
     table = codes_table(rows.column("id").combine_chunks(), codes)
     start = time.perf_counter()

@@ -1,1 +1,2 @@
-"""The Keras LSTM sequence codec: build, batched encode/decode, train, save and load."""
+"""The codec: a TensorFlow-free inference half (config, manifest, batches, engine, names, weights, codec, loader)
+and a Keras half that depends on it (layers, network, tf_engine, storage, train)."""

@@ -1,4 +1,4 @@
-"""The codec's shape (vocabulary, lengths, layer sizes) and how it runs (batching, XLA, threads)."""
+"""The codec's shape (vocabulary, lengths, layer sizes) and how it runs (batching, threads, beam width)."""
 
 from __future__ import annotations
 
@@ -86,21 +86,20 @@ DEFAULT_TOKEN_BUDGET = 16384
 
 @dataclasses.dataclass(frozen=True)
 class Batching:
-    """How a worker runs the codec: batch size in padded tokens (and rows), XLA or not, threads, beam width.
+    """How a worker runs the codec: batch size in padded tokens (and rows), threads, beam width.
 
-    ``batch_size`` caps the rows per model call (and turns XLA off). ``tf_threads`` (``--tf-threads``)
-    sizes both the numpy encoder's thread pool and TensorFlow's; 0 means one share of the
+    ``batch_size`` caps the rows per model call. ``tf_threads`` (``--tf-threads``)
+    sizes both the numpy engine's thread pool and TensorFlow's; 0 means one share of the
     machine's cores per worker process (``workers``): ``threads_per_process``.
     """
 
     token_budget: int = DEFAULT_TOKEN_BUDGET
     batch_size: int | None = None
-    xla: bool = False
     tf_threads: int = 0
     workers: int = 1
     beam_width: int = 1
 
     def codec_options(self) -> dict[str, Any]:
-        """Keyword arguments for SequenceCodec / load_codec."""
-        return {"token_budget": self.token_budget, "batch_size": self.batch_size, "xla": self.xla,
+        """Keyword arguments for ``loader.load``."""
+        return {"token_budget": self.token_budget, "batch_size": self.batch_size,
                 "beam_width": self.beam_width, "threads": threads_per_process(self.tf_threads, self.workers)}

@@ -136,23 +136,30 @@ def parse_manifest(text: str | bytes, where: str) -> Manifest:
 def read_manifest(model_dir: str | os.PathLike) -> Manifest:
     """Read and check ``manifest.json`` of a model directory on any Beam filesystem (local, gs://, s3://).
 
-    ModelDirError (one line naming the directory) if it is missing, corrupt or incompatible.
+    ModelDirError (one line naming the directory) if it is missing, corrupt or incompatible. A local
+    directory is read without Beam, whose import alone takes seconds.
     """
-    from apache_beam.io.filesystems import FileSystems  # only here: the rest of model/ does not need Beam
-
     from seqcodec.model.data import first_line
 
     model_dir = os.fspath(model_dir)
     where = f"model directory {model_dir}"
-    if "://" not in model_dir and not os.path.isdir(model_dir):
-        raise ModelDirError(f"{where}: does not exist or is not a directory")
+    if "://" not in model_dir:
+        if not os.path.isdir(model_dir):
+            raise ModelDirError(f"{where}: does not exist or is not a directory")
+        try:
+            with open(os.path.join(model_dir, MANIFEST), "rb") as handle:
+                return parse_manifest(handle.read(), where)
+        except FileNotFoundError:
+            raise ModelDirError(f"{where}: no {MANIFEST} (not a seqcodec model)") from None
+        except OSError as exc:
+            raise ModelDirError(f"{where}: no readable {MANIFEST} ({first_line(exc)})") from None
+    from apache_beam.io.filesystems import FileSystems  # only for remote directories
+
     path = FileSystems.join(model_dir, MANIFEST)
     try:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             text = handle.read()
     except Exception as exc:  # FileSystems raises its own types per scheme
-        if "://" not in model_dir and not os.path.exists(path):
-            raise ModelDirError(f"{where}: no {MANIFEST} (not a seqcodec model)") from None
         if not FileSystems.exists(model_dir):
             raise ModelDirError(f"{where}: does not exist") from None
         raise ModelDirError(f"{where}: no readable {MANIFEST} ({first_line(exc)})") from None

@@ -1,8 +1,10 @@
-"""The saved model directory: encoder.keras, decoder.keras and manifest.json, checked on load."""
+"""Write a model directory (encoder.keras, decoder.keras, manifest.json): the Keras half of the model contract.
+
+``loader.py`` reads it back without TensorFlow.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -11,13 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-import seqcodec.model.layers  # noqa: F401  (registers the custom layers before any .keras file is read)
-from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
-from seqcodec.model.data import first_line
 from seqcodec.model.heldout import SPLIT_FILE, split_bytes, split_facts
 from seqcodec.model.manifest import (
     DECODER_FILE,
@@ -27,22 +25,16 @@ from seqcodec.model.manifest import (
     VOCAB_FILE,
     Manifest,
     ModelDirError,
-    localize_model_dir,
-    read_manifest,
 )
-from seqcodec.model.numpy_encoder import file_digest
+from seqcodec.model.network import Network
 from seqcodec.model.tfenv import keras, tf
+from seqcodec.model.weights import file_digest, live_arrays
+from seqcodec.model.weights import fingerprint as arrays_fingerprint
 
 
 def fingerprint(config: CodecConfig, encoder: keras.Model, decoder: keras.Model) -> str:
-    """Stable hash of the configuration and every weight, in build order: equal models, equal hash."""
-    digest = hashlib.sha256(json.dumps(config.identity(), sort_keys=True).encode())
-    for net in (encoder, decoder):
-        for weight in net.weights:
-            value = np.ascontiguousarray(weight.numpy())
-            digest.update(str(value.shape).encode())
-            digest.update(value.astype("<f4", copy=False).tobytes())
-    return digest.hexdigest()[:16]
+    """Stable hash of the configuration and every weight of live Keras models (``weights.fingerprint``)."""
+    return arrays_fingerprint(config, live_arrays(encoder), live_arrays(decoder))
 
 
 def own_files(model_dir: Path) -> set[str]:
@@ -85,7 +77,7 @@ def check_model_dir(model_dir: str | os.PathLike, overwrite: bool = True) -> Pat
 
 
 def save_codec(
-    codec: SequenceCodec,
+    network: Network,
     model_dir: str | os.PathLike,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
@@ -103,23 +95,23 @@ def save_codec(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)
-    codec.encoder.save(staging / ENCODER_FILE)
-    codec.decoder.save(staging / DECODER_FILE)
+    network.encoder.save(staging / ENCODER_FILE)
+    network.decoder.save(staging / DECODER_FILE)
     if vocab is not None:
-        if len(vocab) != codec.config.vocab_size:
+        if len(vocab) != network.config.vocab_size:
             raise ValueError(f"the vocabulary has {len(vocab)} tokens, the model's vocab_size is "
-                             f"{codec.config.vocab_size}")
+                             f"{network.config.vocab_size}")
         (staging / VOCAB_FILE).write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
     if split is not None:
         (staging / SPLIT_FILE).write_bytes(split_bytes(split))
     digested = (ENCODER_FILE, DECODER_FILE, *((SPLIT_FILE,) if split is not None else ()))
     manifest = Manifest(
-        codec.config,
-        fingerprint(codec.config, codec.encoder, codec.decoder),
+        network.config,
+        network.fingerprint(),
         metrics or {},
         extra={
             "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
-            # What lets numpy_encoder.load_encoder trust encoder.keras without TensorFlow to check the weights.
+            # Digests for readers that check the files before reading them (the split record too).
             "files": {name: file_digest(staging / name) for name in digested},
             **({"vocab": VOCAB_FILE} if vocab is not None else {}),
             **({"split": split_facts(split)} if split is not None else {}),
@@ -145,40 +137,4 @@ def save_codec(
             elif name in stale:
                 (target / name).unlink()
         staging.rmdir()
-    codec.fingerprint = manifest.fingerprint
     return manifest
-
-
-def load_codec(model_dir: str | os.PathLike, **options: Any) -> SequenceCodec:
-    """Load a model directory written by ``save_codec`` (on any Beam filesystem) and verify its fingerprint.
-
-    ``options`` go to SequenceCodec (``batch_size``, ``token_budget``, ``xla``, ``beam_width``).
-    """
-    model_dir = os.fspath(model_dir)
-    manifest = read_manifest(model_dir)
-    config = manifest.config
-    path = Path(localize_model_dir(model_dir, (MANIFEST, ENCODER_FILE, DECODER_FILE)))
-    nets = []
-    for name in (ENCODER_FILE, DECODER_FILE):
-        file = path / name
-        if not file.is_file():
-            raise ModelDirError(f"model directory {model_dir}: {name} is missing")
-        try:
-            nets.append(keras.saving.load_model(file, compile=False, safe_mode=True))
-        except Exception as exc:  # keras raises many types for a damaged archive
-            raise ModelDirError(f"model directory {model_dir}: {name} cannot be loaded ({first_line(exc)})") from None
-    encoder, decoder = nets
-    if encoder.output_shape[-1] != config.code_size or decoder.output_shape[-1] != config.vocab_size:
-        raise ModelDirError(f"model directory {model_dir}: the saved networks do not match {MANIFEST}")
-    actual = fingerprint(config, encoder, decoder)
-    if actual != manifest.fingerprint:
-        raise ModelDirError(
-            f"model directory {model_dir}: weights fingerprint {actual} does not match the manifest's "
-            f"{manifest.fingerprint!r} (files changed or mixed from different models)"
-        )
-    codec = SequenceCodec(encoder, decoder, config, fingerprint=actual, **options)
-    codec.manifest = manifest
-    return codec
-
-
-load = load_codec  # the public name: seqcodec.load(model_dir)

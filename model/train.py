@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from seqcodec.model import names
 from seqcodec.model.batches import pad_shifted
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import START_ID, CodecConfig
@@ -23,6 +24,7 @@ from seqcodec.model.heldout import split_table, token_hashes
 from seqcodec.model.layers import TiedOutput
 from seqcodec.model.manifest import HISTORY_FILE, Manifest
 from seqcodec.model.network import (
+    Network,
     build_autoencoder,
     build_decoder,
     build_encoder,
@@ -279,18 +281,19 @@ class Untie(keras.callbacks.Callback):
 
 
 class BestExactMatch(keras.callbacks.Callback):
-    """After each epoch: round-trip the validation set, log it, keep the best weights on disk.
+    """After each epoch: round-trip the validation set on a codec of the epoch's weights, log it, keep the
+    best weights on disk.
 
     A first epoch cut short by the time budget is no checkpoint: that model has not yet seen
     the data once.
     """
 
     def __init__(
-        self, codec: SequenceCodec, validation: TokenSequences, model_dir: Path, budget: TimeBudget,
+        self, network: Network, validation: TokenSequences, model_dir: Path, budget: TimeBudget,
         vocab: Sequence[str] | None = None, split: pa.Table | None = None,
     ) -> None:
         super().__init__()
-        self.codec, self.validation, self.model_dir, self.budget = codec, validation, model_dir, budget
+        self.network, self.validation, self.model_dir, self.budget = network, validation, model_dir, budget
         self.vocab, self.split = vocab, split
         self.best: tuple[float, float] = (-1.0, -1.0)
         self.best_epoch = -1
@@ -299,7 +302,7 @@ class BestExactMatch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if epoch == 0 and self.budget.spent:
             return
-        scores = evaluate(self.codec, self.validation)
+        scores = evaluate(self.network.codec(), self.validation)
         if logs is not None:
             logs["val_exact_match"] = scores["exact_match"]
             logs["val_token_accuracy"] = scores["token_accuracy"]
@@ -307,7 +310,7 @@ class BestExactMatch(keras.callbacks.Callback):
         if key > self.best:
             self.best, self.best_epoch = key, epoch
             self.best_weights = self.model.get_weights()
-            save_codec(self.codec, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True},
+            save_codec(self.network, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True},
                        vocab=self.vocab, split=self.split)
 
 
@@ -377,8 +380,8 @@ class SampledSoftmaxTraining(keras.Model):
         super().__init__(name="autoencoder")
         self.encoder = encoder
         # The decoder up to its output layer; the output layer's weights enter the sampled loss.
-        self.hidden = keras.Model(decoder.inputs, decoder.get_layer("token_probs").input)
-        self.output_layer = decoder.get_layer("token_probs")
+        self.hidden = keras.Model(decoder.inputs, decoder.get_layer(names.TOKEN_PROBS).input)
+        self.output_layer = decoder.get_layer(names.TOKEN_PROBS)
         self.samples, self.vocab_size = samples, vocab_size
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
@@ -458,11 +461,11 @@ def train_codec(
         "loss": loss, "weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")]}
     # XLA made a training step 1.7x slower (docs/MODEL.md).
     autoencoder.compile(optimizer=optimizer, jit_compile=False, **scoring)
-    codec = SequenceCodec(encoder, decoder, config)
+    network = Network(encoder, decoder, config)
     dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed, config, settings.word_dropout,
                                       settings.splice)
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
-    best = BestExactMatch(codec, validation, model_dir, budget, vocab, record)
+    best = BestExactMatch(network, validation, model_dir, budget, vocab, record)
     anneal = AnnealLearningRate(settings.learning_rate, budget)
     callbacks = [budget, anneal, *([Untie(training_decoder, decoder)] if tied else []), best, EpochLog(settings.epochs)]
     started = time.monotonic()
@@ -485,6 +488,7 @@ def train_codec(
     if tied:
         untie(training_decoder, decoder)
     trained = min(budget.steps * settings.batch_size, len(train) * epochs_run)
+    codec = network.codec()
     test_scores = evaluate(codec, test)
     # A training sample as large as the test set, round-tripped the same way: the gap to the test
     # figures is how much the model memorized rather than learned.
@@ -505,6 +509,6 @@ def train_codec(
     }
     metrics["hints"] = hints(metrics)
     curves = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    manifest = save_codec(codec, model_dir, metrics, vocab=vocab, split=record)
+    manifest = save_codec(network, model_dir, metrics, vocab=vocab, split=record)
     (model_dir / HISTORY_FILE).write_text(json.dumps(curves, indent=1) + "\n")
     return manifest

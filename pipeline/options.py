@@ -55,12 +55,9 @@ def add_io_arguments(parser: argparse.ArgumentParser, table_replaces: str = "") 
                         help=f"padded tokens per model call (default {DEFAULT_TOKEN_BUDGET}): short rows make "
                              "batches of many rows, long rows of few")
     parser.add_argument("--batch-size", type=int,
-                        help="also at most this many sequences per model call (default: no cap; not with --xla)")
-    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
-                        help="run the model through XLA-compiled steps of a few fixed shapes; each shape costs "
-                             "seconds of compiling per worker (default off, see docs/BENCHMARKS.md)")
+                        help="also at most this many sequences per model call (default: no cap)")
     parser.add_argument("--tf-threads", type=int, default=0, metavar="N",
-                        help="threads each worker process runs the model with: batches the numpy encoder runs "
+                        help="threads each worker process runs the model with: batches the numpy engine runs "
                              "at once, TensorFlow's threads per op (default 0: the machine's cores divided by the "
                              "worker processes the runner starts on it)")
     parser.add_argument("--beam-width", type=int, default=1, metavar="K",

@@ -57,7 +57,7 @@ class JobSpec:
             table = TableSpec(args.table, args.catalog, getattr(args, "snapshot_id", None))
         return {
             "input": args.input, "output": args.output, "model_dir": args.model_dir, "id_column": args.id_column,
-            "batching": Batching(args.batch_tokens, args.batch_size, args.xla, args.tf_threads,
+            "batching": Batching(args.batch_tokens, args.batch_size, args.tf_threads,
                                  beam_width=args.beam_width),
             "num_shards": args.num_shards, "max_batch_rows": args.max_batch_rows, "run_date": args.run_date,
             "max_error_rate": args.max_error_rate, "grace_seconds": args.grace_seconds, "wait": args.wait,

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load": "seqcodec.model.storage",
+    "load": "seqcodec.model.loader",
     "train": "seqcodec.pipeline.train",
     "SequenceCodec": "seqcodec.model.codec",
     "CodecConfig": "seqcodec.model.config",
@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     from seqcodec.model.codec import SequenceCodec
     from seqcodec.model.config import CodecConfig
     from seqcodec.model.data import InputDataError
+    from seqcodec.model.loader import load
     from seqcodec.model.manifest import Manifest, ModelDirError, read_manifest
     from seqcodec.model.similarity import CodeNormalization
-    from seqcodec.model.storage import load
     from seqcodec.pipeline.train import train
     from seqcodec.transforms.partition import committed_files
     from seqcodec.transforms.sequences import DecodeCodes, EncodeSequences, SequenceModelHandler

@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 
 from seqcodec.model.codec import SequenceCodec  # noqa: E402
 from seqcodec.model.config import CodecConfig  # noqa: E402
-from seqcodec.model.network import build_decoder, build_encoder  # noqa: E402
+from seqcodec.model.network import Network, build_network  # noqa: E402
 from seqcodec.model.storage import save_codec  # noqa: E402
 from seqcodec.model.tfenv import keras  # noqa: E402
 from seqcodec.pipeline.cli import main as cli_main  # noqa: E402
@@ -84,11 +84,10 @@ def random_sequences(n: int, vocab: int, max_len: int, seed: int) -> list[np.nda
     return [rng.integers(0, vocab, size=int(rng.integers(1, max_len + 1)), dtype=np.int64) for _ in range(n)]
 
 
-def build_codec(config: CodecConfig, seed: int, batch_size: int | None = None) -> SequenceCodec:
-    """A fresh untrained codec; the same ``seed`` and ``config`` give the same weights."""
+def build_codec(config: CodecConfig, seed: int) -> Network:
+    """A fresh untrained network (``.codec()`` runs it); the same ``seed`` and ``config`` give the same weights."""
     keras.utils.set_random_seed(seed)
-    kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    return SequenceCodec(build_encoder(config), build_decoder(config), config, **kwargs)
+    return build_network(config)
 
 
 @contextlib.contextmanager
@@ -133,15 +132,27 @@ def tiny_config() -> CodecConfig:
 
 
 @pytest.fixture(scope="session")
-def tiny_codec() -> SequenceCodec:
-    """An untrained codec of the tiny configuration (seed 1). Shared: do not change its weights."""
+def tiny_network() -> Network:
+    """An untrained network of the tiny configuration (seed 1). Shared: do not change its weights."""
     return build_codec(CodecConfig(**TINY), seed=1)
 
 
 @pytest.fixture(scope="session")
-def tiny_ar_codec() -> SequenceCodec:
-    """An untrained autoregressive codec of the tiny configuration (seed 1). Shared: do not change its weights."""
+def tiny_ar_network() -> Network:
+    """An untrained autoregressive network of the tiny configuration (seed 1). Shared: do not change its weights."""
     return build_codec(CodecConfig(**TINY, decoder="autoregressive"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_codec(tiny_network: Network) -> SequenceCodec:
+    """``tiny_network`` behind a codec (the numpy engine on its weights)."""
+    return tiny_network.codec()
+
+
+@pytest.fixture(scope="session")
+def tiny_ar_codec(tiny_ar_network: Network) -> SequenceCodec:
+    """``tiny_ar_network`` behind a codec."""
+    return tiny_ar_network.codec()
 
 
 @pytest.fixture(scope="session", params=["repeat", "autoregressive"])
@@ -151,10 +162,10 @@ def any_codec(request: pytest.FixtureRequest, tiny_codec: SequenceCodec, tiny_ar
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tiny_codec: SequenceCodec, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tiny_codec`` saved with ``save_codec``. Shared: copy it before damaging it."""
+def tiny_model_dir(tiny_network: Network, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_network`` saved with ``save_codec``. Shared: copy it before damaging it."""
     model_dir = tmp_path_factory.mktemp("tiny") / "model"
-    save_codec(tiny_codec, model_dir, metrics={"note": "untrained test model"})
+    save_codec(tiny_network, model_dir, metrics={"note": "untrained test model"})
     return model_dir
 
 

@@ -7,9 +7,10 @@ import pytest
 from conftest import build_codec, random_sequences
 
 from seqcodec.model.batches import pad_shifted, ragged_positions, token_batches
-from seqcodec.model.codec import SequenceCodec, shape_plan
+from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import START_ID
-from seqcodec.model.fused import fused_decoder
+from seqcodec.model.engine import NumpyDecoder, NumpyEncoder
+from seqcodec.model.tf_engine import KerasDecoder, KerasEncoder
 
 VOCAB, MAX_LEN = 13, 12
 
@@ -27,49 +28,44 @@ def sequences() -> list[np.ndarray]:
 
 
 def with_batch_size(codec: SequenceCodec, batch_size: int) -> SequenceCodec:
-    """The same networks behind a codec that cuts its input into batches of ``batch_size`` (graph path)."""
+    """The same steps behind a codec that cuts its input into batches of ``batch_size``."""
     return SequenceCodec(codec.encoder, codec.decoder, codec.config, batch_size=batch_size)
-
-
-# A budget this small gives full batches of 6, 3 and 2 rows at widths 4, 8 and 12, so the mixed
-# sequences run mostly through XLA-compiled fixed shapes (and the small leftovers through the graph).
-XLA_BUDGET = 24
-
-
-@pytest.fixture(scope="module")
-def xla_codec(tiny_codec) -> SequenceCodec:
-    return SequenceCodec(tiny_codec.encoder, tiny_codec.decoder, tiny_codec.config, token_budget=XLA_BUDGET, xla=True)
 
 
 @pytest.mark.parametrize("shape", [{}, {"bidirectional": False, "position_signal": False},
                                    {"decoder": "autoregressive"},
                                    {"decoder": "autoregressive", "position_signal": False}])
-def test_fused_steps_equal_the_keras_networks(tiny_config, shape, sequences):
-    """The default path folds input projections into tables; the Keras layers as they are must agree."""
+def test_numpy_engine_equals_the_keras_networks(tiny_config, shape, sequences):
+    """The numpy engine folds input projections into tables; the Keras layers as they are must agree."""
     config = dataclasses.replace(tiny_config, **shape)
-    fused = build_codec(config, seed=4)
-    assert fused_decoder(fused.decoder, config) is not None
-    keras_steps = SequenceCodec(fused.encoder, fused.decoder, config, fused=False)
-    assert fused.fused and not keras_steps.fused
-    codes = fused.encode(sequences)
+    network = build_codec(config, seed=4)
+    numpy_codec = network.codec()
+    assert isinstance(numpy_codec.encoder, NumpyEncoder) and isinstance(numpy_codec.decoder, NumpyDecoder)
+    keras_steps = SequenceCodec(KerasEncoder(network.encoder), KerasDecoder(network.decoder, config), config)
+    codes = numpy_codec.encode(sequences)
     np.testing.assert_allclose(codes, keras_steps.encode(sequences), rtol=0, atol=1e-5)
-    for got, want in zip(fused.decode(codes), keras_steps.decode(codes), strict=True):
+    for got, want in zip(numpy_codec.decode(codes), keras_steps.decode(codes), strict=True):
         np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("decoder", ["repeat", "autoregressive"])
-def test_fused_steps_follow_the_current_weights(tiny_config, sequences, decoder):
-    """Training evaluates through a codec built before the weights change: it must see the new ones."""
+def test_a_codec_is_a_snapshot_of_the_weights_it_was_built_on(tiny_config, sequences, decoder):
+    """Training evaluates on a codec built from the current weights once per pass: a codec keeps the
+    weights it was built on, and the next one built sees the new ones."""
     tiny_config = dataclasses.replace(tiny_config, decoder=decoder)
-    fused = build_codec(tiny_config, seed=6)
-    before = fused.encode(sequences)
-    for variable in fused.encoder.weights + fused.decoder.weights:
+    network = build_codec(tiny_config, seed=6)
+    first = network.codec()
+    before = first.encode(sequences)
+    for variable in network.encoder.weights + network.decoder.weights:
         variable.assign(np.asarray(variable) * 1.5 + 0.01)
-    after = fused.encode(sequences)
+    np.testing.assert_array_equal(first.encode(sequences), before)
+    numpy_codec = network.codec()
+    after = numpy_codec.encode(sequences)
     assert np.abs(after - before).max() > 1e-3
-    keras_steps = SequenceCodec(fused.encoder, fused.decoder, tiny_config, fused=False)
+    keras_steps = SequenceCodec(KerasEncoder(network.encoder), KerasDecoder(network.decoder, tiny_config),
+                                tiny_config)
     np.testing.assert_allclose(after, keras_steps.encode(sequences), rtol=0, atol=1e-5)
-    for got, want in zip(fused.decode(after), keras_steps.decode(after), strict=True):
+    for got, want in zip(numpy_codec.decode(after), keras_steps.decode(after), strict=True):
         np.testing.assert_array_equal(got, want)
 
 
@@ -89,20 +85,6 @@ def test_batched_encode_equals_one_at_a_time(tiny_codec, sequences, batch_size):
     np.testing.assert_allclose(codes, single, rtol=0, atol=1e-5)
     # Codes carry information: different sequences do not collapse onto one code.
     assert np.unique(codes[:, 1:].round(5), axis=0).shape[0] > len(sequences) // 2
-
-
-def test_xla_encode_equals_one_at_a_time_on_few_shapes(xla_codec, tiny_codec, sequences):
-    codes = xla_codec.encode(sequences)
-    np.testing.assert_allclose(codes, one_at_a_time_codes(tiny_codec, sequences), rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(codes[:, 0], [len(s) for s in sequences])
-    # One compiled shape per bucketed width: (budget // width rows, width), whatever the input.
-    shapes = {shape for (shape,) in xla_codec.xla_encode.compiles}
-    assert shapes == {(XLA_BUDGET // w, w) for w in (4, 8, 12)}
-    xla_codec.encode(sequences[::-1])
-    xla_codec.encode(sequences[:17])
-    assert {shape for (shape,) in xla_codec.xla_encode.compiles} == shapes
-    stats = xla_codec.compile_stats()["encode"]
-    assert stats["compiles"] == 3 and stats["seconds"] > 0
 
 
 def test_length_field_is_the_sequence_length(tiny_codec, sequences):
@@ -198,16 +180,6 @@ def test_batched_decode_equals_one_at_a_time(any_codec, sequences, batch_size):
         np.testing.assert_array_equal(tokens, alone)
 
 
-def test_xla_decode_equals_one_at_a_time_on_few_shapes(xla_codec, tiny_codec, sequences):
-    codes = tiny_codec.encode(sequences)
-    decoded = xla_codec.decode(codes)
-    for i, tokens in enumerate(decoded):
-        np.testing.assert_array_equal(tokens, tiny_codec.decode(codes[i : i + 1])[0])
-    # One row of each batch is kept for padding, which carries the width as its length field.
-    shapes = {shape for (shape,) in xla_codec.xla_decode.compiles}
-    assert shapes == {(XLA_BUDGET // w, tiny_codec.config.code_size) for w in (4, 8, 12)}
-
-
 def test_decode_preserves_input_order(any_codec, sequences):
     codes = any_codec.encode(sequences)
     decoded = any_codec.decode(codes)
@@ -228,15 +200,18 @@ def test_decode_nothing_gives_no_sequences(any_codec):
     assert any_codec.decode(np.zeros((0, any_codec.config.code_size), np.float32)) == []
 
 
-def test_greedy_decoding_is_the_network_fed_its_own_tokens(tiny_ar_codec, sequences):
+@pytest.mark.parametrize("engine", ["numpy", "TensorFlow"])
+def test_greedy_decoding_is_the_network_fed_its_own_tokens(tiny_ar_network, sequences, engine):
     """The step loop computes what the whole decoder network computes when its previous-token input
     is the loop's own output shifted by one step (start first): the same argmax at every step."""
-    codec = tiny_ar_codec
+    network = tiny_ar_network
+    codec = network.codec() if engine == "numpy" else SequenceCodec(
+        KerasEncoder(network.encoder), KerasDecoder(network.decoder, network.config), network.config)
     codes = codec.encode(sequences)
     decoded = codec.decode(codes)
     for code, tokens in zip(codes, decoded, strict=True):
         previous = np.concatenate([[START_ID], tokens[:-1] + 1])[None].astype(np.int32)
-        probs = codec.decoder([code[None], previous], training=False).numpy()[0]
+        probs = network.decoder([code[None], previous], training=False).numpy()[0]
         np.testing.assert_array_equal(probs.argmax(-1), tokens)
     # An untrained network still depends on the code and on what it wrote: outputs are not all alike.
     assert len({tuple(t) for t in decoded}) > len(decoded) // 4
@@ -316,18 +291,6 @@ def test_token_batches_stay_within_the_budget():
     assert [b.size for b in token_batches(np.array([1, 1, 1, 5, 5]), 10)] == [3, 2]
     assert [b.size for b in token_batches(np.full(7, 2), 100, max_rows=3)] == [3, 3, 1]
     assert token_batches(np.zeros(0, np.int64), 16) == []
-
-
-def test_shape_plan_uses_fixed_shapes_and_covers_every_row():
-    lengths = np.random.default_rng(1).integers(1, 13, size=300)
-    plan = shape_plan(lengths, 24, step=4, cap=12)
-    assert sorted(np.concatenate([rows for rows, _, _ in plan]).tolist()) == list(range(lengths.size))
-    for rows, width, padded in plan:
-        assert lengths[rows].max() <= width and width in (4, 8, 12)
-        assert padded in (0, 24 // width) and rows.size <= 24 // width
-        assert padded or rows.size * 2 < 24 // width  # only small leftovers skip XLA
-    spare = shape_plan(lengths, 24, step=4, cap=12, spare=1)
-    assert all(rows.size < padded for rows, _, padded in spare if padded)
 
 
 def test_row_capped_batches_group_similar_lengths_stably():

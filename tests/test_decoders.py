@@ -11,10 +11,11 @@ from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 
 import seqcodec
 from seqcodec.model import network
-from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import START_ID, CodecConfig
-from seqcodec.model.network import hidden_id
-from seqcodec.model.storage import load_codec, save_codec
+from seqcodec.model.loader import load
+from seqcodec.model.network import Network, hidden_id
+from seqcodec.model.storage import save_codec
+from seqcodec.model.tf_engine import beam_decoder
 from seqcodec.model.tfenv import keras
 from seqcodec.model.train import CHARACTER_VOCAB, TrainSettings, defaults_for, splice_rows, teacher_inputs
 
@@ -24,17 +25,23 @@ def sequences() -> list[np.ndarray]:
     return random_sequences(30, TINY["vocab_size"], TINY["max_length"], seed=31)
 
 
+def saved_network(model_dir: Path) -> Network:
+    """A model directory's networks as Keras loads them."""
+    config = seqcodec.read_manifest(model_dir).config
+    return Network(*(keras.saving.load_model(model_dir / name) for name in ("encoder.keras", "decoder.keras")), config)
+
+
 @pytest.fixture(scope="module")
-def ar_model_dir(tiny_ar_codec, tmp_path_factory) -> Path:
+def ar_model_dir(tiny_ar_network, tmp_path_factory) -> Path:
     model_dir = tmp_path_factory.mktemp("ar") / "model"
-    save_codec(tiny_ar_codec, model_dir)
+    save_codec(tiny_ar_network, model_dir)
     return model_dir
 
 
 def test_autoregressive_model_saves_loads_and_decodes_the_same(tiny_ar_codec, ar_model_dir, sequences):
     manifest = json.loads((ar_model_dir / "manifest.json").read_text())
     assert manifest["decoder"] == "autoregressive"
-    loaded = load_codec(ar_model_dir)
+    loaded = load(ar_model_dir)
     assert loaded.config.decoder == "autoregressive" and loaded.fingerprint == manifest["fingerprint"]
     codes = tiny_ar_codec.encode(sequences)
     np.testing.assert_array_equal(loaded.encode(sequences), codes)
@@ -52,7 +59,7 @@ def test_manifest_without_decoder_loads_as_repeat_with_its_fingerprint(tiny_mode
     manifest = json.loads((old / "manifest.json").read_text())
     assert manifest.pop("decoder") == "repeat"
     (old / "manifest.json").write_text(json.dumps(manifest))
-    loaded = load_codec(old)
+    loaded = load(old)
     assert loaded.config.decoder == "repeat" and loaded.fingerprint == tiny_codec.fingerprint
     codes = tiny_codec.encode(sequences)
     for got, want in zip(loaded.decode(codes), tiny_codec.decode(codes), strict=True):
@@ -153,8 +160,8 @@ def test_train_autoregressive_with_every_regularizer_learns(tmp_path):
     assert (settings["dropout"], settings["word_dropout"]) == (0.1, 0.2)
     assert (settings["label_smoothing"], settings["weight_decay"], settings["splice"]) == (0.1, 0.01, 0.2)
     assert manifest["metrics"]["test"]["token_accuracy"] > 0.6
-    codec = load_codec(model_dir)
-    assert any(isinstance(layer, keras.layers.Dropout) for layer in codec.decoder.layers)
+    codec = load(model_dir)
+    assert any(isinstance(layer, keras.layers.Dropout) for layer in saved_network(model_dir).decoder.layers)
     assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
 
 
@@ -172,8 +179,8 @@ def test_sampled_softmax_training_learns_and_decodes_with_the_whole_vocabulary(d
     assert losses[-1] < 0.9 * losses[0]
     # Chance is 1/20 per token, the most frequent token ~1/20 too.
     assert manifest["metrics"]["test"]["token_accuracy"] > 0.3
-    codec = load_codec(model_dir)
-    assert codec.decoder.get_layer("token_probs").units == 20
+    codec = load(model_dir)
+    assert saved_network(model_dir).decoder.get_layer("token_probs").units == 20
     assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
 
 
@@ -188,9 +195,9 @@ def test_tied_embeddings_train_one_table_and_save_a_standard_decoder(tmp_path):
                              "--word-dropout", "0.2")
     assert manifest["metrics"]["settings"]["tie_embeddings"] is True
     assert manifest["metrics"]["test"]["token_accuracy"] > 0.6
-    codec = load_codec(tmp_path / "model")
-    shared = codec.encoder.get_layer("embedding").embeddings.numpy()
-    previous = codec.decoder.get_layer("previous_embedding")
+    codec, network = load(tmp_path / "model"), saved_network(tmp_path / "model")
+    shared = network.encoder.get_layer("embedding").embeddings.numpy()
+    previous = network.decoder.get_layer("previous_embedding")
     assert type(previous) is keras.layers.Embedding and previous.input_dim == hidden_id(codec.config) + 1
     np.testing.assert_array_equal(previous.embeddings.numpy()[: shared.shape[0]], shared)
     assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
@@ -226,8 +233,8 @@ def test_tied_output_trains_and_saves_a_standard_output_layer(decoder, sampled, 
                              "--sampled-softmax", sampled, "--learning-rate", "0.01")
     assert manifest["metrics"]["settings"]["tie_output"] is True
     assert manifest["metrics"]["test"]["token_accuracy"] > 0.3  # chance and the most frequent token: ~1/20
-    codec = load_codec(tmp_path / "model")
-    output = codec.decoder.get_layer("token_probs")
+    codec = load(tmp_path / "model")
+    output = saved_network(tmp_path / "model").decoder.get_layer("token_probs")
     assert type(output) is keras.layers.Dense and output.units == 20
     assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
 
@@ -271,69 +278,67 @@ def test_bad_regularization_options_are_one_line_errors(args, words, seqcodec, t
     assert words in err and "Traceback" not in err
 
 
-def sequence_log_likelihood(codec, codes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+def sequence_log_likelihood(network: Network, codes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """log p(tokens | code) per row under teacher forcing: what beam search maximizes."""
     previous = np.concatenate([np.full((len(tokens), 1), START_ID), tokens[:, :-1] + 1], axis=1)
-    probs = np.asarray(codec.decoder([codes.astype(np.float32), previous.astype(np.int32)], training=False))
+    probs = np.asarray(network.decoder([codes.astype(np.float32), previous.astype(np.int32)], training=False))
     picked = np.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
     return np.log(picked.astype(np.float64)).sum(axis=1)
 
 
-def test_beam_search_finds_the_most_likely_sequence_when_wide_enough(tiny_ar_codec):
+def test_beam_search_finds_the_most_likely_sequence_when_wide_enough(tiny_ar_network, tiny_ar_codec):
     """Length 3 over 13 tokens: 2,197 sentences in all, and a beam of 13² keeps every prefix, so it must
     return the exact maximum found by scoring every sentence; width 1 must return greedy's tokens."""
     config = tiny_ar_codec.config
     codes = tiny_ar_codec.encode(random_sequences(6, config.vocab_size, 3, seed=5))
     codes[:, 0] = 3
     grid = np.stack(np.meshgrid(*[np.arange(config.vocab_size)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    wide = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=config.vocab_size**2)
+    wide = tiny_ar_network.codec(beam_width=config.vocab_size**2)
     found = np.stack(wide.decode(codes))
     greedy = np.stack(tiny_ar_codec.decode(codes))
     for code, got, first in zip(codes, found, greedy, strict=True):
-        scores = sequence_log_likelihood(tiny_ar_codec, np.repeat(code[None], len(grid), 0), grid)
+        scores = sequence_log_likelihood(tiny_ar_network, np.repeat(code[None], len(grid), 0), grid)
         best = scores.max()
-        got_score = sequence_log_likelihood(tiny_ar_codec, code[None], got[None])[0]
+        got_score = sequence_log_likelihood(tiny_ar_network, code[None], got[None])[0]
         assert got_score == pytest.approx(best, abs=1e-4)
-        assert got_score >= sequence_log_likelihood(tiny_ar_codec, code[None], first[None])[0] - 1e-4
-    one = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=1)
+        assert got_score >= sequence_log_likelihood(tiny_ar_network, code[None], first[None])[0] - 1e-4
+    one = tiny_ar_network.codec(beam_width=1)
     assert one.beam_width == 1
-    from seqcodec.model.network import beam_decoder
     from seqcodec.model.tfenv import tf
 
-    np.testing.assert_array_equal(beam_decoder(tiny_ar_codec.decoder, config, 1)(tf.constant(codes)).numpy(), greedy)
+    np.testing.assert_array_equal(beam_decoder(tiny_ar_network.decoder, config, 1)(tf.constant(codes)).numpy(), greedy)
 
 
-@pytest.mark.parametrize("xla", [False, True])
-def test_beam_search_is_batch_invariant_and_keeps_lengths(tiny_ar_codec, sequences, xla):
+def test_beam_search_is_batch_invariant_and_keeps_lengths(tiny_ar_network, tiny_ar_codec, sequences):
     """Rows of mixed lengths decoded together equal each decoded alone, exactly ``length`` tokens each."""
-    config = tiny_ar_codec.config
-    beam = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=4, xla=xla)
+    beam = tiny_ar_network.codec(beam_width=4)
     codes = tiny_ar_codec.encode(sequences)
     together = beam.decode(codes)
     assert [t.size for t in together] == [s.size for s in sequences]
     for i in range(0, len(codes), 7):
         np.testing.assert_array_equal(beam.decode(codes[i : i + 1])[0], together[i])
-    assert SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=4).beam_width == 4
+    assert beam.beam_width == 4
     with pytest.raises(ValueError, match="beam width"):
-        SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, config, beam_width=0)
+        tiny_ar_network.codec(beam_width=0)
 
 
-def test_beam_width_is_ignored_by_the_repeat_decoder_and_checked_on_the_command_line(tiny_codec, seqcodec, tmp_path):
-    assert SequenceCodec(tiny_codec.encoder, tiny_codec.decoder, tiny_codec.config, beam_width=5).beam_width == 1
+def test_beam_width_is_ignored_by_the_repeat_decoder_and_checked_on_the_command_line(tiny_network, seqcodec, tmp_path):
+    assert tiny_network.codec(beam_width=5).beam_width == 1
     write_tokens_parquet(tmp_path / "rows.parquet", range(4), random_sequences(4, 5, 4, seed=1))
     code, _, err = seqcodec(["encode", "--input", tmp_path / "rows.parquet", "--output", tmp_path / "out",
                              "--model-dir", tmp_path / "none", "--decode", "--beam-width", "0"])
     assert code == 2 and "--beam-width must be at least 1" in err and "Traceback" not in err
 
 
-def test_beam_width_reaches_the_decode_job_and_the_beam_transform(tiny_ar_codec, ar_model_dir, sequences, tmp_path):
+def test_beam_width_reaches_the_decode_job_and_the_beam_transform(tiny_ar_network, tiny_ar_codec, ar_model_dir,
+                                                                  sequences, tmp_path):
     """`encode --decode --beam-width 3` and `DecodeCodes(beam_width=3)` decode exactly as the codec does."""
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
     from helpers_beam import read_folder
 
-    beam3 = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, tiny_ar_codec.config, beam_width=3)
+    beam3 = tiny_ar_network.codec(beam_width=3)
     codes = tiny_ar_codec.encode(sequences)
     expected = {i: t.tolist() for i, t in enumerate(beam3.decode(codes))}
     assert expected != {i: t.tolist() for i, t in enumerate(tiny_ar_codec.decode(codes))}  # a beam changes some

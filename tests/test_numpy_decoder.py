@@ -1,4 +1,5 @@
-"""The numpy decoder: the Keras decoders' tokens, loaded from a model directory without TensorFlow, or not at all."""
+"""The numpy decoder: the Keras decoders' tokens, loaded from a model directory without TensorFlow; beam search
+on TensorFlow."""
 
 import shutil
 import subprocess
@@ -13,8 +14,11 @@ from test_numpy_encoder import edit_manifest
 
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
-from seqcodec.model.numpy_decoder import CachedFactors, NumpyDecoder, load_decoder
-from seqcodec.model.storage import load_codec, save_codec
+from seqcodec.model.engine import NumpyDecoder, low_rank_factors
+from seqcodec.model.loader import load
+from seqcodec.model.network import Network
+from seqcodec.model.storage import save_codec
+from seqcodec.model.tf_engine import KerasDecoder, KerasEncoder
 
 SHAPES = {
     "repeat": {},
@@ -30,7 +34,7 @@ def sequences() -> list[np.ndarray]:
     return random_sequences(300, TINY["vocab_size"], TINY["max_length"], seed=23)
 
 
-def shaken(codec: SequenceCodec, seed: int) -> SequenceCodec:
+def shaken(codec: Network, seed: int) -> Network:
     """The codec with every weight moved off its start (initial biases are zero), so tests see all of them."""
     rng = np.random.default_rng(seed)
     for variable in [*codec.encoder.weights, *codec.decoder.weights]:
@@ -53,84 +57,66 @@ def saved(request, tmp_path_factory):
 
 
 def test_numpy_decoder_equals_the_keras_decoder(saved, sequences):
-    codec, model_dir = saved
+    network, model_dir = saved
+    codec = network.codec()
     codes = codec.encode(sequences)
-    # The Keras layers themselves, and the folded steps as a TensorFlow graph: the same tokens.
-    keras_tokens = SequenceCodec(codec.encoder, codec.decoder, codec.config, fused=False).decode(codes)
-    graph_tokens = SequenceCodec(codec.encoder, codec.decoder, codec.config, numpy=False).decode(codes)
-    loaded = load_decoder(model_dir)
-    assert loaded is not None and loaded.fingerprint == codec.fingerprint
-    assert codec.numpy_decoder is not None
+    # The Keras layers themselves: the same tokens.
+    keras_tokens = SequenceCodec(KerasEncoder(network.encoder), KerasDecoder(network.decoder, network.config),
+                                 network.config).decode(codes)
+    loaded = load(model_dir)
+    assert isinstance(loaded.decoder, NumpyDecoder) and loaded.fingerprint == network.fingerprint()
     # A low-rank output layer runs as two narrower products, a full-rank one as one.
-    assert (loaded.weights().output_left is not None) == (np.linalg.matrix_rank(
-        codec.decoder.get_layer("token_probs").kernel.numpy()) <= 3)
-    for tokens in (graph_tokens, loaded.decode(codes), codec.decode(codes)):
+    assert (loaded.decoder.weights.output_left is not None) == (np.linalg.matrix_rank(
+        network.decoder.get_layer("token_probs").kernel.numpy()) <= 3)
+    for tokens in (loaded.decode(codes), codec.decode(codes)):
         assert [t.tolist() for t in tokens] == [t.tolist() for t in keras_tokens]
     assert [len(t) for t in keras_tokens] == [len(s) for s in sequences]
 
 
 def test_threads_and_batches_change_no_token(saved, sequences):
-    codec, model_dir = saved
-    codes = codec.encode(sequences)
-    one = load_decoder(model_dir, threads=1).decode_flat(codes)
-    many = load_decoder(model_dir, token_budget=30, threads=3).decode_flat(codes)
+    _, model_dir = saved
+    codes = load(model_dir).encode(sequences)
+    one = load(model_dir, threads=1).decode_flat(codes)
+    many = load(model_dir, token_budget=30, threads=3).decode_flat(codes)
     np.testing.assert_array_equal(many[0], one[0])
     np.testing.assert_array_equal(many[1], one[1])
-    decoder = load_decoder(model_dir, threads=1)
+    decoder = load(model_dir, threads=1)
     singles = [decoder.decode(codes[i : i + 1])[0].tolist() for i in range(40)]
     assert singles == [t.tolist() for t in decoder.decode(codes[:40])]
 
 
 def test_loading_needs_no_tensorflow(tiny_model_dir):
     script = (
-        "import sys; from seqcodec.model.numpy_decoder import load_decoder; "
-        f"d = load_decoder({str(tiny_model_dir)!r}); "
-        "print(d is not None, [len(t) for t in d.decode([[3] + [0.5] * 16])], "
-        "'tensorflow' in sys.modules, 'keras' in sys.modules)"
+        "import sys, seqcodec; "
+        f"d = seqcodec.load({str(tiny_model_dir)!r}); "
+        "print([len(t) for t in d.decode([[3] + [0.5] * 16])], 'tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True", "[3]", "False", "False"]
+    assert out.split() == ["[3]", "False", "False"]
 
 
-@pytest.mark.parametrize("case", ["no file digests", "decoder file changed"])
-def test_unverifiable_decoder_is_left_to_load_codec(case, tiny_model_dir, tmp_path, sequences):
+def test_models_saved_without_file_digests_decode_on_numpy(tiny_model_dir, tmp_path, sequences):
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
-    if case == "no file digests":
-        edit_manifest(model_dir, lambda data: data.pop("files"))
-    else:
-        edit_manifest(model_dir, lambda data: data["files"].update({"decoder.keras": "0" * 64}))
-    assert load_decoder(model_dir) is None
-    codec = load_codec(model_dir)
+    edit_manifest(model_dir, lambda data: data.pop("files"))
+    codec = load(model_dir)
+    assert isinstance(codec.decoder, NumpyDecoder)
     codes = codec.encode(sequences[:50])
-    assert [t.tolist() for t in codec.decode(codes)] == [t.tolist() for t in load_codec(tiny_model_dir).decode(codes)]
+    assert [t.tolist() for t in codec.decode(codes)] == [t.tolist() for t in load(tiny_model_dir).decode(codes)]
 
 
-def test_beam_search_is_left_to_tensorflow(tiny_ar_codec, tmp_path):
+def test_beam_search_is_left_to_tensorflow(tiny_ar_network, tmp_path):
     model_dir = tmp_path / "model"
-    save_codec(tiny_ar_codec, model_dir)
-    assert load_decoder(model_dir, beam_width=1) is not None
-    assert load_decoder(model_dir, beam_width=3) is None
-    beam = SequenceCodec(tiny_ar_codec.encoder, tiny_ar_codec.decoder, tiny_ar_codec.config, beam_width=3)
-    assert beam.numpy_decoder is None
-
-
-def test_a_numpy_decoder_follows_live_weights(tiny_config, sequences):
-    codec = shaken(build_codec(tiny_config, seed=9), seed=10)
-    codes = codec.encode(sequences)
-    before = codec.decode(codes)
-    for variable in codec.decoder.weights:
-        variable.assign(-variable.numpy())
-    after = codec.decode(codes)
-    assert [t.tolist() for t in before] != [t.tolist() for t in after]
-    fresh = NumpyDecoder(codec.numpy_decoder.weights, tiny_config)
-    assert [t.tolist() for t in fresh.decode(codes)] == [t.tolist() for t in after]
-    keras_after = SequenceCodec(codec.encoder, codec.decoder, tiny_config, fused=False).decode(codes)
-    assert [t.tolist() for t in after] == [t.tolist() for t in keras_after]
+    save_codec(tiny_ar_network, model_dir)
+    assert isinstance(load(model_dir, beam_width=1).decoder, NumpyDecoder)
+    beam = load(model_dir, beam_width=3)
+    assert isinstance(beam.decoder, KerasDecoder) and beam.beam_width == 3
+    assert isinstance(tiny_ar_network.codec(beam_width=3).decoder, KerasDecoder)
 
 
 def test_decode_job_runs_the_numpy_decoder_and_beam_search_runs_tensorflow(saved, sequences, tmp_path):
-    codec, model_dir = saved
+    network, model_dir = saved
+    codec = network.codec()
     encoded = tmp_path / "encoded"
     pq.write_table(pa.table({"id": list(range(60)), "tokens": [s.tolist() for s in sequences[:60]]}),
                    tmp_path / "in.parquet")
@@ -144,7 +130,7 @@ def test_decode_job_runs_the_numpy_decoder_and_beam_search_runs_tensorflow(saved
         code, _, err = run_seqcodec(["decode", "--input", encoded / "codes" / "*.parquet", "--output", out,
                                      "--model-dir", model_dir, "--beam-width", width])
         assert code == 0, err
-        assert ("loaded: numpy decoder" in err) == (width == "1"), err
+        assert ("numpy decoder, no TensorFlow" in err) == (width == "1"), err
         decoded = pq.read_table(out / "decoded").sort_by("id")
         tokens = decoded.column("tokens").to_pylist()
         assert [len(t) for t in tokens] == [len(t) for t in want]
@@ -152,17 +138,14 @@ def test_decode_job_runs_the_numpy_decoder_and_beam_search_runs_tensorflow(saved
             assert tokens == [t.tolist() for t in want]
 
 
-def test_cached_factors_run_the_svd_again_only_for_a_changed_kernel():
-    """A codec on live Keras weights reads them at every decode call: the factors are reused while
-    the output kernel is unchanged and recomputed, to its new rank, when it changes."""
-    factor = CachedFactors()
+def test_low_rank_factors_follow_the_rank_of_the_output_kernel():
     rng = np.random.default_rng(9)
     kernel = (rng.normal(0, 1, (16, 3)) @ rng.normal(0, 1, (3, 40))).astype(np.float32)
-    first = factor(kernel)
-    assert first is not None and first[0].shape == (16, 3) and factor(kernel.copy()) is first
+    first = low_rank_factors(kernel)
+    assert first is not None and first[0].shape == (16, 3)
     np.testing.assert_allclose(first[0] @ first[1], kernel, rtol=1e-4, atol=1e-4)
     kernel[0, 0] += 1.0  # now of rank 4
-    second = factor(kernel)
-    assert second is not first and second[0].shape == (16, 4)
+    second = low_rank_factors(kernel)
+    assert second[0].shape == (16, 4)
     np.testing.assert_allclose(second[0] @ second[1], kernel, rtol=1e-4, atol=1e-4)
-    assert factor(rng.normal(0, 1, (16, 40)).astype(np.float32)) is None  # full rank: one product
+    assert low_rank_factors(rng.normal(0, 1, (16, 40)).astype(np.float32)) is None  # full rank: one product

@@ -1,4 +1,5 @@
-"""The numpy encoder: equal to the Keras encoder, loaded from a model directory without TensorFlow, or not at all."""
+"""The numpy encoder: equal to the Keras encoder, loaded from a model directory without TensorFlow; other
+networks and beam search load TensorFlow, and say what to install without it."""
 
 import json
 import shutil
@@ -11,10 +12,16 @@ import pytest
 from conftest import build_codec, random_sequences
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from seqcodec.model import names
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
-from seqcodec.model.numpy_encoder import NumpyEncoder, load_encoder, run_batches
-from seqcodec.model.storage import load_codec, save_codec
+from seqcodec.model.engine import NumpyDecoder, NumpyEncoder, run_batches
+from seqcodec.model.layers import TokenCount
+from seqcodec.model.loader import load
+from seqcodec.model.network import Network, build_decoder
+from seqcodec.model.storage import save_codec
+from seqcodec.model.tf_engine import KerasDecoder, KerasEncoder
+from seqcodec.model.tfenv import keras
 
 TINY = {"vocab_size": 13, "max_length": 12, "hidden_size": 16, "embedding_size": 8}
 SHAPES = {
@@ -45,34 +52,36 @@ def saved(request, tmp_path_factory):
 
 
 def test_numpy_encoder_equals_the_keras_encoder(saved, sequences):
-    codec, model_dir = saved
+    network, model_dir = saved
     # The Keras layers themselves (batched: tests/test_codec.py holds them equal to one sequence at a time).
-    keras_codes = SequenceCodec(codec.encoder, codec.decoder, codec.config, fused=False).encode(sequences)
-    loaded = load_encoder(model_dir)
-    assert loaded is not None and loaded.fingerprint == codec.fingerprint
+    keras_codes = SequenceCodec(KerasEncoder(network.encoder), KerasDecoder(network.decoder, network.config),
+                                network.config).encode(sequences)
+    loaded = load(model_dir)
+    assert isinstance(loaded.encoder, NumpyEncoder) and loaded.fingerprint == network.fingerprint()
     np.testing.assert_allclose(loaded.encode(sequences), keras_codes, atol=1e-5)
-    np.testing.assert_allclose(codec.encode(sequences), keras_codes, atol=1e-5)
-    assert codec.numpy_encoder is not None
+    np.testing.assert_array_equal(network.codec().encode(sequences), loaded.encode(sequences))
 
 
 def test_threads_and_batches_change_no_code(saved, sequences):
     _, model_dir = saved
-    one = load_encoder(model_dir, threads=1).encode(sequences)
+    one = load(model_dir, threads=1).encode(sequences)
     # Many small batches across threads, and one sequence at a time: the same bits.
-    np.testing.assert_array_equal(load_encoder(model_dir, token_budget=40, threads=3).encode(sequences), one)
-    encoder = load_encoder(model_dir, threads=1)
+    np.testing.assert_array_equal(load(model_dir, token_budget=40, threads=3).encode(sequences), one)
+    encoder = load(model_dir, threads=1)
     singles = np.concatenate([encoder.encode([s]) for s in sequences[:40]])
     np.testing.assert_array_equal(singles, one[:40])
 
 
 def test_loading_needs_no_tensorflow(tiny_model_dir):
+    """seqcodec.load of a local model directory imports neither TensorFlow nor Keras (nor Beam)."""
     script = (
-        "import sys; from seqcodec.model.numpy_encoder import load_encoder; "
-        f"e = load_encoder({str(tiny_model_dir)!r}); "
-        "print(e is not None, e.encode([[1, 2, 3]]).shape, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+        "import sys, seqcodec; "
+        f"c = seqcodec.load({str(tiny_model_dir)!r}); "
+        "print(c.encode([[1, 2, 3]]).shape, sorted(m for m in ('tensorflow', 'keras', 'apache_beam') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True", "(1,", "17)", "False", "False"]
+    assert out.split() == ["(1,", "17)", "[]"]
 
 
 def edit_manifest(model_dir, change) -> None:
@@ -82,29 +91,51 @@ def edit_manifest(model_dir, change) -> None:
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("case", ["no file digests", "encoder file changed"])
-def test_unverifiable_encoder_is_left_to_load_codec(case, tiny_model_dir, tmp_path, sequences):
+def test_models_saved_without_file_digests_load_on_numpy(tiny_model_dir, tmp_path, sequences):
+    """The fingerprint is checked on the weights themselves, so models saved before the manifest
+    recorded its files' sha256 load without TensorFlow too."""
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
-    if case == "no file digests":  # a model saved before save_codec recorded them
-        edit_manifest(model_dir, lambda data: data.pop("files"))
-    else:
-        edit_manifest(model_dir, lambda data: data["files"].update({"encoder.keras": "0" * 64}))
-    assert load_encoder(model_dir) is None
-    # load_codec still checks the weights themselves: the same model, so it loads.
-    codec = load_codec(model_dir)
-    np.testing.assert_allclose(codec.encode(sequences), load_codec(tiny_model_dir).encode(sequences), atol=1e-6)
+    edit_manifest(model_dir, lambda data: data.pop("files"))
+    codec = load(model_dir)
+    assert isinstance(codec.encoder, NumpyEncoder) and isinstance(codec.decoder, NumpyDecoder)
+    np.testing.assert_array_equal(codec.encode(sequences), load(tiny_model_dir).encode(sequences))
 
 
-def test_a_numpy_encoder_follows_live_weights(tiny_config, sequences):
-    codec = build_codec(tiny_config, seed=8)
-    before = codec.encode(sequences)
-    for variable in codec.encoder.weights:
-        variable.assign(variable.numpy() * 0.5)
-    after = codec.encode(sequences)
-    assert not np.allclose(before, after)
-    fresh = NumpyEncoder(codec.numpy_encoder.weights, tiny_config)
-    np.testing.assert_array_equal(fresh.encode(sequences), after)
+def gru_network(config: CodecConfig) -> Network:
+    """A network of another structure: a GRU encoder, which the numpy engine does not run."""
+    ids = keras.Input(shape=(None,), dtype="int32", name=names.IDS)
+    x = keras.layers.Embedding(config.vocab_size + 1, config.embedding_size, mask_zero=True, name=names.EMBEDDING)(ids)
+    state = keras.layers.GRU(config.hidden_size, name=names.ENCODER_LSTM)(x)
+    code = keras.layers.Concatenate(name=names.CODE)([TokenCount(name=names.LENGTH)(ids), state])
+    return Network(keras.Model(ids, code), build_decoder(config), config)
+
+
+def test_a_network_of_another_structure_runs_on_tensorflow(tmp_path, sequences):
+    config = CodecConfig(**TINY, bidirectional=False)
+    keras.utils.set_random_seed(2)
+    network = gru_network(config)
+    save_codec(network, tmp_path / "gru")
+    codec = load(tmp_path / "gru")
+    assert isinstance(codec.encoder, KerasEncoder) and isinstance(codec.decoder, NumpyDecoder)
+    assert codec.fingerprint == network.fingerprint()
+    codes = codec.encode(sequences)
+    np.testing.assert_allclose(codes, network.encoder(np.asarray(
+        [np.r_[s + 1, np.zeros(12 - len(s), int)] for s in sequences], np.int32)).numpy(), atol=1e-5)
+    np.testing.assert_array_equal(codes, network.codec().encode(sequences))
+
+
+def test_without_tensorflow_beam_search_says_what_to_install(tiny_ar_network, tmp_path):
+    save_codec(tiny_ar_network, tmp_path / "ar")
+    script = (
+        "import sys; sys.modules['tensorflow'] = None; import seqcodec\n"
+        f"print(seqcodec.load({str(tmp_path / 'ar')!r}).decode([[2] + [0.5] * 16])[0].size)\n"
+        f"seqcodec.load({str(tmp_path / 'ar')!r}, beam_width=2)"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout.split() == ["2"]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: beam search") and "pip install tensorflow" in last, run.stderr
 
 
 def blas_threads() -> int:

@@ -39,3 +39,17 @@ def test_job_runs_from_a_folder_holding_user_modules(tmp_path, tiny_model_dir):
     )
     assert run.returncode == 0, run.stderr
     assert summary(project / "out")["rows_encoded"] == 3
+
+
+INFERENCE_HALF = ("config", "manifest", "batches", "names", "engine", "weights", "codec", "loader")
+
+
+def test_the_inference_half_imports_no_tensorflow(tmp_path):
+    """model/'s inference modules never import the Keras half: loading and running a model needs no TensorFlow."""
+    code = ("import sys; " + "; ".join(f"import seqcodec.model.{name}" for name in INFERENCE_HALF)
+            + "; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras') "
+            "or m in ('seqcodec.model.tf_engine', 'seqcodec.model.network', 'seqcodec.model.tfenv')))")
+    run = subprocess.run([sys.executable, "-c", code], env=child_env(tmp_path), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

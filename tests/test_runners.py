@@ -43,7 +43,7 @@ from helpers_beam import (
     write_table,
 )
 
-from seqcodec.model.storage import load_codec
+from seqcodec.model.loader import load
 from seqcodec.pipeline import encode
 from seqcodec.pipeline.options import make_pipeline
 from seqcodec.transforms.partition import SUCCESS, SUMMARY
@@ -112,7 +112,7 @@ def test_in_memory_direct_runner(runs, tiny_model_dir):
     valid = {i: t for i, t, reason in ROWS if reason is None} | {1000 + k: t for k, t in enumerate(EXTRA)}
     ids, _, codes = codes_by_id(in_memory)
     assert ids == sorted(valid)
-    assert np.abs(codes - load_codec(tiny_model_dir).encode([valid[i] for i in ids])).max() <= ATOL
+    assert np.abs(codes - load(tiny_model_dir).encode([valid[i] for i in ids])).max() <= ATOL
     assert {k: s["counters"][k] for k in COUNTERS} == {
         "rows_read": len(ROWS) + len(EXTRA), "rows_valid": N_VALID, "rows_encoded": N_VALID,
     }

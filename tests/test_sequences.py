@@ -232,10 +232,10 @@ def test_model_handler_fails_a_bad_sequence_alone_under_exception_handling(tiny_
 @pytest.fixture(scope="module")
 def second_model(tmp_path_factory):
     """(codec, saved dir) of another tiny model: the tiny configuration, other weights (seed 2)."""
-    codec = build_codec(CodecConfig(**TINY), seed=2)
+    network = build_codec(CodecConfig(**TINY), seed=2)
     model_dir = tmp_path_factory.mktemp("second") / "model"
-    save_codec(codec, model_dir)
-    return codec, model_dir
+    save_codec(network, model_dir)
+    return network.codec(), model_dir
 
 
 def test_model_handler_follows_a_model_refresh_through_the_side_input(tiny_model_dir, second_model):

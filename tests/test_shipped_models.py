@@ -21,8 +21,7 @@ import pytest
 
 import seqcodec
 import seqcodec.model.layers  # noqa: F401  (registers TokenCount, DecoderSteps, CodeState for load_model)
-from seqcodec.model.numpy_decoder import load_decoder
-from seqcodec.model.numpy_encoder import load_encoder
+from seqcodec.model.tf_engine import keras_codec
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {
@@ -99,21 +98,15 @@ def test_length_fields_and_padding_contract(shipped):
     assert shipped.lengths[longest] > shipped.lengths[short]
 
 
-@pytest.mark.parametrize("engine", ["numpy, no TensorFlow", "seqcodec.load"])
-def test_codes_match_the_keras_encoder(shipped, engine):
-    encoder = load_encoder(shipped.model_dir) if engine.startswith("numpy") else seqcodec.load(shipped.model_dir)
-    assert encoder is not None
-    codes = encoder.encode(shipped.sequences)
+def test_codes_match_the_keras_encoder(shipped):
+    codes = seqcodec.load(shipped.model_dir).encode(shipped.sequences)
     assert codes.shape == shipped.codes.shape
     np.testing.assert_array_equal(codes[:, 0], shipped.codes[:, 0])
     np.testing.assert_allclose(codes, shipped.codes, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("engine", ["numpy, no TensorFlow", "seqcodec.load"])
-def test_greedy_tokens_match_the_keras_decoder(shipped, engine):
-    decoder = load_decoder(shipped.model_dir) if engine.startswith("numpy") else seqcodec.load(shipped.model_dir)
-    assert decoder is not None
-    tokens = decoder.decode(shipped.codes)
+def test_greedy_tokens_match_the_keras_decoder(shipped):
+    tokens = seqcodec.load(shipped.model_dir).decode(shipped.codes)
     assert [len(t) for t in tokens] == shipped.lengths.tolist()
     agree = shipped.greedy_tokens_agree(tokens)
     assert agree.all(), f"{int((~agree).sum())} of {agree.size} rows decode differently from Keras"
@@ -122,9 +115,9 @@ def test_greedy_tokens_match_the_keras_decoder(shipped, engine):
 def test_the_words_model_is_the_one_whose_output_layer_runs_low_rank():
     """The words model's tied output layer has rank 128 of 192: the numpy decoder runs it as two
     factors, the case the golden tests above hold to Keras's tokens."""
-    weights = load_decoder(ROOT / SHIPPED["words"][0]).weights()
+    weights = seqcodec.load(ROOT / SHIPPED["words"][0]).decoder.weights
     assert weights.output_left is not None and weights.output_left.shape == (192, 128)
-    assert load_decoder(ROOT / SHIPPED["default"][0]).weights().output_left is None
+    assert seqcodec.load(ROOT / SHIPPED["default"][0]).decoder.weights.output_left is None
 
 
 
@@ -132,7 +125,7 @@ def test_the_words_model_is_the_one_whose_output_layer_runs_low_rank():
 def test_codes_and_tokens_are_bit_identical_whatever_the_batching(shipped):
     """Users hash and join on codes: a row's code must not depend on its batch's size or company."""
     sequences, n = shipped.sequences, len(shipped.sequences)
-    encoder, decoder = load_encoder(shipped.model_dir, threads=1), load_decoder(shipped.model_dir, threads=1)
+    encoder = decoder = seqcodec.load(shipped.model_dir, threads=1)
     codes = encoder.encode(sequences)
     tokens = decoder.decode_flat(codes)[0]
     # One row per call: numpy would take its matrix-vector path here.
@@ -144,19 +137,20 @@ def test_codes_and_tokens_are_bit_identical_whatever_the_batching(shipped):
                                         (int(rng.integers(50, 3000)), int(rng.integers(1, 40)), 2)]:
         order = rng.permutation(n)
         batching = {"token_budget": budget, "batch_size": batch_size, "threads": threads}
-        shuffled = load_encoder(shipped.model_dir, **batching).encode([sequences[i] for i in order])
+        shuffled = seqcodec.load(shipped.model_dir, **batching).encode([sequences[i] for i in order])
         assert np.array_equal(shuffled, codes[order]), batching
-        values, offsets = load_decoder(shipped.model_dir, **batching).decode_flat(codes[order])
+        values, offsets = seqcodec.load(shipped.model_dir, **batching).decode_flat(codes[order])
         back = np.concatenate([values[offsets[i] : offsets[i + 1]] for i in np.argsort(order)])
         assert np.array_equal(back, tokens), batching
 
 
-def test_a_loaded_codec_gives_the_same_bits_as_the_numpy_engine(shipped):
-    """``seqcodec.load`` runs the same numpy steps on the Keras variables: the same codes and tokens, alone too."""
-    codec = seqcodec.load(shipped.model_dir)
-    codes = load_encoder(shipped.model_dir).encode(shipped.sequences)
+def test_weights_from_live_layers_and_from_files_give_the_same_bits(shipped):
+    """The engine's weights read from live Keras layers and from the saved files: the same codes and tokens,
+    alone too."""
+    codec = keras_codec(shipped.encoder, shipped.decoder, seqcodec.read_manifest(shipped.model_dir).config)
+    codes = seqcodec.load(shipped.model_dir).encode(shipped.sequences)
     assert np.array_equal(codec.encode(shipped.sequences), codes)
-    tokens = load_decoder(shipped.model_dir).decode_flat(codes)
+    tokens = seqcodec.load(shipped.model_dir).decode_flat(codes)
     assert all(np.array_equal(a, b) for a, b in zip(codec.decode_flat(codes), tokens, strict=True))
     for i in range(0, len(codes), 30):
         assert np.array_equal(codec.encode([shipped.sequences[i]])[0], codes[i])

@@ -11,7 +11,7 @@ import pytest
 from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 
 from seqcodec.model.data import InputDataError, TokenSequences, read_token_sequences
-from seqcodec.model.storage import load_codec
+from seqcodec.model.loader import load
 from seqcodec.model.train import TimeBudget
 
 VOCAB, LONGEST = 10, 8
@@ -70,7 +70,7 @@ def trained(corpus_glob, tmp_path_factory) -> tuple[Path, int, str]:
 def test_train_writes_a_loadable_model(trained, corpus):
     model_dir, code, out = trained
     assert code == 0
-    codec = load_codec(model_dir)
+    codec = load(model_dir)
     manifest = manifest_of(model_dir)
     assert manifest["vocab_size"] == VOCAB  # largest id seen + 1
     assert manifest["max_length"] == LONGEST  # longest sequence seen
@@ -128,7 +128,7 @@ def test_same_seed_gives_the_same_model(trained, corpus_glob, corpus, tmp_path):
     # Training on CPU has been bit-for-bit repeatable here, so the weight fingerprints are compared.
     # (If TF ever makes this flaky, compare the codes of both models within 1e-6 instead.)
     assert manifest_of(tmp_path / "again")["fingerprint"] == manifest_of(first_dir)["fingerprint"]
-    np.testing.assert_array_equal(load_codec(tmp_path / "again").encode(corpus), load_codec(first_dir).encode(corpus))
+    np.testing.assert_array_equal(load(tmp_path / "again").encode(corpus), load(first_dir).encode(corpus))
 
 
 def test_tokens_column_option(trained, corpus, tmp_path):
@@ -158,7 +158,7 @@ def test_time_budget_stops_early_and_keeps_a_model(tmp_path):
     assert len(history["loss"]) == metrics["epochs_run"]
     # The schedule follows the clock: the budget ends at the floor learning rate, not at epoch 100000's.
     assert history["learning_rate"][-1] < 2e-3 * 0.05
-    load_codec(model_dir)
+    load(model_dir)
 
 
 def test_time_budget_spent_inside_the_first_epoch_is_an_error(seqcodec, tmp_path):
@@ -360,7 +360,7 @@ def test_overwrite_replaces_only_the_models_own_files(trained, corpus_glob, tmp_
     code, _, err = train(corpus_glob, model_dir, "--overwrite", "--seed", "4")
     assert code == 0, err
     assert manifest_of(model_dir)["fingerprint"] != old
-    assert load_codec(model_dir).fingerprint == manifest_of(model_dir)["fingerprint"]
+    assert load(model_dir).fingerprint == manifest_of(model_dir)["fingerprint"]
     assert sorted(p.name for p in model_dir.iterdir()) == ["README.md", "decoder.keras", "encoder.keras",
                                                            "history.json", "manifest.json", "notes", "split.parquet"]
     assert (model_dir / "README.md").read_text() == "my model, trained on Tuesday\n"

@@ -22,7 +22,7 @@ from apache_beam.ml.inference import base as _beam_base
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 
-from seqcodec.model.config import Batching, CodecConfig, threads_per_process
+from seqcodec.model.config import Batching, CodecConfig
 from seqcodec.transforms.formats import codes_table, tokens_array
 from seqcodec.transforms.table_coder import of_tables
 from seqcodec.transforms.validate import METRICS_NAMESPACE
@@ -103,10 +103,6 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
     failed-batch counting see the work (it only wraps the call, not the iteration of a generator).
     """
 
-    # A handler that only encodes (or only decodes, greedily) loads the numpy encoder (or decoder) where
-    # it can: no TensorFlow in the worker. None: the handler needs the whole codec.
-    numpy_part: str | None = None
-
     def __init__(self, model_dir: str, batching: Batching | int | None, done: str,
                  total_rows: int | None = None, reference: CodecConfig | None = None,
                  **batch_elements: Any) -> None:
@@ -146,26 +142,11 @@ class CodecHandler(ModelHandler[pa.Table, pa.Table, Any]):
         return model
 
     def load_any(self) -> Any:
-        """The numpy encoder or decoder where it can run the job (no TensorFlow), else the whole codec."""
-        batching = self.batching
-        if self.numpy_part and not batching.xla:
-            from seqcodec.model.numpy_decoder import load_decoder
-            from seqcodec.model.numpy_encoder import load_encoder
+        """The codec, on the numpy engine where it can run the model (TensorFlow only for what it cannot)."""
+        from seqcodec.model.loader import engine_names, load
 
-            threads = threads_per_process(batching.tf_threads, batching.workers)
-            args = (self.model_dir, batching.token_budget, batching.batch_size, threads)
-            part = load_encoder(*args) if self.numpy_part == "encoder" else load_decoder(
-                *args, beam_width=batching.beam_width)
-            if part is not None:
-                log.info("model %s loaded: numpy %s, %d thread(s), no TensorFlow", part.fingerprint, self.numpy_part,
-                         threads)
-                return part
-        from seqcodec.model.storage import load_codec  # TensorFlow is imported on the worker, not at launch
-        from seqcodec.model.tfenv import configure_threads
-
-        threads = configure_threads(batching.tf_threads, batching.workers)
-        codec = load_codec(self.model_dir, **batching.codec_options())
-        log.info("model %s loaded: TensorFlow, %d thread(s)", codec.fingerprint, threads)
+        codec = load(self.model_dir, **self.batching.codec_options())
+        log.info("model %s loaded: %s, %d thread(s)", codec.fingerprint, engine_names(codec), codec.threads)
         return codec
 
     def get_num_bytes(self, batch: Sequence[pa.Table]) -> int:
@@ -177,10 +158,8 @@ class CodecEncoderHandler(CodecHandler):
 
     Each element is already a batch (one Parquet row group or a slice of it), so RunInference
     is told not to batch further; inside, the codec sorts the rows by length, pads per bucket
-    and runs its compiled encoder. The model directory may be on any Beam filesystem.
+    and runs the encoder (the numpy engine). The model directory may be on any Beam filesystem.
     """
-
-    numpy_part = "encoder"
 
     def __init__(self, model_dir: str, batching: Batching | None = None, total_rows: int | None = None,
                  code_dtype: str = "float32") -> None:
@@ -242,12 +221,10 @@ class CodecDecoderHandler(CodecHandler):
     """Arrow table of valid (id, code) rows in, Arrow table of (id, tokens) out.
 
     Like the encoder's handler, each element is already a batch; the codec sorts its rows by
-    length, cuts them into batches and runs the compiled decoder. With ``compare`` the input
+    length, cuts them into batches and runs the decoder. With ``compare`` the input
     also holds the original ``tokens``; the output then keeps them as ``original`` and adds
     ``correct``, the number of positions each decoded row got right.
     """
-
-    numpy_part = "decoder"
 
     def __init__(self, model_dir: str, batching: Batching | None = None, compare: bool = False,
                  total_rows: int | None = None) -> None:

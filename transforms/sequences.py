@@ -435,8 +435,6 @@ class SequenceModelHandler(CodecHandler):
     length and code size of ``model_dir`` (read here, at construction).
     """
 
-    numpy_part = "encoder"
-
     def __init__(self, model_dir: str, batch_tokens: int = DEFAULT_BATCH_TOKENS, batch_size: int | None = None) -> None:
         config = read_manifest(model_dir).config
         # CodecHandler fixes batches of one table; here RunInference itself batches single sequences.
