@@ -14,7 +14,7 @@ from typing import Any
 
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
-from seqcodec.model.data import first_line
+from seqcodec.model.data import TENSORFLOW_MISSING, TensorFlowMissing, first_line
 from seqcodec.model.engine import NumpyDecoder, NumpyEncoder
 from seqcodec.model.manifest import (
     DECODER_FILE,
@@ -25,17 +25,16 @@ from seqcodec.model.manifest import (
 )
 from seqcodec.model.weights import NetworkArrays, decoder_weights, encoder_weights, fingerprint, read_keras_file
 
-TENSORFLOW_MISSING = "{needs} TensorFlow, which is not installed: pip install tensorflow-cpu keras (versions as in " \
-                     "seqcodec's requirements.txt)"
-
 
 def tf_engine(needs: str) -> Any:
-    """The TensorFlow engine module, imported now; ImportError in one line saying what to install if it cannot be."""
+    """The TensorFlow engine module, imported now; TensorFlowMissing (one line: what to install) if it cannot be."""
     try:
         from seqcodec.model import tf_engine as module
+    except TensorFlowMissing:
+        raise TensorFlowMissing(TENSORFLOW_MISSING.format(needs=needs)) from None
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] in ("tensorflow", "keras"):
-            raise ImportError(TENSORFLOW_MISSING.format(needs=needs)) from None
+            raise TensorFlowMissing(TENSORFLOW_MISSING.format(needs=needs)) from None
         raise
     return module
 

@@ -9,6 +9,8 @@ import os
 import sys
 from collections.abc import Iterator
 
+from seqcodec.model.data import TENSORFLOW_MISSING, TensorFlowMissing
+
 
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
@@ -34,15 +36,10 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-class TensorFlowMissing(ValueError):
-    """TensorFlow is not installed (a slim install): one line saying what needs it and what to install."""
-
-
 def _import_quietly() -> None:
     if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
-        raise TensorFlowMissing(
-            "TensorFlow is not installed (a slim install): training, beam search and models the numpy engine "
-            "cannot run need it: pip install 'seqcodec[train]'")
+        raise TensorFlowMissing(TENSORFLOW_MISSING.format(
+            needs="training, beam search and networks the numpy engine cannot run need"))
     if os.environ.get("SEQCODEC_TF_LOGS") == "1":
         import tensorflow  # noqa: F401
 

@@ -197,7 +197,7 @@ def test_the_jobs_parse_once_into_frozen_specs():
     args = encode.parser().parse_args(["--input", "in", "--output", "out", "--model-dir", "m", "--decode",
                                        "--batch-tokens", "512", "--beam-width", "3"])
     spec = EncodeSpec.from_args(args)
-    assert spec.batching == Batching(512, None, False, 0, beam_width=3) and spec.max_batch_rows == MAX_BATCH_ROWS
+    assert spec.batching == Batching(512, None, 0, beam_width=3) and spec.max_batch_rows == MAX_BATCH_ROWS
     assert spec.decode and spec.table is None and spec.wait
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.decode = False  # type: ignore[misc]

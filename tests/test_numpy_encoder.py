@@ -135,7 +135,7 @@ def test_without_tensorflow_beam_search_says_what_to_install(tiny_ar_network, tm
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 1 and run.stdout.split() == ["2"]
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: beam search") and "pip install tensorflow" in last, run.stderr
+    assert "TensorFlowMissing: beam search" in last and last.endswith("pip install 'seqcodec[train]'"), run.stderr
 
 
 def blas_threads() -> int:
