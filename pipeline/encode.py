@@ -28,9 +28,9 @@ from seqcodec.pipeline.options import (
 from seqcodec.pipeline.runtime import exit_process, run_cli, setup_logging
 from seqcodec.pipeline.specs import EncodeSpec
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
+from seqcodec.transforms.inference import EncodeTables
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
 from seqcodec.transforms.partition import Partition, partition_path, shard_prefix
-from seqcodec.transforms.sequences import EncodeSequences
 from seqcodec.transforms.table import ERRORS_SUFFIX, TableRef, TableRun, prepare_tables, table_schema, with_run_date
 from seqcodec.transforms.validate import TOO_LONG_CHOICES
 
@@ -63,16 +63,16 @@ def shard_schemas(job: EncodeJob) -> tuple[pa.Schema, pa.Schema]:
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: EncodeJob) -> Graph:
-    """Read -> EncodeSequences (validate, encode) -> write codes; rejected rows -> errors.
+    """Read -> EncodeTables (validate, encode) -> write codes; rejected rows -> errors.
 
     Returns what finalize waits for.
     """
     m = job.manifest
     tables = pipeline | "Read" >> ReadBatches(job.inputs.paths, job.id_column, job.tokens_column, job.max_batch_rows,
                                               split_bytes(job.inputs, job.max_batch_rows))
-    # The library's transform, on Arrow tables; with decode the codes keep their tokens so decoding can compare.
-    encoded = tables | "Encode" >> EncodeSequences(
-        job.model_dir, manifest=m, too_long=job.too_long, batching=job.batching, id_field=job.id_column,
+    # With decode the codes keep their tokens, so that decoding can compare.
+    encoded = tables | "Encode" >> EncodeTables(
+        job.model_dir, m, too_long=job.too_long, batching=job.batching, id_field=job.id_column,
         tokens_field=job.tokens_column, keep_tokens=job.decode, total_rows=job.progress_total,
         code_dtype=job.code_dtype,
     )

@@ -1,4 +1,4 @@
-"""The job's transforms on their own: ValidateTokens / split_rows, EncodeSequences on tables, ReadBatches.
+"""The job's transforms on their own: ValidateTokens / split_rows, EncodeTables, ReadBatches.
 
 Pipelines are real Beam TestPipelines on the DirectRunner's in-process engine (FnApiRunner, chosen the
 way pipeline/options.py does) with assert_that; inputs are real Arrow tables and real Parquet files,
@@ -33,8 +33,10 @@ from helpers_beam import (
 )
 
 from seqcodec.model.config import Batching
+from seqcodec.model.manifest import read_manifest
 from seqcodec.pipeline.options import direct_runner
 from seqcodec.transforms.formats import error_schema
+from seqcodec.transforms.inference import CodecEncoderHandler, EncodeTables, for_pipeline
 from seqcodec.transforms.parquet_io import (
     MIN_SPLIT_BYTES,
     InputFiles,
@@ -44,7 +46,6 @@ from seqcodec.transforms.parquet_io import (
     slice_tables,
     split_bytes,
 )
-from seqcodec.transforms.sequences import EncodeSequences
 from seqcodec.transforms.validate import ERRORS_TAG, METRICS_NAMESPACE, REASONS, ValidateTokens, split_rows
 
 ROWS = mixed_rows(n_valid=30, seed=5)
@@ -266,7 +267,7 @@ def test_split_rows_truncate_counts_and_keeps_types():
     assert truncated == 0 and bad.column("id").to_pylist() == [1] and bad.column("reason").to_pylist() == ["too_long"]
 
 
-# -- EncodeSequences on Arrow tables (the job's path), with the real saved model ---------------------------
+# -- EncodeTables (the job's encode, and EncodeSequences' on tables), with the real saved model ---------------------
 
 
 def test_encode_tables_equals_sequence_codec(tiny_model_dir, tiny_codec):
@@ -295,7 +296,8 @@ def test_encode_tables_equals_sequence_codec(tiny_model_dir, tiny_codec):
         check(diff <= ATOL, f"codes differ from SequenceCodec.encode by {diff}")
 
     p = make_pipeline()
-    codes = (p | Create(inputs) | EncodeSequences(str(tiny_model_dir), batching=Batching(batch_size=4))).main
+    codes = (p | Create(inputs) | EncodeTables(str(tiny_model_dir), read_manifest(str(tiny_model_dir)),
+                                               batching=Batching(batch_size=4))).main
     assert_that(codes, check_codes)
     counters = counters_of(p.run())
     assert counters["rows_encoded"] == 40
@@ -401,3 +403,14 @@ def test_read_token_batches_other_column_names(tmp_path):
     p = make_pipeline()
     assert_that(p | ReadBatches((str(path),), "key", "toks"), check_tables)
     p.run()
+
+
+def test_for_pipeline_places_a_copy_and_leaves_the_given_handler_alone(tiny_model_dir):
+    """Two pipelines of different worker counts given one handler each get their own thread policy."""
+    handler = CodecEncoderHandler(str(tiny_model_dir), Batching(batch_size=4))
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    two = BeamTestPipeline(runner=direct_runner(options), options=options) | Create([1])
+    one = make_pipeline() | Create([1])
+    placed_two, placed_one = for_pipeline(handler, two), for_pipeline(handler, one)
+    assert (placed_two.batching.workers, placed_one.batching.workers) == (2, 1)
+    assert handler.batching == Batching(batch_size=4) and placed_two is not handler

@@ -5,13 +5,14 @@ Each handler loads the model once per worker process.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
 import resource
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -23,9 +24,10 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 
 from seqcodec.model.config import Batching, CodecConfig
-from seqcodec.transforms.formats import codes_table, tokens_array
+from seqcodec.model.manifest import Manifest
+from seqcodec.transforms.formats import check_code_dtype, codes_table, tokens_array
 from seqcodec.transforms.table_coder import of_tables
-from seqcodec.transforms.validate import METRICS_NAMESPACE
+from seqcodec.transforms.validate import ERRORS_TAG, METRICS_NAMESPACE, ValidateTokens
 
 # Seconds between two progress lines of one worker (SEQCODEC_PROGRESS_SECONDS overrides).
 PROGRESS_SECONDS = float(os.environ.get("SEQCODEC_PROGRESS_SECONDS", "10"))
@@ -188,14 +190,53 @@ class CodecEncoderKeepingTokens(CodecEncoderHandler):
 
 
 def for_pipeline(handler: CodecHandler, pcoll: beam.PCollection) -> CodecHandler:
-    """The handler, its thread policy told how many worker processes the pipeline's runner starts per machine."""
-    handler.batching = dataclasses.replace(handler.batching, workers=worker_processes(pcoll.pipeline.options))
-    return handler
+    """A copy of the handler whose thread policy knows how many worker processes the runner starts per machine.
+
+    A copy, so that one handler given to several pipelines (or transforms) is never changed by them.
+    """
+    placed = copy.copy(handler)
+    placed.batching = dataclasses.replace(handler.batching, workers=worker_processes(pcoll.pipeline.options))
+    return placed
 
 
 def run_codec(tables: beam.PCollection, handler: CodecHandler) -> beam.PCollection:
     """RunInference with a codec handler whose thread policy knows the pipeline's worker processes."""
     return tables | "RunInference" >> RunInference(for_pipeline(handler, tables))
+
+
+class CodecOutputs(NamedTuple):
+    """The main output and the dead letters: ``out.main``, ``out.errors`` (or ``out["errors"]``), or
+    ``codes, errors = pcoll | EncodeSequences(...)``."""
+
+    main: beam.PCollection
+    errors: beam.PCollection
+
+    def __getitem__(self, key):
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+
+class EncodeTables(beam.PTransform):
+    """Token tables -> code tables, and rejected rows as error tables: validate, then RunInference.
+
+    The job's encode, and ``EncodeSequences``' on a PCollection declared to hold Arrow tables. Tables
+    in and out, typed as tables all the way (no routing, Flatten or keys), so Beam moves them with the
+    Arrow coder. ``keep_tokens`` keeps each row's tokens beside its code (for the round trip);
+    ``total_rows`` puts a percentage in the progress lines.
+    """
+
+    def __init__(self, model_dir: str, manifest: Manifest, *, too_long: str = "reject", id_field: str = "id",
+                 tokens_field: str = "tokens", batching: Batching | None = None, keep_tokens: bool = False,
+                 total_rows: int | None = None, code_dtype: str = "float32") -> None:
+        super().__init__()
+        check_code_dtype(code_dtype, manifest.max_length)
+        self.validator = ValidateTokens(manifest.vocab_size, manifest.max_length, too_long, id_field, tokens_field)
+        handler = CodecEncoderKeepingTokens if keep_tokens else CodecEncoderHandler
+        self.handler = handler(model_dir, batching, total_rows, code_dtype)
+
+    def expand(self, tables: beam.PCollection) -> CodecOutputs:
+        checked = tables | "Validate" >> beam.ParDo(self.validator).with_outputs(ERRORS_TAG, main="valid")
+        codes = run_codec(of_tables(checked.valid), self.handler)
+        return CodecOutputs(of_tables(codes), of_tables(checked[ERRORS_TAG]))
 
 
 # -- decoding and the round trip ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -22,12 +22,11 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from seqcodec.model.config import Batching
 from seqcodec.model.manifest import Manifest, read_manifest
-from seqcodec.transforms.formats import check_code_dtype
 from seqcodec.transforms.inference import (
     CodecDecoderHandler,
-    CodecEncoderHandler,
-    CodecEncoderKeepingTokens,
     CodecHandler,
+    CodecOutputs,
+    EncodeTables,
     code_matrix,
     for_pipeline,
 )
@@ -40,7 +39,6 @@ from seqcodec.transforms.validate import (
     NOT_TOKEN_LIST,
     TOO_LONG_CHOICES,
     ValidateCodes,
-    ValidateTokens,
     _Validate,
 )
 
@@ -288,25 +286,10 @@ class _CodecTransform(beam.PTransform):
         return CodecOutputs(results.main, errors)
 
     def expand_tables(self, tables: beam.PCollection, validator: _Validate, handler: CodecHandler) -> CodecOutputs:
-        """The path of a PCollection declared to hold Arrow tables (the job's): validate, RunInference, done.
-
-        Tables out, typed as tables all the way: no routing, no Flatten (which the DirectRunner
-        materializes) and no keys, and Beam sizes them with the Arrow coder instead of pickling them.
-        """
+        """A PCollection declared to hold Arrow tables: validate and RunInference, tables all the way."""
         checked = tables | "Validate" >> beam.ParDo(validator).with_outputs(ERRORS_TAG, main="valid")
         results = of_tables(checked.valid) | "RunInference" >> RunInference(for_pipeline(handler, tables))
         return CodecOutputs(of_tables(results), of_tables(checked[ERRORS_TAG]))
-
-
-class CodecOutputs(NamedTuple):
-    """The main output and the dead letters: ``out.main``, ``out.errors`` (or ``out["errors"]``), or
-    ``codes, errors = pcoll | EncodeSequences(...)``."""
-
-    main: beam.PCollection
-    errors: beam.PCollection
-
-    def __getitem__(self, key):
-        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
 
 
 class EncodeSequences(_CodecTransform):
@@ -329,28 +312,25 @@ class EncodeSequences(_CodecTransform):
 
     def __init__(self, model_dir: str, *, too_long: str = "reject", batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  batch_size: int | None = None, id_field: str = "id", tokens_field: str = "tokens",
-                 manifest: Manifest | None = None, keep_tokens: bool = False,
-                 total_rows: int | None = None, batching: Batching | None = None,
-                 code_dtype: str = "float32") -> None:
+                 manifest: Manifest | None = None, code_dtype: str = "float32") -> None:
         super().__init__(model_dir, manifest, batch_tokens, id_field, tokens_field)
         if too_long not in TOO_LONG_CHOICES:
             raise ValueError(f"too_long must be one of {', '.join(TOO_LONG_CHOICES)}, got {too_long!r}")
-        self.too_long, self.keep_tokens = too_long, keep_tokens
-        self.batching = batching or batch_size
-        self.total_rows = total_rows  # the job's rows, for progress lines with a percentage
-        check_code_dtype(code_dtype, self.manifest.max_length)
-        self.code_dtype = code_dtype
+        # The element path and the table path (EncodeTables) are built from the same settings.
+        self.tables = EncodeTables(model_dir, self.manifest, too_long=too_long, id_field=id_field,
+                                   tokens_field=tokens_field, batching=Batching(batch_size=batch_size),
+                                   code_dtype=code_dtype)
 
     def parts(self):
-        m = self.manifest
-        handler = (CodecEncoderKeepingTokens if self.keep_tokens else CodecEncoderHandler)(
-            self.model_dir, self.batching, self.total_rows, self.code_dtype)
         return (
             functools.partial(_ToTables, self.id_field, self.data_field, integer_list, pa.int64(), NOT_TOKEN_LIST),
-            ValidateTokens(m.vocab_size, m.max_length, self.too_long, self.id_field, self.data_field),
-            handler,
+            self.tables.validator,
+            self.tables.handler,
             code_elements,
         )
+
+    def expand_tables(self, tables: beam.PCollection, validator: _Validate, handler: CodecHandler) -> CodecOutputs:
+        return tables | "Encode tables" >> self.tables
 
 
 class DecodeCodes(_CodecTransform):
