@@ -70,13 +70,13 @@ def finalize(_: None, plan: Plan, written: list[str], counts: dict[str, int], st
         partition.release_lease()
         return summary.to_dict()
     try:
-        previous = partition.commit(summary.files, plan.job, summary.rows_done)
+        previous = partition.commit(summary.files, plan.kind.value, summary.rows_done)
     except (PartitionBusy, TableCommitFailed) as exc:
         log.error("not published: %s", exc)
         return {**summary.to_dict(), "status": NOT_PUBLISHED, "reason": str(exc), "exit_code": EXIT_PIPELINE_FAILED}
     if previous is not None:
         log.info("published %s (run %s, %s rows %s), replacing run %s%s", partition.path, partition.run_id,
-                 f"{summary.rows_done:,}", plan.done_label, previous.run_id or "(unnamed)",
+                 f"{summary.rows_done:,}", plan.kind.done_label, previous.run_id or "(unnamed)",
                  f" ({previous.rows:,} rows)" if previous.rows >= 0 else "")
     partition.clean_up(plan.grace_seconds)
     return summary.to_dict()
@@ -95,13 +95,13 @@ def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Decod
             mismatches: int | None) -> RunSummary:
     """The run's summary from the files its writes returned, with the decision: publish, or why not."""
     partition = plan.partition
-    done = written_rows(written, plan.folder)
+    done = written_rows(written, plan.kind.folder)
     rejected = written_rows(written, "errors")
     elapsed = time.time() - plan.started
     relative = [p[len(partition.staging):].lstrip("/") for p in written if p.startswith(partition.staging)]
     extra = ["/".join(MISMATCHES)] if mismatches is not None else []
     summary = RunSummary(
-        run_id=partition.run_id, job=plan.job, status=PUBLISHED, reason=None, rows_read=plan.rows_read,
+        run_id=partition.run_id, job=plan.kind.value, status=PUBLISHED, reason=None, rows_read=plan.rows_read,
         rows_done=done, rows_rejected=rejected, rejected_by_reason=reason_counts(in_folder(written, "errors")),
         partition=partition.path, run_dir=partition.staging, files=sorted({*relative, *extra, SUMMARY}),
         runner=plan.runner, elapsed_seconds=round(elapsed, 2),
@@ -113,7 +113,7 @@ def account(plan: Plan, written: list[str], counts: dict[str, int], stats: Decod
     if done + rejected != plan.rows_read or counts.get("read", plan.rows_read) != plan.rows_read:
         problems.append(
             f"row accounting failed: read {plan.rows_read} (the job read {counts.get('read')}), "
-            f"{plan.done_label} {done} + rejected {rejected}"
+            f"{plan.kind.done_label} {done} + rejected {rejected}"
         )
     if plan.roundtrip is not None:
         compare = plan.roundtrip is RoundTrip.COMPARE

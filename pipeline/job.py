@@ -111,18 +111,6 @@ class Plan:
     roundtrip: RoundTrip | None = None  # None: the job decodes nothing
     grace_seconds: float = GRACE_SECONDS
 
-    @property
-    def job(self) -> str:
-        return self.kind.value
-
-    @property
-    def folder(self) -> str:
-        return self.kind.folder
-
-    @property
-    def done_label(self) -> str:
-        return self.kind.done_label
-
 
 def make_plan(spec: JobSpec, pipeline: beam.Pipeline, partition: Partition | TableRun, rows_read: int,
               kind: JobKind, facts: dict[str, Any], started: float, counted: tuple[str, ...],

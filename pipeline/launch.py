@@ -99,7 +99,7 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
                     summary.rejected_by_reason, errors_folder(partition, True))
     log.info(
         "done: %d rows read, %d %s, %d rejected %s in %.1fs (%.0f sequences/s); published %s%s",
-        summary.rows_read, summary.rows_done, plan.done_label, summary.rows_rejected,
+        summary.rows_read, summary.rows_done, plan.kind.done_label, summary.rows_rejected,
         summary.rejected_by_reason or "", summary.elapsed_seconds, summary.sequences_per_second or 0,
         partition.path, replaced(partition),
     )
