@@ -13,27 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from seqcodec.model.errors import InputDataError, first_line
+
 log = logging.getLogger(__name__)
-
-
-class InputDataError(ValueError):
-    """A file or column that cannot be used; the message is one line naming the file."""
-
-
-class TensorFlowMissing(ImportError, ValueError):
-    """TensorFlow is not installed (a slim install): one line saying what needs it and what to install.
-
-    A ValueError too, so that the command line prints it as one line like any user error.
-    """
-
-
-TENSORFLOW_MISSING = "{needs} TensorFlow, which is not installed (a slim install): pip install 'seqcodec[train]'"
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message for a one-line error, or its type name if it has none."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def require_columns(path: str, names: list[str], columns: dict[str, str]) -> None:

@@ -122,7 +122,7 @@ def read_split(model_dir: str | os.PathLike, manifest: Manifest) -> SplitRecord:
     """
     from apache_beam.io.filesystems import FileSystems
 
-    from seqcodec.model.data import first_line
+    from seqcodec.model.errors import first_line
 
     model_dir = os.fspath(model_dir)
     name = manifest.extra["split"]["file"]

@@ -14,8 +14,8 @@ from typing import Any
 
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
-from seqcodec.model.data import TENSORFLOW_MISSING, TensorFlowMissing, first_line
 from seqcodec.model.engine import NumpyDecoder, NumpyEncoder
+from seqcodec.model.errors import TENSORFLOW_MISSING, TensorFlowMissing, first_line
 from seqcodec.model.manifest import (
     DECODER_FILE,
     ENCODER_FILE,

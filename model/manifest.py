@@ -109,7 +109,8 @@ def model_vocab(model_dir: str | os.PathLike, manifest: Manifest) -> list[str] |
         return None
     from apache_beam.io.filesystems import FileSystems
 
-    from seqcodec.model.data import InputDataError, first_line, parse_vocab
+    from seqcodec.model.data import parse_vocab
+    from seqcodec.model.errors import InputDataError, first_line
 
     model_dir = os.fspath(model_dir)
     path = FileSystems.join(model_dir, name)
@@ -139,7 +140,7 @@ def read_manifest(model_dir: str | os.PathLike) -> Manifest:
     ModelDirError (one line naming the directory) if it is missing, corrupt or incompatible. A local
     directory is read without Beam, whose import alone takes seconds.
     """
-    from seqcodec.model.data import first_line
+    from seqcodec.model.errors import first_line
 
     model_dir = os.fspath(model_dir)
     where = f"model directory {model_dir}"
@@ -172,7 +173,7 @@ def localize_model_dir(model_dir: str, names: tuple[str, ...]) -> str:
         return model_dir
     from apache_beam.io.filesystems import FileSystems
 
-    from seqcodec.model.data import first_line
+    from seqcodec.model.errors import first_line
 
     local = tempfile.mkdtemp(prefix="seqcodec-model-")
     for name in names:

@@ -17,8 +17,8 @@ import seqcodec.model.layers  # noqa: F401  (registers the custom layers before 
 from seqcodec.model import names
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import START_ID, CodecConfig
-from seqcodec.model.data import first_line
 from seqcodec.model.engine import NumpyDecoder, NumpyEncoder
+from seqcodec.model.errors import first_line
 from seqcodec.model.manifest import DECODER_FILE, ENCODER_FILE, Manifest, ModelDirError
 from seqcodec.model.tfenv import configure_threads, keras, tf
 from seqcodec.model.weights import decoder_weights, encoder_weights, fingerprint, live_arrays

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from seqcodec.model.data import TENSORFLOW_MISSING, TensorFlowMissing
+from seqcodec.model.errors import TENSORFLOW_MISSING, TensorFlowMissing
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ from seqcodec.model.batches import pad_shifted
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.data import TokenSequences
-from seqcodec.model.figures import baseline_scores, most_frequent_token, percent
 from seqcodec.model.heldout import split_table, token_hashes
 from seqcodec.model.layers import TiedOutput
 from seqcodec.model.manifest import HISTORY_FILE, Manifest
@@ -32,6 +31,7 @@ from seqcodec.model.network import (
     tied_decoder,
     untie,
 )
+from seqcodec.model.scores import baseline_scores, most_frequent_token, percent
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tfenv import keras, tf
 

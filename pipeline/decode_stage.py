@@ -20,9 +20,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from seqcodec.model.config import Batching
 from seqcodec.model.data import read_vocab, token_text
-from seqcodec.model.figures import percent
 from seqcodec.model.heldout import GROUPS, split_unavailable
 from seqcodec.model.manifest import Manifest, model_vocab
+from seqcodec.model.scores import percent
 from seqcodec.transforms.formats import decoded_schema
 from seqcodec.transforms.inference import DecodeTables
 from seqcodec.transforms.parquet_io import WriteTables

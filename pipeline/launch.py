@@ -16,7 +16,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineState
 
-from seqcodec.model.data import first_line
+from seqcodec.model.errors import first_line
 from seqcodec.pipeline.decode_stage import log_roundtrip
 from seqcodec.pipeline.finalize import errors_folder
 from seqcodec.pipeline.job import Graph, Plan

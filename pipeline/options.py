@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from seqcodec.model.config import DEFAULT_TOKEN_BUDGET
-from seqcodec.model.data import first_line
+from seqcodec.model.errors import first_line
 from seqcodec.pipeline.runtime import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, UsageError, check_positive
 from seqcodec.transforms.parquet_io import MAX_BATCH_ROWS
 from seqcodec.transforms.partition import GRACE_SECONDS, check_run_date

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.model.data import InputDataError, first_line, read_vocab
-from seqcodec.model.figures import percent
+from seqcodec.model.data import read_vocab
+from seqcodec.model.errors import InputDataError, first_line
 from seqcodec.model.manifest import VOCAB_FILE, ModelDirError, model_vocab, read_manifest
+from seqcodec.model.scores import percent
 from seqcodec.pipeline.options import (
     add_table_arguments,
     check_beam_arguments,

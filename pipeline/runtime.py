@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from seqcodec.model.data import InputDataError
+from seqcodec.model.errors import InputDataError
 from seqcodec.model.manifest import ModelDirError
 
 # Errors that mean "the user's input or arguments are wrong": reported in one line.

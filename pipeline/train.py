@@ -15,8 +15,8 @@ import numpy as np
 
 from seqcodec.model.config import DECODERS, CodecConfig
 from seqcodec.model.data import TokenSequences, read_token_sequences, read_vocab
-from seqcodec.model.figures import percent
 from seqcodec.model.manifest import VOCAB_FILE, Manifest, ModelDirError
+from seqcodec.model.scores import percent
 from seqcodec.pipeline.runtime import ArgumentParser, HelpFormatter, exit_process, run_cli, setup_logging
 
 log = logging.getLogger("seqcodec.train")

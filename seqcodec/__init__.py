@@ -28,7 +28,7 @@ _EXPORTS = {
     "Manifest": "seqcodec.model.manifest",
     "read_manifest": "seqcodec.model.manifest",
     "ModelDirError": "seqcodec.model.manifest",
-    "InputDataError": "seqcodec.model.data",
+    "InputDataError": "seqcodec.model.errors",
     "EncodeSequences": "seqcodec.transforms.sequences",
     "DecodeCodes": "seqcodec.transforms.sequences",
     "SequenceModelHandler": "seqcodec.transforms.sequences",
@@ -46,7 +46,7 @@ __all__ = [  # the same names as _EXPORTS (tests/test_library.py checks), writte
 if TYPE_CHECKING:
     from seqcodec.model.codec import SequenceCodec
     from seqcodec.model.config import CodecConfig
-    from seqcodec.model.data import InputDataError
+    from seqcodec.model.errors import InputDataError
     from seqcodec.model.loader import load
     from seqcodec.model.manifest import Manifest, ModelDirError, read_manifest
     from seqcodec.model.similarity import CodeNormalization

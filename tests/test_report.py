@@ -13,7 +13,7 @@ import pytest
 from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 from matplotlib.image import imread
 
-from seqcodec.model.figures import percent
+from seqcodec.model.scores import percent
 from seqcodec.pipeline.report import _plot_accuracy, _plot_lengths, _plot_loss, _plot_training_accuracy, headline
 
 VOCAB, MAX_LEN = 5, 6

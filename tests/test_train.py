@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, run_seqcodec, write_tokens_parquet
 
-from seqcodec.model.data import InputDataError, TokenSequences, read_token_sequences
+from seqcodec.model.data import TokenSequences, read_token_sequences
+from seqcodec.model.errors import InputDataError
 from seqcodec.model.loader import load
 from seqcodec.model.train import TimeBudget
 

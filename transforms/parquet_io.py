@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.model.data import InputDataError, directory_pattern, first_line, require_columns, token_list_type_error
+from seqcodec.model.data import directory_pattern, require_columns, token_list_type_error
+from seqcodec.model.errors import InputDataError, first_line
 from seqcodec.model.manifest import Manifest
 from seqcodec.transforms.formats import schema_metadata
 from seqcodec.transforms.parquet_sink import ParquetTableSink, WriteShards

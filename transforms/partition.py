@@ -43,7 +43,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from seqcodec.model.data import InputDataError
+from seqcodec.model.errors import InputDataError
 
 log = logging.getLogger("seqcodec")
 

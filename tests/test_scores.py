@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from seqcodec.model.figures import baseline_scores, most_frequent_token, percent
+from seqcodec.model.scores import baseline_scores, most_frequent_token, percent
 from seqcodec.model.train import hints
 
 

@@ -1,4 +1,4 @@
-"""Accuracy figures for people: percentages that never round to a false 0% or 100%, and the trivial baseline."""
+"""Scores for people: accuracy percentages that never round to a false 0% or 100%, and the trivial baseline."""
 
 from __future__ import annotations
 
