@@ -17,16 +17,9 @@ from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument,
 from seqcodec.pipeline.finalize import add_finalize
 from seqcodec.pipeline.job import Graph, Job, JobKind, RoundTrip, make_plan, model_dir_fact, row_counts
 from seqcodec.pipeline.launch import Built
-from seqcodec.pipeline.options import (
-    add_table_arguments,
-    check_beam_arguments,
-    job_parser,
-    make_pipeline,
-    single_worker,
-    use_filesystem_options,
-)
-from seqcodec.pipeline.runtime import exit_process, run_cli, setup_logging
-from seqcodec.pipeline.specs import DecodeSpec
+from seqcodec.pipeline.options import add_table_arguments, job_parser, make_pipeline, single_worker
+from seqcodec.pipeline.runtime import exit_process, run_cli
+from seqcodec.pipeline.specs import DecodeSpec, parse_job
 from seqcodec.transforms.formats import code_error_schema
 from seqcodec.transforms.parquet_io import CodeFiles, ReadBatches, WriteTables, inspect_codes, split_bytes
 from seqcodec.transforms.partition import Partition, partition_path, shard_prefix
@@ -74,20 +67,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None, pipeline: beam.Pipeline | None = None) -> int:
-    """The job: check, build (on ``pipeline`` if given, e.g. a TestPipeline), launch; the exit code."""
+    """The decode job, as ``encode.run``: check, build, launch; the exit code."""
     return build(argv, pipeline).launch()
 
 
 def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Built:
-    """Check the arguments and inputs, then build the whole job, its finalize stage included, on ``pipeline``.
-
-    Nothing is created before the job starts: a failed check (exit 2) leaves no trace.
-    """
-    args, beam_args = parser().parse_known_args(argv)
-    check_beam_arguments(beam_args)  # a typo (or an abbreviation) is a usage error before any input is read
-    setup_logging(args.verbose)
-    use_filesystem_options(beam_args)
-    return build_spec(DecodeSpec.from_args(args), beam_args, pipeline)
+    """The whole decode job on ``pipeline``, as ``encode.build``: nothing is created before it starts."""
+    return build_spec(*parse_job(parser(), DecodeSpec, argv), pipeline)
 
 
 def build_spec(spec: DecodeSpec, beam_args: list[str], pipeline: beam.Pipeline | None = None) -> Built:

@@ -16,17 +16,9 @@ from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument,
 from seqcodec.pipeline.finalize import add_finalize
 from seqcodec.pipeline.job import Graph, Job, JobKind, RoundTrip, make_plan, model_dir_fact, row_counts
 from seqcodec.pipeline.launch import Built
-from seqcodec.pipeline.options import (
-    add_table_arguments,
-    check_beam_arguments,
-    check_extras,
-    job_parser,
-    make_pipeline,
-    single_worker,
-    use_filesystem_options,
-)
-from seqcodec.pipeline.runtime import exit_process, run_cli, setup_logging
-from seqcodec.pipeline.specs import EncodeSpec
+from seqcodec.pipeline.options import add_table_arguments, check_extras, job_parser, make_pipeline, single_worker
+from seqcodec.pipeline.runtime import exit_process, run_cli
+from seqcodec.pipeline.specs import EncodeSpec, parse_job
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
 from seqcodec.transforms.inference import EncodeTables
 from seqcodec.transforms.parquet_io import InputFiles, ReadBatches, WriteTables, inspect_inputs, split_bytes
@@ -137,11 +129,7 @@ def build(argv: list[str] | None, pipeline: beam.Pipeline | None = None) -> Buil
 
     Nothing is created before the job starts: a failed check (exit 2) leaves no trace.
     """
-    args, beam_args = parser().parse_known_args(argv)
-    check_beam_arguments(beam_args)  # a typo (or an abbreviation) is a usage error before any input is read
-    setup_logging(args.verbose)
-    use_filesystem_options(beam_args)
-    return build_spec(EncodeSpec.from_args(args), beam_args, pipeline)
+    return build_spec(*parse_job(parser(), EncodeSpec, argv), pipeline)
 
 
 def build_spec(spec: EncodeSpec, beam_args: list[str], pipeline: beam.Pipeline | None = None) -> Built:

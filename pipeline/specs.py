@@ -12,8 +12,13 @@ import dataclasses
 from typing import Any
 
 from seqcodec.model.config import Batching
-from seqcodec.pipeline.options import check_io_arguments, check_table_arguments
-from seqcodec.pipeline.runtime import UsageError
+from seqcodec.pipeline.options import (
+    check_beam_arguments,
+    check_io_arguments,
+    check_table_arguments,
+    use_filesystem_options,
+)
+from seqcodec.pipeline.runtime import UsageError, setup_logging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,3 +100,17 @@ class DecodeSpec(JobSpec):
         if args.snapshot_id is not None and args.table is None:
             raise UsageError("--snapshot-id needs --table")
         return cls(**shared, code_column=args.code_column)
+
+
+def parse_job(parser: argparse.ArgumentParser, spec_type: type[JobSpec], argv: list[str] | None,
+              ) -> tuple[Any, list[str]]:
+    """Parse a job's command line once: its typed spec and the options left for Beam.
+
+    An option neither the job nor Beam knows (a typo, an abbreviation) is a usage error before any
+    input is read; Beam's filesystem options apply to this process's own checks too.
+    """
+    args, beam_args = parser.parse_known_args(argv)
+    check_beam_arguments(beam_args)
+    setup_logging(args.verbose)
+    use_filesystem_options(beam_args)
+    return spec_type.from_args(args), beam_args

@@ -84,6 +84,16 @@ def random_sequences(n: int, vocab: int, max_len: int, seed: int) -> list[np.nda
     return [rng.integers(0, vocab, size=int(rng.integers(1, max_len + 1)), dtype=np.int64) for _ in range(n)]
 
 
+def token_files(root: Path, ids: dict[str, range], seed: int, row_group_size: int) -> list[np.ndarray]:
+    """One token file per name, with those ids and random sequences (vocabulary 13, up to 12 long); the sequences."""
+    seqs = random_sequences(sum(len(r) for r in ids.values()), 13, 12, seed=seed)
+    start = 0
+    for name, rows in ids.items():
+        write_tokens_parquet(root / name, rows, seqs[start:start + len(rows)], row_group_size=row_group_size)
+        start += len(rows)
+    return seqs
+
+
 def build_codec(config: CodecConfig, seed: int) -> Network:
     """A fresh untrained network (``.codec()`` runs it); the same ``seed`` and ``config`` give the same weights."""
     keras.utils.set_random_seed(seed)

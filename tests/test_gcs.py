@@ -15,7 +15,7 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import random_sequences, run_seqcodec, write_tokens_parquet
+from conftest import run_seqcodec, token_files
 from helpers_beam import child_env, free_port, stop_process_group, wait_for_port
 from helpers_commit import committed_ids, crash_after_each_step, staged_run
 
@@ -68,9 +68,7 @@ def gcs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inputs(gcs, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("gcs-inputs")
-    seqs = random_sequences(200, 13, 12, seed=41)
-    write_tokens_parquet(root / "a.parquet", range(0, 120), seqs[:120], row_group_size=40)
-    write_tokens_parquet(root / "b.parquet", range(1000, 1080), seqs[120:], row_group_size=40)
+    token_files(root, {"a.parquet": range(0, 120), "b.parquet": range(1000, 1080)}, seed=41, row_group_size=40)
     for path in sorted(tiny_model_dir.iterdir()):
         gcs.put_file(path, f"models/tiny/{path.name}")
     return {"a": (gcs.put_file(root / "a.parquet", "tokens/a.parquet"), list(range(0, 120))),

@@ -21,7 +21,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import random_sequences, run_seqcodec, write_tokens_parquet
+from conftest import random_sequences, run_seqcodec, token_files, write_tokens_parquet
 from helpers_beam import REPO, child_env, free_port, stop_process_group, wait_for_port
 from helpers_commit import at_once, committed_ids, crash_after_each_step, staged_run
 
@@ -102,9 +102,7 @@ def s3(tmp_path_factory):
 def inputs(s3, tiny_model_dir, tmp_path_factory):
     """Token files (two for the date, one big one for the killed run) and the model, uploaded to S3."""
     root = tmp_path_factory.mktemp("s3-inputs")
-    seqs = random_sequences(120, 13, 12, seed=21)
-    write_tokens_parquet(root / "a.parquet", range(0, 60), seqs[:60], row_group_size=20)
-    write_tokens_parquet(root / "b.parquet", range(60, 120), seqs[60:], row_group_size=20)
+    token_files(root, {"a.parquet": range(0, 60), "b.parquet": range(60, 120)}, seed=21, row_group_size=20)
     big = random_sequences(20000, 13, 12, seed=22)
     write_tokens_parquet(root / "big.parquet", range(20000), big, row_group_size=100)
     for name in ("a", "b"):
