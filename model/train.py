@@ -56,6 +56,7 @@ class TrainSettings:
     sampled_softmax: int = 0  # training scores the true token and this many sampled ones; 0: the whole vocabulary
     tie_embeddings: bool = False  # the autoregressive decoder reads previous tokens through the encoder's embedding
     tie_output: bool = False  # the output layer scores tokens against the encoder's embedding (a projection)
+    near_duplicates: float = 0.0  # weight of the loss that asks an edited copy of a row for the row's code
 
     def __post_init__(self) -> None:
         for name in ("dropout", "word_dropout", "label_smoothing", "splice"):
@@ -64,12 +65,17 @@ class TrainSettings:
                 raise ValueError(f"{name.replace('_', '-')} must be in [0, 1), got {value}")
         if self.weight_decay < 0:
             raise ValueError(f"weight-decay must be >= 0, got {self.weight_decay}")
+        if self.near_duplicates < 0:
+            raise ValueError(f"near-duplicates must be >= 0, got {self.near_duplicates}")
         if self.sampled_softmax < 0:
             raise ValueError(f"sampled-softmax must be >= 0, got {self.sampled_softmax}")
         if self.sampled_softmax and self.label_smoothing:
             raise ValueError(f"sampled-softmax ({self.sampled_softmax}) and label-smoothing cannot be combined; "
                              "pass --sampled-softmax 0 to smooth labels")
 
+
+# ``near_duplicate_loss`` divides cosines by this before its softmax over the batch.
+NEAR_DUPLICATE_TEMPERATURE = 0.1
 
 # Vocabularies up to this size are treated as characters (letters, bytes), larger ones as words:
 # the two kinds of data got different defaults by measurement (docs/MODEL.md).
@@ -86,7 +92,7 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
         # dropout 0.2 gave 98.3%, and splicing half the rows (new words it cannot memorize) 99.2%.
         return {"decoder": "repeat", "embedding_size": 64, "batch_size": 128, "dropout": 0.2, "word_dropout": 0.0,
                 "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 0,
-                "tie_embeddings": False, "tie_output": False}
+                "tie_embeddings": False, "tie_output": False, "near_duplicates": 0.0}
     # Words: the decoder that sees its last token, a wider embedding, 1.6x the updates (batch 64), word
     # dropout so that it leans on the code rather than on its own (possibly wrong) last token, a softmax
     # sampled over 256 words in training (twice the epochs in a time budget), and the decoder reading
@@ -95,7 +101,7 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
     # sample.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
             "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0, "sampled_softmax": 256,
-            "tie_embeddings": True, "tie_output": True}
+            "tie_embeddings": True, "tie_output": True, "near_duplicates": 0.0}
 
 
 class SmoothedSparseCrossEntropy(keras.losses.Loss):
@@ -181,6 +187,33 @@ def splice_rows(ids: np.ndarray, share: float, rng: np.random.Generator) -> np.n
     return np.where(mask, ids[partner], ids)
 
 
+def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3) -> np.ndarray:
+    """Padded ids with every row edited as a near duplicate: 1 to ``most`` tokens dropped, or as many
+    inserted (drawn from the batch's own tokens, so frequent ones most), at random distinct positions.
+
+    A row keeps at least one token and at least two thirds of its own (a 4-token row loses at most one).
+    """
+    lengths = (ids > 0).sum(axis=1)
+    pool = ids[ids > 0]
+    rows = []
+    for row, length in zip(ids, lengths, strict=True):
+        tokens = row[:length]
+        count = int(rng.integers(1, most + 1))
+        if rng.random() < 0.5:
+            count = min(count, length // 3)
+            if count:
+                tokens = np.delete(tokens, rng.choice(length, count, replace=False))
+        else:
+            count = min(count, max(1, length // 3))
+            places = np.sort(rng.choice(length + 1, count, replace=True))
+            tokens = np.insert(tokens, places, rng.choice(pool, count))
+        rows.append(tokens)
+    out = np.zeros((len(rows), max(len(r) for r in rows)), dtype=ids.dtype)
+    for i, tokens in enumerate(rows):
+        out[i, : len(tokens)] = tokens
+    return out
+
+
 def bucketed_dataset(
     data: TokenSequences,
     batch_size: int,
@@ -188,13 +221,15 @@ def bucketed_dataset(
     config: CodecConfig | None = None,
     word_dropout: float = 0.0,
     splice: float = 0.0,
+    near_duplicates: bool = False,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches of similar length, padded to their own longest row, reshuffled every epoch.
 
     Yields (shifted ids, targets, weights) forever, or ((shifted ids, previous tokens), targets,
     weights) for an autoregressive ``config``; the weights are 0 on padding, so padding costs
-    nothing. ``splice``: the share of rows replaced by splices (``splice_rows``). Returns the dataset
-    and the number of batches in one epoch.
+    nothing. ``splice``: the share of rows replaced by splices (``splice_rows``). ``near_duplicates``:
+    the inputs end with an edited copy of every row (``edited_rows``). Returns the dataset and the
+    number of batches in one epoch.
     """
     feed_previous = config is not None and config.decoder == "autoregressive"
     lengths = data.lengths
@@ -209,11 +244,14 @@ def bucketed_dataset(
         chunks = [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
         for k in rng.permutation(len(chunks)):
             ids = splice_rows(pad_shifted(data.values, data.offsets, chunks[k]), splice, rng)
-            inputs = (ids, teacher_inputs(ids, config, word_dropout, rng)) if feed_previous else ids
-            yield inputs, np.maximum(ids - 1, 0), (ids > 0).astype(np.float32)
+            inputs = (ids, teacher_inputs(ids, config, word_dropout, rng)) if feed_previous else (ids,)
+            if near_duplicates:
+                inputs = (*inputs, edited_rows(ids, rng))
+            yield inputs if len(inputs) > 1 else ids, np.maximum(ids - 1, 0), (ids > 0).astype(np.float32)
 
     spec = tf.TensorSpec([None, None], tf.int32)
-    signature = ((spec, spec) if feed_previous else spec, spec, tf.TensorSpec([None, None], tf.float32))
+    width = 1 + feed_previous + near_duplicates
+    signature = ((spec,) * width if width > 1 else spec, spec, tf.TensorSpec([None, None], tf.float32))
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature).repeat().prefetch(2)
     return dataset, -(-lengths.size // batch_size)
 
@@ -376,32 +414,38 @@ class SampledSoftmaxTraining(keras.Model):
     frequency (as the word sample's is) best, and works, less efficiently, for any other numbering.
     """
 
-    def __init__(self, encoder: keras.Model, decoder: keras.Model, samples: int, vocab_size: int) -> None:
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, samples: int, vocab_size: int,
+                 near_duplicates: float = 0.0) -> None:
         super().__init__(name="autoencoder")
         self.encoder = encoder
+        self.near_duplicates = near_duplicates  # weight of ``near_duplicate_loss``; its rows end the inputs
         # The decoder up to its output layer; the output layer's weights enter the sampled loss.
         self.hidden = keras.Model(decoder.inputs, decoder.get_layer(names.TOKEN_PROBS).input)
         self.output_layer = decoder.get_layer(names.TOKEN_PROBS)
         self.samples, self.vocab_size = samples, vocab_size
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.near_tracker = keras.metrics.Mean(name="near_duplicate_loss")
 
     @property
     def metrics(self) -> list[Any]:
-        return [self.loss_tracker]  # what fit() logs and resets each epoch
+        # What fit() logs and resets each epoch.
+        return [self.loss_tracker, self.near_tracker] if self.near_duplicates else [self.loss_tracker]
 
-    def _hidden(self, inputs: Any, training: bool) -> Any:
-        if isinstance(inputs, (tuple, list)):  # autoregressive: (ids, previous tokens)
-            ids, previous = inputs
-            return self.hidden([self.encoder(ids, training=training), previous], training=training)
-        return self.hidden(self.encoder(inputs, training=training), training=training)
+    def _hidden(self, inputs: Any, training: bool) -> tuple[Any, Any]:
+        """The decoder's last hidden layer and the codes, for ids or (ids, previous tokens[, edited ids])."""
+        inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+        if self.near_duplicates:
+            inputs = inputs[:-1]
+        codes = self.encoder(inputs[0], training=training)
+        return self.hidden([codes, *inputs[1:]] if len(inputs) > 1 else codes, training=training), codes
 
     def call(self, inputs: Any, training: bool = False) -> Any:
-        return self.output_layer(self._hidden(inputs, training))
+        return self.output_layer(self._hidden(inputs, training)[0])
 
     def train_step(self, data: Any) -> dict[str, Any]:
         inputs, targets, weights = data
         with tf.GradientTape() as tape:
-            hidden = self._hidden(inputs, training=True)
+            hidden, codes = self._hidden(inputs, training=True)
             hidden = tf.reshape(hidden, [-1, hidden.shape[-1]])
             if isinstance(self.output_layer, TiedOutput):
                 rows, hidden = self.output_layer.rows(), self.output_layer.project(hidden)
@@ -412,9 +456,24 @@ class SampledSoftmaxTraining(keras.Model):
                 tf.reshape(tf.cast(targets, tf.int64), [-1, 1]), hidden, self.samples, self.vocab_size)
             weights = tf.reshape(tf.cast(weights, losses.dtype), [-1])
             loss = tf.reduce_sum(losses * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+            if self.near_duplicates:
+                near = near_duplicate_loss(codes, self.encoder(inputs[-1], training=True))
+                loss += self.near_duplicates * near
         self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        if self.near_duplicates:
+            self.near_tracker.update_state(near)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+
+def near_duplicate_loss(codes: Any, edited: Any) -> Any:
+    """Contrastive (InfoNCE) loss: each edited row's state must be nearer, by cosine, to its own row's
+    than to any other row's in the batch. The length field is left out: the edits change it."""
+    rows = tf.math.l2_normalize(codes[:, 1:], axis=-1)
+    queries = tf.math.l2_normalize(edited[:, 1:], axis=-1)
+    logits = tf.matmul(queries, rows, transpose_b=True) / NEAR_DUPLICATE_TEMPERATURE
+    labels = tf.range(tf.shape(logits)[0])
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
 
 
 def train_codec(
@@ -443,7 +502,11 @@ def train_codec(
         training_decoder = tied_decoder(config, settings.dropout, encoder, settings.tie_embeddings,
                                         settings.tie_output)
     if settings.sampled_softmax and settings.sampled_softmax < config.vocab_size:
-        autoencoder = SampledSoftmaxTraining(encoder, training_decoder, settings.sampled_softmax, config.vocab_size)
+        autoencoder = SampledSoftmaxTraining(encoder, training_decoder, settings.sampled_softmax, config.vocab_size,
+                                             settings.near_duplicates)
+    elif settings.near_duplicates:
+        raise ValueError("--near-duplicates needs the sampled softmax (--sampled-softmax N below the vocabulary's "
+                         f"size of {config.vocab_size}), the default for word vocabularies")
     else:
         autoencoder = build_autoencoder(encoder, training_decoder)
     if settings.weight_decay:
@@ -463,7 +526,7 @@ def train_codec(
     autoencoder.compile(optimizer=optimizer, jit_compile=False, **scoring)
     network = Network(encoder, decoder, config)
     dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed, config, settings.word_dropout,
-                                      settings.splice)
+                                      settings.splice, settings.near_duplicates > 0)
     budget = TimeBudget(settings.time_budget, settings.epochs * steps)
     best = BestExactMatch(network, validation, model_dir, budget, vocab, record)
     anneal = AnnealLearningRate(settings.learning_rate, budget)

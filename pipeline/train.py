@@ -46,6 +46,7 @@ class TrainSpec:
     sampled_softmax: int | None
     tie_embeddings: bool | None
     tie_output: bool | None
+    near_duplicates: float | None
     epochs: int
     time_budget: float | None  # seconds; 0 or None: no limit
     validation_fraction: float
@@ -81,6 +82,7 @@ def train(
     sampled_softmax: int | None = None,
     tie_embeddings: bool | None = None,
     tie_output: bool | None = None,
+    near_duplicates: float | None = None,
     epochs: int = 200,
     time_budget: float | None = 600.0,
     validation_fraction: float = 0.1,
@@ -264,6 +266,11 @@ def parser() -> argparse.ArgumentParser:
                    help="the output layer scores tokens against the encoder's embedding through a projection "
                         "(shared weights; the saved decoder holds their product, so models load as before; "
                         f"default: {by_vocab('tie_output')})")
+    p.add_argument("--near-duplicates", type=float, metavar="WEIGHT",
+                   help="weight of a training loss that asks a copy of each row with 1-3 tokens dropped or "
+                        "inserted for a code near the row's own (contrastive, against the batch's other rows), "
+                        "so that near duplicates get near codes; needs the sampled softmax "
+                        f"(default: {by_vocab('near_duplicates')}; docs/MODEL.md \"Near duplicates\")")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,

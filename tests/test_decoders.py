@@ -17,7 +17,15 @@ from seqcodec.model.network import Network, hidden_id
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tf_engine import beam_decoder
 from seqcodec.model.tfenv import keras
-from seqcodec.model.train import CHARACTER_VOCAB, TrainSettings, defaults_for, splice_rows, teacher_inputs
+from seqcodec.model.train import (
+    CHARACTER_VOCAB,
+    TrainSettings,
+    defaults_for,
+    edited_rows,
+    near_duplicate_loss,
+    splice_rows,
+    teacher_inputs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +116,67 @@ def test_splices_join_two_rows_of_one_length_and_keep_every_length():
     assert splice_rows(ids, 0.0, rng) is ids
 
 
+def is_subsequence(short: np.ndarray, long: np.ndarray) -> bool:
+    tokens = iter(long.tolist())
+    return all(token in tokens for token in short.tolist())
+
+
+def test_near_duplicate_edits_drop_or_insert_one_to_three_tokens():
+    rng = np.random.default_rng(6)
+    lengths = rng.integers(1, 30, size=400)
+    ids = np.zeros((400, 30), dtype=np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(1, 50, size=n)
+    edited = edited_rows(ids, np.random.default_rng(7))
+    new_lengths = (edited > 0).sum(axis=1)
+    assert edited.shape[1] == new_lengths.max()  # padded to its own longest row
+    changes = new_lengths - lengths
+    dropped, inserted = changes < 0, changes > 0
+    assert 0.4 < dropped.mean() < 0.55 and 0.4 < inserted.mean() < 0.6  # short rows are not shortened
+    assert set(np.abs(changes[changes != 0])) == {1, 2, 3}
+    assert (new_lengths >= 1).all() and (new_lengths[dropped] * 3 >= lengths[dropped] * 2).all()
+    for row in range(400):
+        source, copy = ids[row, : lengths[row]], edited[row, : new_lengths[row]]
+        assert (edited[row, new_lengths[row]:] == 0).all()
+        if changes[row] < 0:
+            assert is_subsequence(copy, source), row
+        elif changes[row] > 0:
+            assert is_subsequence(source, copy), row
+            assert set(copy.tolist()) <= set(ids[ids > 0].tolist())  # new tokens come from the batch
+        else:
+            assert lengths[row] < 3  # too short to lose a token
+            np.testing.assert_array_equal(copy, source)
+
+
+def test_near_duplicate_loss_is_low_only_when_each_copy_is_nearest_its_own_row():
+    codes = np.concatenate([np.full((4, 1), 5.0), 2 * np.eye(4)], axis=1).astype(np.float32)  # length, then h
+    assert float(near_duplicate_loss(codes, codes)) < 1e-3  # the length field (col 0) plays no part
+    shuffled = float(near_duplicate_loss(codes, codes[[1, 2, 3, 0]]))
+    assert shuffled > 9  # each copy is nearest another row: about 1 / temperature
+    half = float(near_duplicate_loss(codes, codes + 0.5 * codes[[1, 2, 3, 0]]))
+    assert 1e-3 < half < shuffled
+
+
+def test_near_duplicate_training_brings_edited_copies_nearer_and_keeps_the_format(tmp_path):
+    """The same training with and without --near-duplicates: with it, the saved encoder puts copies of
+    held-out rows with a token dropped nearer their own rows (the loss, computed on the codes the numpy
+    codec writes), the loss is logged apart, and the model is a standard one."""
+    rows = random_sequences(800, 20, 12, seed=8)
+    unseen = [row for row in random_sequences(200, 20, 12, seed=9) if row.size >= 4][:64]
+    copies = [np.delete(row, len(row) // 2) for row in unseen]
+    loss = {}
+    for weight in ("0", "0.5"):
+        (tmp_path / weight).mkdir()
+        manifest = train_on_rows(tmp_path / weight, rows, "--epochs", "6", "--decoder", "autoregressive",
+                                 "--sampled-softmax", "5", "--learning-rate", "0.01", "--near-duplicates", weight)
+        assert manifest["metrics"]["settings"]["near_duplicates"] == float(weight)
+        codec = load(tmp_path / weight / "model")
+        loss[weight] = float(near_duplicate_loss(codec.encode(unseen), codec.encode(copies)))
+        assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
+    assert loss["0.5"] < 0.8 * loss["0"], loss
+    assert "near_duplicate_loss" in json.loads((tmp_path / "0.5" / "model" / "history.json").read_text())
+
+
 def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
     assert defaults_for(26)["decoder"] == "repeat" == defaults_for(CHARACTER_VOCAB)["decoder"]
     assert defaults_for(CHARACTER_VOCAB + 1)["decoder"] == "autoregressive"
@@ -127,7 +196,7 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
                                                                               chosen["embedding_size"])
         settings = manifest.metrics["settings"]
         for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice",
-                     "sampled_softmax", "tie_embeddings", "tie_output"):
+                     "sampled_softmax", "tie_embeddings", "tie_output", "near_duplicates"):
             assert settings[name] == chosen[name], (vocab, name)
     # A word vocabulary with the repeat decoder asked for: neither kind of tying unless asked for too.
     manifest = seqcodec.train(rows, tmp_path / "repeat", hidden_size=8, epochs=1, time_budget=0, decoder="repeat")
@@ -269,7 +338,9 @@ def test_untied_decoder_computes_what_the_tied_output_trained(embeddings):
      (["--dropout", "1.5"], "dropout"), (["--label-smoothing", "1"], "label-smoothing"),
      (["--word-dropout", "-0.1"], "word-dropout"), (["--weight-decay", "-1"], "weight-decay"),
      (["--sampled-softmax", "-1"], "sampled-softmax"),
-     (["--sampled-softmax", "8", "--label-smoothing", "0.1"], "cannot be combined")],
+     (["--sampled-softmax", "8", "--label-smoothing", "0.1"], "cannot be combined"),
+     (["--near-duplicates", "-1"], "near-duplicates must be >= 0"),
+     (["--near-duplicates", "0.5"], "--near-duplicates needs the sampled softmax")],
 )  # fmt: skip
 def test_bad_regularization_options_are_one_line_errors(args, words, seqcodec, tmp_path):
     write_tokens_parquet(tmp_path / "rows.parquet", range(8), random_sequences(8, 5, 4, seed=1))
