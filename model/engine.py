@@ -1,4 +1,4 @@
-"""The numpy inference engine: folded weights, the one LSTM step, encode and greedy decode of a padded batch.
+"""The numpy inference engine: folded weights, the one LSTM step, encode, greedy and beam decode of a padded batch.
 
 No TensorFlow here. The arithmetic is the Keras layers' (gate order i, f, c, o; sigmoid gates, tanh),
 reassociated so that little is left inside the step loop:
@@ -200,50 +200,130 @@ def encode_ids(weights: EncoderWeights, ids: np.ndarray) -> np.ndarray:
     return codes
 
 
+class DecoderState:
+    """The decoder's running state over one padded batch of codes: ``step`` advances every row one token.
+
+    Greedy decoding runs it on the codes; beam search on each code repeated once per beam, choosing the
+    tokens it feeds back and reordering the rows between steps (``reorder``).
+    """
+
+    def __init__(self, weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray) -> None:
+        self.weights, self.lengths = weights, lengths
+        state = np.ascontiguousarray(codes[:, 1:], np.float32)
+        self.units = state.shape[1]
+        self.base = state @ weights.code
+        self.base += weights.bias
+        if weights.initial is not None:
+            (kernel_h, bias_h), (kernel_c, bias_c) = weights.initial
+            self.h = np.tanh(state @ kernel_h + bias_h)
+            self.c = state @ kernel_c + bias_c
+        else:
+            self.h = np.zeros_like(state)
+            self.c = np.zeros_like(state)
+        rows = codes.shape[0]
+        self.previous = np.full(rows, START_ID, np.int64) if weights.previous is not None else None
+        self.last = None if weights.remaining is None else weights.remaining.shape[0] - 1
+        self.z = np.empty_like(self.base)
+        left = weights.output_left
+        # [h, 1] (or [h @ left, 1]): the output layer's bias rides in its matmul
+        self.h_one = np.ones((rows, self.units + 1 if left is None else left.shape[1] + 1), np.float32)
+        self.logits = np.empty((rows, weights.output.shape[1]), np.float32)
+
+    def step(self, t: int) -> np.ndarray:
+        """Run step ``t`` on the previous tokens fed so far; the logits of every row (reused buffer)."""
+        weights, z = self.weights, self.z
+        np.matmul(self.h, weights.recurrent, out=z)
+        z += self.base
+        if self.previous is not None:
+            z += weights.previous[self.previous]
+        if self.last is not None:
+            z += weights.position[t]
+            z += weights.remaining[np.clip(self.lengths - 1 - t, 0, self.last)]
+        self.h, self.c = lstm_update(z, self.c)
+        if weights.output_left is None:
+            self.h_one[:, : self.units] = self.h
+        else:
+            np.matmul(self.h, weights.output_left, out=self.h_one[:, :-1])
+        np.matmul(self.h_one, weights.output, out=self.logits)
+        return self.logits
+
+    def feed(self, tokens: np.ndarray) -> None:
+        """The tokens chosen at this step, read by the next one (autoregressive)."""
+        if self.previous is not None:
+            self.previous = tokens + 1
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Keep the recurrent state of ``rows``, in that order (beam search's surviving prefixes)."""
+        self.h, self.c = self.h[rows], self.c[rows]
+
+
 def decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """codes (batch, hidden + 1) and their lengths -> greedy token ids (batch, longest length) int32."""
     if codes.shape[0] == 1:  # as encode_ids: GEMM, not GEMV, for bit-identical rows
         return decode_codes(weights, gemm_rows(codes), gemm_rows(lengths))[:1]
+    steps = int(lengths.max(initial=0))
+    decoder = DecoderState(weights, codes, lengths)
+    tokens = np.zeros((codes.shape[0], steps), np.int32)
+    for t in range(steps):
+        token = decoder.step(t).argmax(axis=1)
+        tokens[:, t] = token
+        decoder.feed(token)
+    return tokens
+
+
+def beam_decode_codes(weights: DecoderWeights, codes: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """codes and their lengths -> token ids (batch, longest length): beam search over ``width`` beams.
+
+    Each row keeps the ``width`` most likely prefixes (sum of log-probabilities) and returns the best
+    one of exactly its own length. Past a row's length its beams are frozen (they take "token 0" at
+    no cost, so they neither reorder nor duplicate), which keeps rows independent: a padded batch
+    gives each row what it would get alone. Equal scores go to the lower beam, then the lower token,
+    as TensorFlow's ``top_k`` orders them. ``width`` 1 chooses what greedy decoding does.
+
+    At most ``width`` tokens of one beam can survive a step, so each beam offers only its ``width``
+    best (``width`` argmax passes, far cheaper than partitioning the whole vocabulary) and the row
+    keeps the best ``width`` of those ``width``² candidates.
+    """
     rows = codes.shape[0]
     steps = int(lengths.max(initial=0))
-    state = np.ascontiguousarray(codes[:, 1:], np.float32)
-    units = state.shape[1]
-    base = state @ weights.code
-    base += weights.bias
-    if weights.initial is not None:
-        (kernel_h, bias_h), (kernel_c, bias_c) = weights.initial
-        h = np.tanh(state @ kernel_h + bias_h)
-        c = state @ kernel_c + bias_c
-    else:
-        h = np.zeros_like(state)
-        c = np.zeros_like(state)
-    tokens = np.zeros((rows, steps), np.int32)
-    previous = np.full(rows, START_ID, np.int64) if weights.previous is not None else None
-    last = None if weights.remaining is None else weights.remaining.shape[0] - 1
-    z = np.empty_like(base)
-    left = weights.output_left
-    # [h, 1] (or [h @ left, 1]): the output layer's bias rides in its matmul
-    h_one = np.ones((rows, units + 1 if left is None else left.shape[1] + 1), np.float32)
-    logits = np.empty((rows, weights.output.shape[1]), np.float32)
+    decoder = DecoderState(weights, np.repeat(codes, width, axis=0), np.repeat(lengths, width))
+    vocab = weights.output.shape[1]
+    offers = min(width, vocab)
+    # Only beam 0 is alive at the start, or the first step would pick the same token ``width`` times.
+    scores = np.full((rows, width), -np.inf, np.float32)
+    scores[:, 0] = 0.0
+    chosen = np.zeros((rows, width, steps), np.int32)
+    beams = np.arange(rows * width)
+    every = np.arange(rows)[:, None]
+    tokens = np.empty((rows * width, offers), np.int64)
+    values = np.empty((rows * width, offers), np.float32)
     for t in range(steps):
-        np.matmul(h, weights.recurrent, out=z)
-        z += base
-        if previous is not None:
-            z += weights.previous[previous]
-        if last is not None:
-            z += weights.position[t]
-            z += weights.remaining[np.clip(lengths - 1 - t, 0, last)]
-        h, c = lstm_update(z, c)
-        if left is None:
-            h_one[:, :units] = h
-        else:
-            np.matmul(h, left, out=h_one[:, :-1])
-        np.matmul(h_one, weights.output, out=logits)
-        token = logits.argmax(axis=1)
-        tokens[:, t] = token
-        if previous is not None:
-            previous = token + 1
-    return tokens
+        logits = decoder.step(t)
+        top = logits.max(axis=1)
+        # log-probability = logit - log-sum-exp of the beam's logits
+        norm = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        for k in range(offers):
+            best = logits.argmax(axis=1)
+            tokens[:, k] = best
+            values[:, k] = logits[beams, best]
+            logits[beams, best] = -np.inf
+        total = scores[:, :, None] + (values - norm[:, None]).reshape(rows, width, offers)
+        token = tokens.reshape(rows, width, offers).copy()
+        done = t >= lengths
+        if done.any():
+            total[done, :, 1:] = -np.inf
+            total[done, :, 0] = scores[done]
+            token[done] = 0
+        parent = np.broadcast_to(np.arange(width)[None, :, None], total.shape)
+        flat, token, parent = total.reshape(rows, -1), token.reshape(rows, -1), parent.reshape(rows, -1)
+        # Best first; equal scores by the lower (beam, token), as top_k over beam * vocab + token orders them.
+        order = np.lexsort((parent * vocab + token, -flat), axis=1)[:, :width]
+        scores, parent, token = flat[every, order], parent[every, order], token[every, order].astype(np.int32)
+        chosen = chosen[every, parent]
+        chosen[:, :, t] = token
+        decoder.reorder((every * width + parent).reshape(-1))
+        decoder.feed(token.reshape(-1))
+    return chosen[:, 0]
 
 
 class NumpyEncoder:
@@ -259,18 +339,19 @@ class NumpyEncoder:
 
 
 class NumpyDecoder:
-    """The greedy decode step on fixed weights: (codes, lengths) -> padded token ids.
+    """The decode step on fixed weights: (codes, lengths) -> padded token ids, greedy or by beam search.
 
     ``weights`` may be a function that builds them: it runs once, at the first call, so a worker
     that only encodes never folds the decoder (the word model's output layer costs an SVD).
+    ``beam_width`` > 1 searches that many beams (an autoregressive decoder; the caller checks).
     """
 
     parallel = True
-    beam_width = 1
 
-    def __init__(self, weights: DecoderWeights | Callable[[], DecoderWeights]) -> None:
+    def __init__(self, weights: DecoderWeights | Callable[[], DecoderWeights], beam_width: int = 1) -> None:
         self._weights = weights
         self._lock = threading.Lock()
+        self.beam_width = beam_width
 
     @property
     def weights(self) -> DecoderWeights:
@@ -281,6 +362,8 @@ class NumpyDecoder:
         return self._weights
 
     def __call__(self, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        if self.beam_width > 1:
+            return beam_decode_codes(self.weights, codes, lengths, self.beam_width)
         return decode_codes(self.weights, codes, lengths)
 
 

@@ -2,8 +2,7 @@
 
 The weights are read from ``encoder.keras``/``decoder.keras`` with h5py and checked against the
 manifest's fingerprint, without TensorFlow. TensorFlow is imported only for what numpy cannot run:
-beam search (``beam_width`` > 1 on an autoregressive model) and networks of another structure
-(``tf_engine.py``).
+networks of another structure (``tf_engine.py``).
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ def load(model_dir: str | os.PathLike, *, batch_size: int | None = None, token_b
 
     ``batch_size`` caps the rows per model call, ``token_budget`` the padded tokens; ``threads``
     batches run at once (0: one per core); ``beam_width`` > 1 decodes an autoregressive model by
-    beam search (TensorFlow). ModelDirError (one line) for a missing, damaged or mismatched directory.
+    beam search. ModelDirError (one line) for a missing, damaged or mismatched directory.
     """
     if beam_width < 1:
         raise ValueError(f"beam width must be >= 1, got {beam_width}")
@@ -78,17 +77,16 @@ def load(model_dir: str | os.PathLike, *, batch_size: int | None = None, token_b
         )
     encoder_found, decoder_found = encoder_weights(encoder_arrays, config), decoder_weights(decoder_arrays, config)
     beam = config.beam_width(beam_width)
-    if encoder_found is not None and decoder_found is not None and beam == 1:
-        return SequenceCodec(NumpyEncoder(encoder_found), NumpyDecoder(decoder_found), config, actual,
+    if encoder_found is not None and decoder_found is not None:
+        return SequenceCodec(NumpyEncoder(encoder_found), NumpyDecoder(decoder_found, beam), config, actual,
                              manifest=manifest, **options)
-    why = "beam search (beam_width > 1)" if beam > 1 else f"model directory {model_dir}'s network of another structure"
-    steps = tf_engine(why)
+    steps = tf_engine(f"model directory {model_dir}'s network of another structure")
     if threads:
         steps.configure_threads(threads)
     encoder = NumpyEncoder(encoder_found) if encoder_found is not None else steps.KerasEncoder(
         steps.load_network_file(model_dir, local / ENCODER_FILE))
-    if decoder_found is not None and beam == 1:
-        decoder = NumpyDecoder(decoder_found)
+    if decoder_found is not None:
+        decoder = NumpyDecoder(decoder_found, beam)
     else:
         decoder = steps.KerasDecoder(steps.load_network_file(model_dir, local / DECODER_FILE), config, beam)
     return SequenceCodec(encoder, decoder, config, actual, manifest=manifest, **options)

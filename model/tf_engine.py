@@ -1,4 +1,4 @@
-"""The TensorFlow engine, for what numpy cannot run: beam search and networks of another structure.
+"""The TensorFlow engine, for what numpy cannot run: networks of another structure (and the reference beam search).
 
 Also ``keras_codec``, which puts a codec on live Keras models (tests, benchmarks): numpy steps on a
 snapshot of their current weights where the structure is the standard one, Keras steps elsewhere.
@@ -143,15 +143,15 @@ def beam_decoder(decoder: keras.Model, config: CodecConfig, width: int) -> Any:
 def keras_codec(encoder: keras.Model, decoder: keras.Model, config: CodecConfig, *, beam_width: int = 1,
                 fingerprint: str = "", **options: Any) -> SequenceCodec:
     """A codec on live Keras models: numpy steps on their weights as they are now (the standard structure),
-    Keras steps otherwise and for beam search. ``options``: SequenceCodec's batching and threads."""
+    Keras steps otherwise. ``options``: SequenceCodec's batching and threads."""
     if beam_width < 1:
         raise ValueError(f"beam width must be >= 1, got {beam_width}")
     beam = config.beam_width(beam_width)
     encoder_found = encoder_weights(live_arrays(encoder), config)
-    decoder_found = decoder_weights(live_arrays(decoder), config) if beam == 1 else None
+    decoder_found = decoder_weights(live_arrays(decoder), config)
     return SequenceCodec(
         NumpyEncoder(encoder_found) if encoder_found is not None else KerasEncoder(encoder),
-        NumpyDecoder(decoder_found) if decoder_found is not None else KerasDecoder(decoder, config, beam),
+        NumpyDecoder(decoder_found, beam) if decoder_found is not None else KerasDecoder(decoder, config, beam),
         config, fingerprint, **options)
 
 

@@ -380,6 +380,23 @@ def test_beam_search_finds_the_most_likely_sequence_when_wide_enough(tiny_ar_net
     np.testing.assert_array_equal(beam_decoder(tiny_ar_network.decoder, config, 1)(tf.constant(codes)).numpy(), greedy)
 
 
+@pytest.mark.parametrize("width", [2, 3, 5])
+def test_numpy_beam_search_chooses_what_the_tensorflow_reference_does(width, tiny_ar_network, tiny_ar_codec,
+                                                                       sequences):
+    """The engine's beam search (numpy) against the Keras layers' (TensorFlow), on rows of mixed lengths."""
+    from seqcodec.model.engine import NumpyDecoder
+    from seqcodec.model.tfenv import tf
+
+    beam = tiny_ar_network.codec(beam_width=width)
+    assert isinstance(beam.decoder, NumpyDecoder) and beam.decoder.beam_width == width
+    codes = tiny_ar_codec.encode(sequences)
+    lengths = codes[:, 0].astype(int)
+    reference = beam_decoder(tiny_ar_network.decoder, tiny_ar_codec.config, width)(tf.constant(codes)).numpy()
+    got = beam.decode(codes)
+    for row, tokens in enumerate(got):
+        np.testing.assert_array_equal(tokens, reference[row, : lengths[row]])
+
+
 def test_beam_search_is_batch_invariant_and_keeps_lengths(tiny_ar_network, tiny_ar_codec, sequences):
     """Rows of mixed lengths decoded together equal each decoded alone, exactly ``length`` tokens each."""
     beam = tiny_ar_network.codec(beam_width=4)
