@@ -2,7 +2,9 @@
 
 Rebuilds the held-out test set that ``seqcodec train`` reported for the model (same files, seed and
 validation fraction, read from its manifest), round-trips it at each ``--widths`` value and times the
-decode alone, widths alternating round by round so machine load hits all alike:
+decode alone, widths alternating round by round so machine load hits all alike. Beam search runs
+on the numpy engine; ``--reference`` also times TensorFlow's (``tf_engine.beam_decoder``) at the
+first width above 1, once, and counts the rows on which both choose the same tokens:
 
     .venv/bin/python -m bench.beam_bench --model-dir models/words --input 'data/words/*.parquet'
 
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--input", default="data/words/*.parquet", help="the files the model was trained on")
     parser.add_argument("--widths", default="1,2,4,8")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--reference", action="store_true", help="also TensorFlow's beam search, compared")
     args = parser.parse_args()
 
     from seqcodec.model.data import read_token_sequences
@@ -57,6 +60,27 @@ def main() -> None:
         print(f"| {w} | {results[w]['exact_match']:.2%} | {results[w]['token_accuracy']:.2%} | "
               f"{len(test) / best:,.0f} | {best / greedy:.2f}x |")
     print(json.dumps({str(w): r for w, r in results.items()}))
+    if args.reference:
+        reference(args.model_dir, base, codes, next(w for w in widths if w > 1), codecs, min(results[w]["seconds"]))
+
+
+def reference(model_dir: str, base, codes: np.ndarray, width: int, codecs: dict, numpy_seconds: float) -> None:
+    """TensorFlow's beam search on the same codes: its time, and the rows where it chooses what numpy does."""
+    from pathlib import Path
+
+    from seqcodec.model.codec import SequenceCodec
+    from seqcodec.model.tf_engine import KerasDecoder, load_network_file
+
+    network = load_network_file(model_dir, Path(model_dir) / "decoder.keras")
+    tf_codec = SequenceCodec(base.encoder, KerasDecoder(network, base.config, width), base.config, base.fingerprint)
+    tf_codec.decode(codes[:64])  # trace outside the timing
+    start = time.perf_counter()
+    theirs = tf_codec.decode(codes)
+    seconds = time.perf_counter() - start
+    ours = codecs[width].decode(codes)
+    same = sum(np.array_equal(a, b) for a, b in zip(theirs, ours, strict=True))
+    print(f"width {width}: TensorFlow {seconds:.2f} s, numpy {numpy_seconds:.2f} s (best round); "
+          f"the same tokens on {same:,} of {len(codes):,} rows")
 
 
 if __name__ == "__main__":
