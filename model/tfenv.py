@@ -39,7 +39,7 @@ def _stderr_silenced() -> Iterator[None]:
 def _import_quietly() -> None:
     if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
         raise TensorFlowMissing(TENSORFLOW_MISSING.format(
-            needs="training, beam search and networks the numpy engine cannot run need"))
+            needs="training and networks the numpy engine cannot run need"))
     if os.environ.get("SEQCODEC_TF_LOGS") == "1":
         import tensorflow  # noqa: F401
 

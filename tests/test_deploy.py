@@ -218,7 +218,7 @@ def test_slim_install_runs_the_jobs_without_tensorflow_and_train_says_what_to_in
                             str(tmp_path / "model")], capture_output=True, text=True, timeout=120)
     assert train.returncode == 2 and train.stdout == "", train.stderr[-3000:]
     assert train.stderr.splitlines() == [
-        "seqcodec: error: training, beam search and networks the numpy engine cannot run need TensorFlow, "
+        "seqcodec: error: training and networks the numpy engine cannot run need TensorFlow, "
         "which is not installed (a slim install): pip install 'seqcodec[train]'"]
     assert not (tmp_path / "model").exists()
 

@@ -1,5 +1,5 @@
 """The numpy encoder: equal to the Keras encoder, loaded from a model directory without TensorFlow; other
-networks and beam search load TensorFlow, and say what to install without it."""
+networks load TensorFlow, and say what to install without it."""
 
 import json
 import shutil
@@ -125,17 +125,20 @@ def test_a_network_of_another_structure_runs_on_tensorflow(tmp_path, sequences):
     np.testing.assert_array_equal(codes, network.codec().encode(sequences))
 
 
-def test_without_tensorflow_beam_search_says_what_to_install(tiny_ar_network, tmp_path):
+def test_without_tensorflow_beam_search_runs_and_other_networks_say_what_to_install(tiny_ar_network, tmp_path):
     save_codec(tiny_ar_network, tmp_path / "ar")
+    config = CodecConfig(**TINY, bidirectional=False)
+    save_codec(gru_network(config), tmp_path / "gru")
     script = (
         "import sys; sys.modules['tensorflow'] = None; import seqcodec\n"
         f"print(seqcodec.load({str(tmp_path / 'ar')!r}).decode([[2] + [0.5] * 16])[0].size)\n"
-        f"seqcodec.load({str(tmp_path / 'ar')!r}, beam_width=2)"
+        f"print(seqcodec.load({str(tmp_path / 'ar')!r}, beam_width=2).decode([[3] + [0.5] * 16])[0].size)\n"
+        f"seqcodec.load({str(tmp_path / 'gru')!r})"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert run.returncode == 1 and run.stdout.split() == ["2"]
+    assert run.returncode == 1 and run.stdout.split() == ["2", "3"]
     last = run.stderr.strip().splitlines()[-1]
-    assert "TensorFlowMissing: beam search" in last and last.endswith("pip install 'seqcodec[train]'"), run.stderr
+    assert "TensorFlowMissing: model directory" in last and last.endswith("pip install 'seqcodec[train]'"), run.stderr
 
 
 def blas_threads() -> int:
