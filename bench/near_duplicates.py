@@ -6,7 +6,8 @@ edits of one kind (a word replaced, two adjacent words swapped, a word dropped, 
 new words drawn from the corpus' own word frequencies, a replacement never the word it replaces).
 Every query is looked up among all sentences of the corpus: by cosine on ``h`` (the code without
 its length field), raw and after each normalization learned from the corpus' own codes
-(``--norms``), and by cosine on TF-IDF vectors (smoothed idf, L2-normalized, numpy only). A query
+(``--norms``; ``learned``: the map a model trained with ``--near-duplicates`` keeps), and by cosine
+on TF-IDF vectors (smoothed idf, L2-normalized, numpy only). A query
 finds its source when a sentence with the source's tokens is among the first k. With a model
 directory that keeps its training split, sources are drawn half from training rows and half from
 held-out rows, and both are reported::
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-words", type=int, default=10)
     p.add_argument("--edits", default="1,2,3")
     p.add_argument("--norms", default=",".join(NORMALIZATIONS),
-                   help="normalizations of h to measure (seqcodec.CodeNormalization kinds; KIND:EPS sets eps)")
+                   help="normalizations of h to measure (seqcodec.CodeNormalization kinds; KIND:EPS sets eps; "
+                        "learned: the model's search map, if it has one)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     started = time.time()
@@ -129,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     scorers = {"tfidf": TfIdf(docs, manifest.vocab_size).scores}
     for name in (n for n in args.norms.split(",") if n):
         kind, _, eps = name.partition(":")
-        norm = CodeNormalization.fit(codes, kind, float(eps or 1e-3))
+        if kind == "learned":  # the model's own map (train --near-duplicates)
+            norm = CodeNormalization.from_model(args.model_dir)
+        else:
+            norm = CodeNormalization.fit(codes, kind, float(eps or 1e-3))
         index = norm(codes)
         scorers[f"codes:{name}"] = functools.partial(cosine, norm, index)
     rows = []

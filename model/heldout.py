@@ -8,7 +8,6 @@ rows it held out and from rows it never saw. Importing this module does not impo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from seqcodec.model.manifest import Manifest, ModelDirError
+from seqcodec.model.manifest import Manifest, read_checked
 
 SPLIT_FILE = "split.parquet"
 HASH_NAME = "seqcodec-token-hash-1"  # recorded in the manifest: a record made with another hash cannot be read
@@ -120,21 +119,7 @@ def read_split(model_dir: str | os.PathLike, manifest: Manifest) -> SplitRecord:
     ModelDirError (one line) if it is missing, damaged or not the one the manifest names; call
     ``split_unavailable`` first for models that have none.
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    from seqcodec.model.errors import first_line
-
-    model_dir = os.fspath(model_dir)
-    name = manifest.extra["split"]["file"]
-    try:
-        with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as handle:
-            data = handle.read()
-    except Exception as exc:  # FileSystems raises its own types per scheme
-        raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
-    recorded = (manifest.extra.get("files") or {}).get(name)
-    if recorded != hashlib.sha256(data).hexdigest():
-        raise ModelDirError(f"model directory {model_dir}: {name} does not match the sha256 in the manifest "
-                            "(changed or from another model)")
+    data = read_checked(model_dir, manifest, manifest.extra["split"]["file"])
     table = pq.read_table(io.BytesIO(data))
     roles = table.column("split").combine_chunks()
     codes = np.array([ROLES.index(r) for r in roles.dictionary.to_pylist()], dtype=np.int8)[roles.indices.to_numpy()]

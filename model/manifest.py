@@ -125,6 +125,29 @@ def model_vocab(model_dir: str | os.PathLike, manifest: Manifest) -> list[str] |
         raise ModelDirError(f"model directory {model_dir}: {exc}") from None
 
 
+def read_checked(model_dir: str | os.PathLike, manifest: Manifest, name: str) -> bytes:
+    """The bytes of the model file ``name`` (on any Beam filesystem), whose sha256 must be the manifest's.
+
+    ModelDirError (one line) if it is missing, damaged or not the one the manifest names.
+    """
+    import hashlib
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from seqcodec.model.errors import first_line
+
+    model_dir = os.fspath(model_dir)
+    try:
+        with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as handle:
+            data = handle.read()
+    except Exception as exc:  # FileSystems raises its own types per scheme
+        raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
+    if (manifest.extra.get("files") or {}).get(name) != hashlib.sha256(data).hexdigest():
+        raise ModelDirError(f"model directory {model_dir}: {name} does not match the sha256 in the manifest "
+                            "(changed or from another model)")
+    return data
+
+
 def parse_manifest(text: str | bytes, where: str) -> Manifest:
     """Parse and check manifest.json text; ModelDirError if it is not valid JSON or incompatible."""
     try:

@@ -22,3 +22,6 @@ INITIAL_C = "initial_c"
 DECODER_LSTM = "decoder_lstm"
 OUTPUT_DROPOUT = "output_dropout"
 TOKEN_PROBS = "token_probs"
+
+# Training only: the learned map of h that the near-duplicate loss scores (saved as search.npy, not a layer).
+SEARCH_HEAD = "search_head"

@@ -1,17 +1,24 @@
-"""Codes normalized for similarity search (``seqcodec.CodeNormalization``), learned from the codes to search.
+"""Codes normalized for similarity search (``seqcodec.CodeNormalization``): fitted on the codes to search, or learned.
 
 Cosine similarity on raw ``h`` (the code without its length field) is dominated by directions that
-all codes share; whitening, fitted on the codes to be searched, weighs every direction alike.
-``bench/near_duplicates.py`` measures it against raw and centered codes (docs/MODEL.md).
+all codes share; whitening, fitted on the codes to be searched, weighs every direction alike. A model
+trained with ``--near-duplicates`` also learned a linear map of ``h`` under which near duplicates are
+near (``search.npy`` in its directory, ``CodeNormalization.from_model``). ``bench/near_duplicates.py``
+measures them all against TF-IDF (docs/MODEL.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 
 import numpy as np
 
+from seqcodec.model.manifest import ModelDirError, read_checked, read_manifest
+
 NORMALIZATIONS = ("raw", "centered", "whitened")
+SEARCH_FILE = "search.npy"  # the learned map of h, (H, H) float32, written by training with --near-duplicates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +59,24 @@ class CodeNormalization:
         variance, axes = np.linalg.eigh(np.cov(h - mean, rowvar=False))
         variance = np.maximum(variance, 0.0)  # eigh may return tiny negative values for flat directions
         return cls(kind, mean, axes / np.sqrt(variance + eps * variance.max()))
+
+    @classmethod
+    def from_model(cls, model_dir: str | os.PathLike) -> CodeNormalization:
+        """The map of ``h`` that a model trained with ``--near-duplicates`` learned (kind ``learned``).
+
+        Nothing to fit: apply it to the codes you search and to every query. ModelDirError (one line)
+        if the model has none or its file does not match the manifest.
+        """
+        manifest = read_manifest(model_dir)
+        name = manifest.extra.get("search")
+        if not name:
+            raise ModelDirError(f"model directory {os.fspath(model_dir)}: no learned search map (models trained "
+                                "with --near-duplicates have one; fit a normalization instead)")
+        matrix = np.load(io.BytesIO(read_checked(model_dir, manifest, name)), allow_pickle=False)
+        if matrix.shape != (manifest.config.hidden_size, manifest.config.hidden_size):
+            raise ModelDirError(f"model directory {os.fspath(model_dir)}: {name} is {matrix.shape}, not "
+                                f"({manifest.config.hidden_size}, {manifest.config.hidden_size})")
+        return cls("learned", np.zeros(matrix.shape[0]), matrix.astype(np.float64))
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
         """The codes' ``h`` transformed, as float32 unit rows ``(N, hidden_size)``."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from seqcodec.model.config import CodecConfig
@@ -27,6 +28,7 @@ from seqcodec.model.manifest import (
     ModelDirError,
 )
 from seqcodec.model.network import Network
+from seqcodec.model.similarity import SEARCH_FILE
 from seqcodec.model.tfenv import keras, tf
 from seqcodec.model.weights import file_digest, live_arrays
 from seqcodec.model.weights import fingerprint as arrays_fingerprint
@@ -43,7 +45,7 @@ def own_files(model_dir: Path) -> set[str]:
         recorded = json.loads((model_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         recorded = None
-    own = {ENCODER_FILE, DECODER_FILE, MANIFEST, HISTORY_FILE, SPLIT_FILE}
+    own = {ENCODER_FILE, DECODER_FILE, MANIFEST, HISTORY_FILE, SPLIT_FILE, SEARCH_FILE}
     # vocab.txt is ours only where the manifest says train stored it: a user's own vocab.txt stays.
     if isinstance(recorded, dict) and recorded.get("vocab") == VOCAB_FILE:
         own.add(VOCAB_FILE)
@@ -83,13 +85,15 @@ def save_codec(
     extra: dict[str, Any] | None = None,
     vocab: Sequence[str] | None = None,
     split: pa.Table | None = None,
+    search: np.ndarray | None = None,
 ) -> Manifest:
     """Write the model directory and return its manifest; an existing model there is replaced.
 
     Only the model's own files are replaced (``own_files``); any other file in the directory is
     kept. With ``vocab`` (one token per id) the directory also holds it as ``vocab.txt``; with
     ``split`` (``heldout.split_table``) the training split as ``split.parquet``, named in the
-    manifest and checked by its sha256 like the networks.
+    manifest and checked by its sha256 like the networks; with ``search`` (an (H, H) map of ``h``,
+    ``train --near-duplicates``) that map as ``search.npy``, likewise.
     """
     target = check_model_dir(model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +108,11 @@ def save_codec(
         (staging / VOCAB_FILE).write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
     if split is not None:
         (staging / SPLIT_FILE).write_bytes(split_bytes(split))
-    digested = (ENCODER_FILE, DECODER_FILE, *((SPLIT_FILE,) if split is not None else ()))
+    if search is not None:
+        with open(staging / SEARCH_FILE, "wb") as handle:
+            np.save(handle, np.asarray(search, np.float32), allow_pickle=False)
+    digested = (ENCODER_FILE, DECODER_FILE, *((SPLIT_FILE,) if split is not None else ()),
+                *((SEARCH_FILE,) if search is not None else ()))
     manifest = Manifest(
         network.config,
         network.fingerprint(),
@@ -115,6 +123,7 @@ def save_codec(
             "files": {name: file_digest(staging / name) for name in digested},
             **({"vocab": VOCAB_FILE} if vocab is not None else {}),
             **({"split": split_facts(split)} if split is not None else {}),
+            **({"search": SEARCH_FILE} if search is not None else {}),
             **(extra or {}),
         },
     )
@@ -131,7 +140,7 @@ def save_codec(
         # The manifest goes last, so a reader in between sees weights that do not match it, which loading
         # refuses (fingerprint), never a silently different model.
         stale = own_files(target)
-        for name in (ENCODER_FILE, DECODER_FILE, VOCAB_FILE, HISTORY_FILE, SPLIT_FILE, MANIFEST):
+        for name in (ENCODER_FILE, DECODER_FILE, VOCAB_FILE, HISTORY_FILE, SPLIT_FILE, SEARCH_FILE, MANIFEST):
             if (staging / name).exists():
                 os.replace(staging / name, target / name)
             elif name in stale:

@@ -349,7 +349,7 @@ class BestExactMatch(keras.callbacks.Callback):
             self.best, self.best_epoch = key, epoch
             self.best_weights = self.model.get_weights()
             save_codec(self.network, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True},
-                       vocab=self.vocab, split=self.split)
+                       vocab=self.vocab, split=self.split, search=search_map(self.model))
 
 
 def epoch_line(epoch: int, epochs: int, seconds: float, logs: dict[str, Any]) -> str:
@@ -425,6 +425,14 @@ class SampledSoftmaxTraining(keras.Model):
         self.samples, self.vocab_size = samples, vocab_size
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.near_tracker = keras.metrics.Mean(name="near_duplicate_loss")
+        self.search_head = None
+        if near_duplicates:
+            # The contrastive loss scores a learned linear map of h, not h itself, so that h keeps what
+            # the decoder needs and near duplicates do not share (which word sits where); saved as search.npy.
+            size = encoder.output.shape[-1] - 1
+            self.search_head = keras.layers.Dense(size, use_bias=False, kernel_initializer="identity",
+                                                  name=names.SEARCH_HEAD)
+            self.search_head.build((None, size))
 
     @property
     def metrics(self) -> list[Any]:
@@ -457,7 +465,8 @@ class SampledSoftmaxTraining(keras.Model):
             weights = tf.reshape(tf.cast(weights, losses.dtype), [-1])
             loss = tf.reduce_sum(losses * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
             if self.near_duplicates:
-                near = near_duplicate_loss(codes, self.encoder(inputs[-1], training=True))
+                edited = self.encoder(inputs[-1], training=True)
+                near = near_duplicate_loss(self.search_head(codes[:, 1:]), self.search_head(edited[:, 1:]))
                 loss += self.near_duplicates * near
         self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
         self.loss_tracker.update_state(loss)
@@ -466,11 +475,18 @@ class SampledSoftmaxTraining(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
 
-def near_duplicate_loss(codes: Any, edited: Any) -> Any:
-    """Contrastive (InfoNCE) loss: each edited row's state must be nearer, by cosine, to its own row's
-    than to any other row's in the batch. The length field is left out: the edits change it."""
-    rows = tf.math.l2_normalize(codes[:, 1:], axis=-1)
-    queries = tf.math.l2_normalize(edited[:, 1:], axis=-1)
+def search_map(autoencoder: keras.Model) -> np.ndarray | None:
+    """The learned search map of ``h`` (``SampledSoftmaxTraining`` with near duplicates), else None."""
+    head = getattr(autoencoder, "search_head", None)
+    return None if head is None else np.asarray(head.kernel)
+
+
+def near_duplicate_loss(rows: Any, edited: Any) -> Any:
+    """Contrastive (InfoNCE) loss: each edited row's vector must be nearer, by cosine, to its own row's
+    than to any other row's in the batch. Vectors, not codes: the length field, which the edits change,
+    is left out by the caller."""
+    rows = tf.math.l2_normalize(rows, axis=-1)
+    queries = tf.math.l2_normalize(edited, axis=-1)
     logits = tf.matmul(queries, rows, transpose_b=True) / NEAR_DUPLICATE_TEMPERATURE
     labels = tf.range(tf.shape(logits)[0])
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
@@ -572,6 +588,6 @@ def train_codec(
     }
     metrics["hints"] = hints(metrics)
     curves = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    manifest = save_codec(network, model_dir, metrics, vocab=vocab, split=record)
+    manifest = save_codec(network, model_dir, metrics, vocab=vocab, split=record, search=search_map(autoencoder))
     (model_dir / HISTORY_FILE).write_text(json.dumps(curves, indent=1) + "\n")
     return manifest

@@ -13,7 +13,9 @@ import seqcodec
 from seqcodec.model import network
 from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.loader import load
+from seqcodec.model.manifest import ModelDirError
 from seqcodec.model.network import Network, hidden_id
+from seqcodec.model.similarity import CodeNormalization
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tf_engine import beam_decoder
 from seqcodec.model.tfenv import keras
@@ -149,18 +151,20 @@ def test_near_duplicate_edits_drop_or_insert_one_to_three_tokens():
 
 
 def test_near_duplicate_loss_is_low_only_when_each_copy_is_nearest_its_own_row():
-    codes = np.concatenate([np.full((4, 1), 5.0), 2 * np.eye(4)], axis=1).astype(np.float32)  # length, then h
-    assert float(near_duplicate_loss(codes, codes)) < 1e-3  # the length field (col 0) plays no part
-    shuffled = float(near_duplicate_loss(codes, codes[[1, 2, 3, 0]]))
+    rows = 2 * np.eye(4, dtype=np.float32)
+    assert float(near_duplicate_loss(rows, rows)) < 1e-3
+    assert float(near_duplicate_loss(rows, 3 * rows)) < 1e-3  # cosine: scale plays no part
+    shuffled = float(near_duplicate_loss(rows, rows[[1, 2, 3, 0]]))
     assert shuffled > 9  # each copy is nearest another row: about 1 / temperature
-    half = float(near_duplicate_loss(codes, codes + 0.5 * codes[[1, 2, 3, 0]]))
+    half = float(near_duplicate_loss(rows, rows + 0.5 * rows[[1, 2, 3, 0]]))
     assert 1e-3 < half < shuffled
 
 
 def test_near_duplicate_training_brings_edited_copies_nearer_and_keeps_the_format(tmp_path):
-    """The same training with and without --near-duplicates: with it, the saved encoder puts copies of
-    held-out rows with a token dropped nearer their own rows (the loss, computed on the codes the numpy
-    codec writes), the loss is logged apart, and the model is a standard one."""
+    """The same training with and without --near-duplicates: with it, the saved model's codes, under the
+    search map it learned (search.npy), put copies of held-out rows with a token dropped nearer their own
+    rows than raw codes of the model trained without it do; the loss is logged apart, the map is checked
+    against the manifest, and the networks are standard ones."""
     rows = random_sequences(800, 20, 12, seed=8)
     unseen = [row for row in random_sequences(200, 20, 12, seed=9) if row.size >= 4][:64]
     copies = [np.delete(row, len(row) // 2) for row in unseen]
@@ -171,10 +175,20 @@ def test_near_duplicate_training_brings_edited_copies_nearer_and_keeps_the_forma
                                  "--sampled-softmax", "5", "--learning-rate", "0.01", "--near-duplicates", weight)
         assert manifest["metrics"]["settings"]["near_duplicates"] == float(weight)
         codec = load(tmp_path / weight / "model")
-        loss[weight] = float(near_duplicate_loss(codec.encode(unseen), codec.encode(copies)))
+        if weight == "0":
+            with pytest.raises(ModelDirError, match="no learned search map"):
+                CodeNormalization.from_model(tmp_path / weight / "model")
+            search = CodeNormalization.fit(codec.encode(rows), "raw")
+        else:
+            assert manifest["search"] == "search.npy" and "search.npy" in manifest["files"]
+            search = CodeNormalization.from_model(tmp_path / weight / "model")
+        loss[weight] = float(near_duplicate_loss(search(codec.encode(unseen)), search(codec.encode(copies))))
         assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
     assert loss["0.5"] < 0.8 * loss["0"], loss
     assert "near_duplicate_loss" in json.loads((tmp_path / "0.5" / "model" / "history.json").read_text())
+    np.save(tmp_path / "0.5" / "model" / "search.npy", np.eye(16, dtype=np.float32))  # another map
+    with pytest.raises(ModelDirError, match="search.npy does not match the sha256"):
+        CodeNormalization.from_model(tmp_path / "0.5" / "model")
 
 
 def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
