@@ -427,8 +427,8 @@ class SampledSoftmaxTraining(keras.Model):
         self.near_tracker = keras.metrics.Mean(name="near_duplicate_loss")
         self.search_head = None
         if near_duplicates:
-            # The contrastive loss scores a learned linear map of h, not h itself, so that h keeps what
-            # the decoder needs and near duplicates do not share (which word sits where); saved as search.npy.
+            # The contrastive loss scores a learned linear map of h rather than h itself: searched through
+            # it, the codes find near duplicates better than raw h does (docs/MODEL.md). Saved as search.npy.
             size = encoder.output.shape[-1] - 1
             self.search_head = keras.layers.Dense(size, use_bias=False, kernel_initializer="identity",
                                                   name=names.SEARCH_HEAD)

@@ -268,9 +268,11 @@ def parser() -> argparse.ArgumentParser:
                         f"default: {by_vocab('tie_output')})")
     p.add_argument("--near-duplicates", type=float, metavar="WEIGHT",
                    help="weight of a training loss that asks a copy of each row with 1-3 tokens dropped or "
-                        "inserted for a code near the row's own (contrastive, against the batch's other rows), "
-                        "so that near duplicates get near codes; needs the sampled softmax "
-                        f"(default: {by_vocab('near_duplicates')}; docs/MODEL.md \"Near duplicates\")")
+                        "inserted to land near the row itself (contrastive, against the batch's other rows) "
+                        "under a learned map of the code, kept as search.npy for "
+                        "seqcodec.CodeNormalization.from_model; costs tokens in the round trip; "
+                        "needs the sampled softmax "
+                        f"(default: {by_vocab('near_duplicates')}; docs/MODEL.md \"Training for near duplicates\")")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,
