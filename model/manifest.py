@@ -110,28 +110,17 @@ def model_vocab(model_dir: str | os.PathLike, manifest: Manifest) -> list[str] |
     from apache_beam.io.filesystems import FileSystems
 
     from seqcodec.model.data import parse_vocab
-    from seqcodec.model.errors import InputDataError, first_line
+    from seqcodec.model.errors import InputDataError
 
-    model_dir = os.fspath(model_dir)
-    path = FileSystems.join(model_dir, name)
+    text = read_model_file(model_dir, name).decode("utf-8")
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            text = handle.read().decode("utf-8")
-    except Exception as exc:  # FileSystems raises its own types per scheme
-        raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
-    try:
-        return parse_vocab(text, path, manifest.vocab_size)
+        return parse_vocab(text, FileSystems.join(os.fspath(model_dir), name), manifest.vocab_size)
     except InputDataError as exc:
-        raise ModelDirError(f"model directory {model_dir}: {exc}") from None
+        raise ModelDirError(f"model directory {os.fspath(model_dir)}: {exc}") from None
 
 
-def read_checked(model_dir: str | os.PathLike, manifest: Manifest, name: str) -> bytes:
-    """The bytes of the model file ``name`` (on any Beam filesystem), whose sha256 must be the manifest's.
-
-    ModelDirError (one line) if it is missing, damaged or not the one the manifest names.
-    """
-    import hashlib
-
+def read_model_file(model_dir: str | os.PathLike, name: str) -> bytes:
+    """The bytes of the model file ``name``, on any Beam filesystem; ModelDirError (one line) if unreadable."""
     from apache_beam.io.filesystems import FileSystems
 
     from seqcodec.model.errors import first_line
@@ -139,12 +128,19 @@ def read_checked(model_dir: str | os.PathLike, manifest: Manifest, name: str) ->
     model_dir = os.fspath(model_dir)
     try:
         with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as handle:
-            data = handle.read()
+            return handle.read()
     except Exception as exc:  # FileSystems raises its own types per scheme
         raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
+
+
+def read_checked(model_dir: str | os.PathLike, manifest: Manifest, name: str) -> bytes:
+    """``read_model_file``, refused (ModelDirError, one line) unless its sha256 is the one the manifest records."""
+    import hashlib
+
+    data = read_model_file(model_dir, name)
     if (manifest.extra.get("files") or {}).get(name) != hashlib.sha256(data).hexdigest():
-        raise ModelDirError(f"model directory {model_dir}: {name} does not match the sha256 in the manifest "
-                            "(changed or from another model)")
+        raise ModelDirError(f"model directory {os.fspath(model_dir)}: {name} does not match the sha256 in the "
+                            "manifest (changed or from another model)")
     return data
 
 

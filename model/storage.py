@@ -45,10 +45,10 @@ def own_files(model_dir: Path) -> set[str]:
         recorded = json.loads((model_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         recorded = None
-    own = {ENCODER_FILE, DECODER_FILE, MANIFEST, HISTORY_FILE, SPLIT_FILE, SEARCH_FILE}
-    # vocab.txt is ours only where the manifest says train stored it: a user's own vocab.txt stays.
-    if isinstance(recorded, dict) and recorded.get("vocab") == VOCAB_FILE:
-        own.add(VOCAB_FILE)
+    own = {ENCODER_FILE, DECODER_FILE, MANIFEST, HISTORY_FILE, SPLIT_FILE}
+    # vocab.txt and search.npy are ours only where the manifest says train stored them: a user's own stay.
+    if isinstance(recorded, dict):
+        own |= {name for key, name in (("vocab", VOCAB_FILE), ("search", SEARCH_FILE)) if recorded.get(key) == name}
     return {name for name in own if (model_dir / name).exists()}
 
 
@@ -109,8 +109,7 @@ def save_codec(
     if split is not None:
         (staging / SPLIT_FILE).write_bytes(split_bytes(split))
     if search is not None:
-        with open(staging / SEARCH_FILE, "wb") as handle:
-            np.save(handle, np.asarray(search, np.float32), allow_pickle=False)
+        np.save(staging / SEARCH_FILE, np.asarray(search, np.float32), allow_pickle=False)
     digested = (ENCODER_FILE, DECODER_FILE, *((SPLIT_FILE,) if split is not None else ()),
                 *((SEARCH_FILE,) if search is not None else ()))
     manifest = Manifest(

@@ -369,6 +369,17 @@ def test_overwrite_replaces_only_the_models_own_files(trained, corpus_glob, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left beside it
 
 
+def test_overwrite_keeps_a_search_npy_the_model_did_not_write(trained, corpus_glob, tmp_path):
+    """search.npy is the model's own only where its manifest records it (train --near-duplicates)."""
+    model_dir = model_copy(trained, tmp_path / "model")
+    np.save(model_dir / "search.npy", np.eye(3, dtype=np.float32))  # the owner's file, not the model's
+    before = (model_dir / "search.npy").read_bytes()
+    code, _, err = train(corpus_glob, model_dir, "--overwrite", "--seed", "4")
+    assert code == 0, err
+    assert (model_dir / "search.npy").read_bytes() == before
+    assert "search" not in manifest_of(model_dir)
+
+
 def write_words(path: Path, n: int) -> Path:
     path.write_text("".join(f"w{i}\n" for i in range(n)))
     return path
