@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seqcodec.model.tfenv import keras
+from seqcodec.model.tfenv import keras, tf
 
 ops = keras.ops
 
@@ -142,3 +142,58 @@ class TiedOutput(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape[:-1], self.vocab_size)
+
+
+class FoldedDecoderLSTM(keras.layers.Layer):
+    """Training only: the decoder's steps (``DecoderSteps``) and LSTM in one layer, the same function of
+    the same weights in fewer multiplications.
+
+    The LSTM's input at step ``t`` is ``[h + position[t] + remaining[to go], previous token's vector]``
+    and ``h`` is the same at every step, so ``h``'s share of the gates is computed once per row, each
+    signal's once per position, and only the previous token's and the recurrent share once per step.
+    ``steps`` and ``lstm`` are standard layers under their standard names; ``network.untie`` copies
+    them into the decoder that the codec runs and saves.
+    """
+
+    def __init__(self, max_length: int, units: int, position_signal: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+        self.steps = DecoderSteps(max_length, position_signal, name="steps")
+        self.lstm = keras.layers.LSTM(units, return_sequences=True, name="decoder_lstm")
+
+    def build(self, codes_shape: tuple, previous_shape: tuple | None = None) -> None:
+        self.steps.build(codes_shape)
+        width = int(codes_shape[-1]) - 1 + (int(previous_shape[-1]) if previous_shape else 0)
+        self.lstm.build((None, None, width))
+
+    def call(self, codes: Any, previous: Any = None, initial_state: Any = None) -> Any:
+        cell, steps = self.lstm.cell, self.steps
+        hidden = int(codes.shape[-1]) - 1
+        from_steps = cell.kernel[:hidden]
+        lengths = ops.cast(ops.round(codes[:, 0]), "int32")
+        count = ops.max(lengths)
+        # Gate inputs (batch, steps, 4 units), each share computed where it changes.
+        z = ops.expand_dims(ops.matmul(codes[:, 1:], from_steps) + cell.bias, 1)
+        if steps.position_signal:
+            t = ops.arange(count, dtype="int32")
+            z = z + ops.expand_dims(ops.take(ops.matmul(steps.position, from_steps), t, axis=0), 0)
+            to_go = ops.clip(ops.expand_dims(lengths, 1) - 1 - ops.expand_dims(t, 0), 0, steps.max_length - 1)
+            z = z + ops.take(ops.matmul(steps.remaining, from_steps), to_go, axis=0)
+        if previous is not None:
+            z = z + ops.matmul(previous, cell.kernel[hidden:])
+        z = ops.broadcast_to(z, (ops.shape(codes)[0], count, 4 * self.units))
+        if initial_state is None:
+            zeros = ops.zeros((ops.shape(codes)[0], self.units), dtype=z.dtype)
+            initial_state = [zeros, zeros]
+
+        def step(state: Any, z_t: Any) -> Any:
+            h, c = state
+            i, f, g, o = ops.split(z_t + ops.matmul(h, cell.recurrent_kernel), 4, axis=-1)
+            c = cell.recurrent_activation(f) * c + cell.recurrent_activation(i) * cell.activation(g)
+            return (cell.recurrent_activation(o) * cell.activation(c), c)
+
+        outputs, _ = tf.scan(step, ops.transpose(z, (1, 0, 2)), initializer=tuple(initial_state))
+        return ops.transpose(outputs, (1, 0, 2))
+
+    def compute_output_shape(self, codes_shape: tuple, previous_shape: tuple | None = None) -> tuple:
+        return (codes_shape[0], None, self.units)

@@ -9,7 +9,7 @@ from typing import Any
 from seqcodec.model import names
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
-from seqcodec.model.layers import CodeState, DecoderSteps, TiedEmbedding, TiedOutput, TokenCount
+from seqcodec.model.layers import CodeState, DecoderSteps, FoldedDecoderLSTM, TiedEmbedding, TiedOutput, TokenCount
 from seqcodec.model.tf_engine import keras_codec
 from seqcodec.model.tfenv import keras
 from seqcodec.model.weights import fingerprint, live_arrays
@@ -65,16 +65,19 @@ def build_encoder(config: CodecConfig, dropout: float = 0.0) -> keras.Model:
 
 
 def build_decoder(config: CodecConfig, dropout: float = 0.0, previous_embedding: keras.layers.Layer | None = None,
-                  output: keras.layers.Layer | None = None) -> keras.Model:
+                  output: keras.layers.Layer | None = None, folded: bool = False) -> keras.Model:
     """Codes (batch, hidden + 1) -> token probabilities (batch, longest length, vocab_size).
 
     The autoregressive decoder takes a second input, the previous token of every step as shifted
     ids (batch, steps): ``START_ID`` first, then the row's own tokens + 1 (teacher forcing);
     ``greedy_decoder`` feeds it its own choices instead. ``previous_embedding`` replaces the layer
-    that embeds them and ``output`` the output layer (``tied_decoder``).
+    that embeds them and ``output`` the output layer (``tied_decoder``). ``folded``: training's
+    ``FoldedDecoderLSTM`` in place of the steps and the LSTM (``untie`` copies it into theirs).
     """
     code = keras.Input(shape=(config.code_size,), dtype="float32", name=names.CODE)
-    steps = DecoderSteps(config.max_length, config.position_signal, name=names.STEPS)(code)
+    folded_lstm = FoldedDecoderLSTM(config.max_length, config.hidden_size, config.position_signal,
+                                    name=names.DECODER_LSTM) if folded else None
+    steps = None if folded else DecoderSteps(config.max_length, config.position_signal, name=names.STEPS)(code)
     if config.decoder == "autoregressive":
         previous = keras.Input(shape=(None,), dtype="int32", name=names.PREVIOUS)
         embed = previous_embedding or layers.Embedding(config.vocab_size + 2, config.embedding_size,
@@ -82,14 +85,19 @@ def build_decoder(config: CodecConfig, dropout: float = 0.0, previous_embedding:
         e = embed(previous)
         if dropout:
             e = layers.Dropout(dropout, name=names.PREVIOUS_DROPOUT)(e)
-        x = layers.Concatenate(name=names.DECODER_INPUTS)([steps, e])
         state = CodeState(name=names.STATE)(code)
         h0 = layers.Dense(config.hidden_size, activation="tanh", name=names.INITIAL_H)(state)
         c0 = layers.Dense(config.hidden_size, name=names.INITIAL_C)(state)
-        x = layers.LSTM(config.hidden_size, return_sequences=True, name=names.DECODER_LSTM)(x, initial_state=[h0, c0])
+        if folded_lstm:
+            x = folded_lstm(code, e, initial_state=[h0, c0])
+        else:
+            x = layers.Concatenate(name=names.DECODER_INPUTS)([steps, e])
+            x = layers.LSTM(config.hidden_size, return_sequences=True, name=names.DECODER_LSTM)(
+                x, initial_state=[h0, c0])
         inputs = [code, previous]
     else:
-        x = layers.LSTM(config.hidden_size, return_sequences=True, name=names.DECODER_LSTM)(steps)
+        x = folded_lstm(code) if folded_lstm else layers.LSTM(
+            config.hidden_size, return_sequences=True, name=names.DECODER_LSTM)(steps)
         inputs = code
     if dropout:
         x = layers.Dropout(dropout, name=names.OUTPUT_DROPOUT)(x)
@@ -100,13 +108,14 @@ def build_decoder(config: CodecConfig, dropout: float = 0.0, previous_embedding:
 
 
 def tied_decoder(config: CodecConfig, dropout: float, encoder: keras.Model, embeddings: bool = True,
-                 output: bool = False) -> keras.Model:
+                 output: bool = False, folded: bool = True) -> keras.Model:
     """Training's decoder for ``--tie-embeddings`` and ``--tie-output``, sharing the encoder's embedding.
 
     ``embeddings``: the autoregressive decoder reads previous tokens through that table plus an own
     row for word dropout's hidden id. ``output``: tokens are scored against its rows (``TiedOutput``).
     Its other layers are its own: ``untie`` copies them, and the tied tables, into a standard decoder,
-    which is what the codec runs and saves.
+    which is what the codec runs and saves. ``folded``: the steps and the LSTM as one
+    ``FoldedDecoderLSTM``, the same function in fewer multiplications (``bench/train_folded.py``).
     """
     shared = encoder.get_layer(names.EMBEDDING)
     own_rows = hidden_id(config) + 1 - shared.input_dim
@@ -114,6 +123,7 @@ def tied_decoder(config: CodecConfig, dropout: float, encoder: keras.Model, embe
         config, dropout,
         TiedEmbedding(shared, own_rows, name=names.PREVIOUS_EMBEDDING) if embeddings else None,
         TiedOutput(shared, config.vocab_size, name=names.TOKEN_PROBS) if output else None,
+        folded=folded,
     )
 
 
@@ -122,7 +132,10 @@ def untie(trained: keras.Model, decoder: keras.Model) -> None:
     into its plain previous-token Embedding, a tied output layer's product into its Dense."""
     for layer in trained.layers:
         target = decoder.get_layer(layer.name)
-        if isinstance(layer, TiedEmbedding):
+        if isinstance(layer, FoldedDecoderLSTM):
+            decoder.get_layer(names.STEPS).set_weights(layer.steps.get_weights())
+            target.set_weights(layer.lstm.get_weights())
+        elif isinstance(layer, TiedEmbedding):
             target.embeddings.assign(layer.table())
         elif isinstance(layer, TiedOutput):
             target.kernel.assign(layer.kernel())
