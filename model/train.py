@@ -83,7 +83,7 @@ CHARACTER_VOCAB = 256
 
 
 def defaults_for(vocab_size: int) -> dict[str, Any]:
-    """The measured defaults for a vocabulary of this size: decoder, embedding, batch and regularization.
+    """The measured defaults for a vocabulary of this size: decoder, embedding, batch, regularization, learning rate.
 
     docs/MODEL.md has the 10-minute runs behind each value.
     """
@@ -92,16 +92,16 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
         # dropout 0.2 gave 98.3%, and splicing half the rows (new words it cannot memorize) 99.2%.
         return {"decoder": "repeat", "embedding_size": 64, "batch_size": 128, "dropout": 0.2, "word_dropout": 0.0,
                 "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 0,
-                "tie_embeddings": False, "tie_output": False, "near_duplicates": 0.0}
+                "tie_embeddings": False, "tie_output": False, "near_duplicates": 0.0, "learning_rate": 2e-3}
     # Words: the decoder that sees its last token, a wider embedding, 1.6x the updates (batch 64), word
     # dropout so that it leans on the code rather than on its own (possibly wrong) last token, a softmax
     # sampled over 256 words in training (twice the epochs in a time budget), and the decoder reading
     # its last token through the encoder's embedding and scoring the next against it (each word trains
-    # one vector, read or written). docs/MODEL.md has the runs against the letters' settings on the word
-    # sample.
+    # one vector, read or written), starting at a higher learning rate than letters. docs/MODEL.md has the
+    # runs against the letters' settings on the word sample.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
             "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0, "sampled_softmax": 256,
-            "tie_embeddings": True, "tie_output": True, "near_duplicates": 0.0}
+            "tie_embeddings": True, "tie_output": True, "near_duplicates": 0.0, "learning_rate": 3e-3}
 
 
 class SmoothedSparseCrossEntropy(keras.losses.Loss):

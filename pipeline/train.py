@@ -51,7 +51,7 @@ class TrainSpec:
     time_budget: float | None  # seconds; 0 or None: no limit
     validation_fraction: float
     batch_size: int | None
-    learning_rate: float
+    learning_rate: float | None
     seed: int
     vocab: str | os.PathLike | Sequence[str] | None  # a file of one token per line, or the tokens
     overwrite: bool
@@ -87,7 +87,7 @@ def train(
     time_budget: float | None = 600.0,
     validation_fraction: float = 0.1,
     batch_size: int | None = None,
-    learning_rate: float = 2e-3,
+    learning_rate: float | None = None,
     seed: int = 0,
     vocab: str | os.PathLike | Sequence[str] | None = None,
     overwrite: bool = False,
@@ -97,13 +97,13 @@ def train(
     ``input`` is a glob (or a directory) of Parquet files with a ``tokens_column``, or the token
     sequences themselves (lists or int arrays). The options are those of ``seqcodec train``,
     with the same defaults; ``time_budget`` 0 or None means no limit. ``decoder``, ``embedding_size``,
-    ``batch_size``, ``tie_embeddings``, ``tie_output`` and the regularization options left None take the measured
-    default for the vocabulary's size (``seqcodec.model.train.defaults_for``). ``model_dir`` is checked
-    before anything is read or trained: a model already there is replaced only with ``overwrite``, and
-    then only its own files (other files in the directory are kept). ``vocab`` (a file of one token per
-    line, line number = id, or the tokens themselves) is stored with the model as ``vocab.txt``, so
-    decoding shows words without being told; it sets the vocabulary's size. ValueError (one line) for
-    bad options or data.
+    ``batch_size``, ``learning_rate``, ``tie_embeddings``, ``tie_output`` and the regularization options
+    left None take the measured default for the vocabulary's size (``seqcodec.model.train.defaults_for``).
+    ``model_dir`` is checked before anything is read or trained: a model already there is replaced only
+    with ``overwrite``, and then only its own files (other files in the directory are kept). ``vocab``
+    (a file of one token per line, line number = id, or the tokens themselves) is stored with the model
+    as ``vocab.txt``, so decoding shows words without being told; it sets the vocabulary's size.
+    ValueError (one line) for bad options or data.
     """
     # Every keyword is a TrainSpec field (tests/test_library.py holds them to the command's options).
     spec = TrainSpec(**{name: value for name, value in locals().items() if name not in ("input", "model_dir")})
@@ -120,7 +120,7 @@ def fit(input: str | Sequence[Sequence[int]] | Sequence[np.ndarray], model_dir: 
                         ("embedding_size", spec.embedding_size)):
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if not spec.learning_rate > 0:
+    if spec.learning_rate is not None and not spec.learning_rate > 0:
         raise ValueError(f"--learning-rate must be positive, got {spec.learning_rate}")
     if spec.time_budget is not None and spec.time_budget < 0:
         raise ValueError("--time-budget must be >= 0 seconds")
@@ -184,7 +184,6 @@ def fit(input: str | Sequence[Sequence[int]] | Sequence[np.ndarray], model_dir: 
         time_budget=spec.time_budget or None,
         validation_fraction=spec.validation_fraction,
         batch_size=chosen.pop("batch_size"),
-        learning_rate=spec.learning_rate,
         seed=spec.seed,
         **chosen,
     )
@@ -280,9 +279,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=TrainSettings.validation_fraction,
                    help="held out: half picks the checkpoint, half is the reported test set (default: %(default)s)")
     p.add_argument("--batch-size", type=int, help=f"sequences per training step (default: {by_vocab('batch_size')})")
-    p.add_argument("--learning-rate", type=float, default=TrainSettings.learning_rate,
+    p.add_argument("--learning-rate", type=float,
                    help="starting rate, annealed (cosine) to 1/50 of it over the run's epochs or time budget "
-                        "(default: %(default)g)")
+                        f"(default: {by_vocab('learning_rate')})")
     p.add_argument("--seed", type=int, default=TrainSettings.seed,
                    help="data split, shuffling and initial weights (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

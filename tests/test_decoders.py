@@ -18,7 +18,7 @@ from seqcodec.model.network import Network, hidden_id
 from seqcodec.model.similarity import CodeNormalization
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tf_engine import beam_decoder
-from seqcodec.model.tfenv import keras
+from seqcodec.model.tfenv import keras, tf
 from seqcodec.model.train import (
     CHARACTER_VOCAB,
     TrainSettings,
@@ -210,11 +210,14 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
                                                                               chosen["embedding_size"])
         settings = manifest.metrics["settings"]
         for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice",
-                     "sampled_softmax", "tie_embeddings", "tie_output", "near_duplicates"):
+                     "sampled_softmax", "tie_embeddings", "tie_output", "near_duplicates", "learning_rate"):
             assert settings[name] == chosen[name], (vocab, name)
+    assert (defaults_for(26)["learning_rate"], defaults_for(4000)["learning_rate"]) == (2e-3, 3e-3)
     # A word vocabulary with the repeat decoder asked for: neither kind of tying unless asked for too.
-    manifest = seqcodec.train(rows, tmp_path / "repeat", hidden_size=8, epochs=1, time_budget=0, decoder="repeat")
+    manifest = seqcodec.train(rows, tmp_path / "repeat", hidden_size=8, epochs=1, time_budget=0, decoder="repeat",
+                              learning_rate=1e-3)
     assert not manifest.metrics["settings"]["tie_embeddings"] and not manifest.metrics["settings"]["tie_output"]
+    assert manifest.metrics["settings"]["learning_rate"] == 1e-3  # a rate given is the rate used
 
 
 def train_on_rows(tmp_path, rows: list[np.ndarray], *args) -> dict:
@@ -348,6 +351,42 @@ def test_untied_decoder_computes_what_the_tied_output_trained(kind, embeddings):
     want = np.asarray(trained(inputs))
     np.testing.assert_allclose(np.asarray(decoder(inputs)), want, rtol=1e-5, atol=1e-6)
     assert want.argmax(-1).std() > 0  # the probabilities depend on the weights, not one constant token
+
+
+@pytest.mark.parametrize("kind", ["autoregressive", "repeat"])
+def test_folded_decoder_trains_as_the_two_layers_do(kind):
+    """``FoldedDecoderLSTM`` (training's decoder) and ``DecoderSteps`` + LSTM given the same weights: the
+    same loss and the same gradient for every weight, rows of different lengths included."""
+    config = CodecConfig(**TINY, decoder=kind)
+    encoder = network.build_encoder(config)
+    folded = network.build_decoder(config, folded=True)
+    layers = network.build_decoder(config)
+    rng = np.random.default_rng(9)
+    for weight in folded.weights:  # away from the initial values, biases included
+        weight.assign(weight + rng.normal(0, 0.3, weight.shape).astype("float32"))
+    network.untie(folded, layers)
+    ids = np.array([[3, 1, 4, 1, 5], [2, 7, 1, 0, 0], [6, 0, 0, 0, 0]], np.int32)
+    previous = tf.constant([[START_ID, 4, 2, 5, 2], [START_ID, 3, 8, 2, 2], [START_ID, 7, 1, 1, 1]], tf.int32)
+
+    def loss_and_gradients(decoder):
+        with tf.GradientTape() as tape:
+            codes = encoder(ids)
+            probs = decoder([codes, previous] if kind == "autoregressive" else codes)
+            picked = tf.gather(probs, np.maximum(ids - 1, 0), batch_dims=2)
+            loss = -tf.reduce_sum(tf.math.log(picked) * (ids > 0))
+        variables = encoder.trainable_variables + decoder.trainable_variables
+        return float(loss), {v.path: g for v, g in zip(variables, tape.gradient(loss, variables), strict=True)}
+
+    loss, grads = loss_and_gradients(folded)
+    want_loss, want = loss_and_gradients(layers)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    # The folded layer's variables are its sublayers': "decoder_lstm/steps/position" is "steps/position".
+    inner = ("decoder_lstm/steps/", "decoder_lstm/decoder_lstm/")
+    renamed = {name.removeprefix("decoder_lstm/") if name.startswith(inner) else name: g for name, g in grads.items()}
+    assert renamed.keys() == want.keys()
+    for name, g in want.items():
+        np.testing.assert_allclose(tf.convert_to_tensor(renamed[name]).numpy(), tf.convert_to_tensor(g).numpy(),
+                                   rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize(
