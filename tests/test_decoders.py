@@ -212,7 +212,7 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
         for name in ("batch_size", "dropout", "word_dropout", "label_smoothing", "weight_decay", "splice",
                      "sampled_softmax", "tie_embeddings", "tie_output", "near_duplicates", "learning_rate"):
             assert settings[name] == chosen[name], (vocab, name)
-    assert (defaults_for(26)["learning_rate"], defaults_for(4000)["learning_rate"]) == (2e-3, 3e-3)
+    assert (defaults_for(26)["learning_rate"], defaults_for(4000)["learning_rate"]) == (2e-3, 4e-3)
     # A word vocabulary with the repeat decoder asked for: neither kind of tying unless asked for too.
     manifest = seqcodec.train(rows, tmp_path / "repeat", hidden_size=8, epochs=1, time_budget=0, decoder="repeat",
                               learning_rate=1e-3)
