@@ -76,22 +76,20 @@ def teacher_forced(model_dir: str, codec, test) -> np.ndarray | None:
     if codec.config.decoder != "autoregressive":
         return None
     from seqcodec.model.batches import pad_shifted
+    from seqcodec.model.manifest import DECODER_FILE, ENCODER_FILE
     from seqcodec.model.tfenv import keras
     from seqcodec.model.train import teacher_inputs
 
     encoder, decoder = (keras.saving.load_model(f"{model_dir}/{name}", compile=False)
-                        for name in ("encoder.keras", "decoder.keras"))
-    right = np.zeros(len(test.values), dtype=bool)
-    lengths = test.lengths
+                        for name in (ENCODER_FILE, DECODER_FILE))
+    right = []
     for start in range(0, len(test), 256):
-        rows = np.arange(start, min(start + 256, len(test)))
-        ids = pad_shifted(test.values, test.offsets, rows)
-        previous = keras.ops.convert_to_tensor(teacher_inputs(ids, codec.config, 0.0, np.random.default_rng()))
+        ids = pad_shifted(test.values, test.offsets, np.arange(start, min(start + 256, len(test))))
+        previous = keras.ops.convert_to_tensor(teacher_inputs(ids, codec.config, 0.0, np.random.default_rng(0)))
         chosen = np.asarray(decoder([encoder(ids), previous])).argmax(-1)
-        for k, row in enumerate(rows):
-            span = slice(test.offsets[row], test.offsets[row + 1])
-            right[span] = chosen[k, : lengths[row]] == test.values[span]
-    return right
+        # Right-padded rows in order: the real steps, row by row, are the test tokens in order.
+        right.append((chosen == ids - 1)[ids > 0])
+    return np.concatenate(right)
 
 
 def by_length(model_dir: str, codec, test, values: np.ndarray, distances: np.ndarray) -> str:

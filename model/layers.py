@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from seqcodec.model import names
 from seqcodec.model.tfenv import keras, tf
 
 ops = keras.ops
@@ -52,12 +53,20 @@ class DecoderSteps(keras.layers.Layer):
         state = codes[:, 1:]
         x = ops.repeat(ops.expand_dims(state, 1), steps, axis=1)
         if self.position_signal:
-            t = ops.arange(steps, dtype="int32")
-            x = x + ops.expand_dims(ops.take(self.position, t, axis=0), 0)
-            # Past a row's end this clips to 0; those steps are cut off and never read.
-            to_go = ops.clip(ops.expand_dims(lengths, 1) - 1 - ops.expand_dims(t, 0), 0, self.max_length - 1)
-            x = x + ops.take(self.remaining, to_go, axis=0)
+            position, remaining = self.signals(lengths, steps)
+            x = x + position + remaining
         return x
+
+    def signals(self, lengths: Any, steps: Any, table: Any = None) -> tuple[Any, Any]:
+        """The position signal (1, steps, width) and the steps-to-go signal (batch, steps, width) of rows
+        of ``lengths``; ``table`` (a function) maps each signal table first (``FoldedDecoderLSTM``
+        projects them into the LSTM's gates)."""
+        table = table or (lambda weights: weights)
+        t = ops.arange(steps, dtype="int32")
+        # Past a row's end this clips to 0; those steps are cut off and never read.
+        to_go = ops.clip(ops.expand_dims(lengths, 1) - 1 - ops.expand_dims(t, 0), 0, self.max_length - 1)
+        return (ops.expand_dims(ops.take(table(self.position), t, axis=0), 0),
+                ops.take(table(self.remaining), to_go, axis=0))
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], None, int(input_shape[-1]) - 1)
@@ -158,8 +167,8 @@ class FoldedDecoderLSTM(keras.layers.Layer):
     def __init__(self, max_length: int, units: int, position_signal: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.units = units
-        self.steps = DecoderSteps(max_length, position_signal, name="steps")
-        self.lstm = keras.layers.LSTM(units, return_sequences=True, name="decoder_lstm")
+        self.steps = DecoderSteps(max_length, position_signal, name=names.STEPS)
+        self.lstm = keras.layers.LSTM(units, return_sequences=True, name=names.DECODER_LSTM)
 
     def build(self, codes_shape: tuple, previous_shape: tuple | None = None) -> None:
         self.steps.build(codes_shape)
@@ -175,10 +184,8 @@ class FoldedDecoderLSTM(keras.layers.Layer):
         # Gate inputs (batch, steps, 4 units), each share computed where it changes.
         z = ops.expand_dims(ops.matmul(codes[:, 1:], from_steps) + cell.bias, 1)
         if steps.position_signal:
-            t = ops.arange(count, dtype="int32")
-            z = z + ops.expand_dims(ops.take(ops.matmul(steps.position, from_steps), t, axis=0), 0)
-            to_go = ops.clip(ops.expand_dims(lengths, 1) - 1 - ops.expand_dims(t, 0), 0, steps.max_length - 1)
-            z = z + ops.take(ops.matmul(steps.remaining, from_steps), to_go, axis=0)
+            position, remaining = steps.signals(lengths, count, lambda weights: ops.matmul(weights, from_steps))
+            z = z + position + remaining
         if previous is not None:
             z = z + ops.matmul(previous, cell.kernel[hidden:])
         z = ops.broadcast_to(z, (ops.shape(codes)[0], count, 4 * self.units))

@@ -96,8 +96,10 @@ def build_decoder(config: CodecConfig, dropout: float = 0.0, previous_embedding:
                 x, initial_state=[h0, c0])
         inputs = [code, previous]
     else:
-        x = folded_lstm(code) if folded_lstm else layers.LSTM(
-            config.hidden_size, return_sequences=True, name=names.DECODER_LSTM)(steps)
+        if folded_lstm:
+            x = folded_lstm(code)
+        else:
+            x = layers.LSTM(config.hidden_size, return_sequences=True, name=names.DECODER_LSTM)(steps)
         inputs = code
     if dropout:
         x = layers.Dropout(dropout, name=names.OUTPUT_DROPOUT)(x)
