@@ -97,10 +97,11 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
     # dropout so that it leans on the code rather than on its own (possibly wrong) last token, a softmax
     # sampled over 256 words in training (twice the epochs in a time budget), and the decoder reading
     # its last token through the encoder's embedding and scoring the next against it (each word trains
-    # one vector, read or written), starting at a higher learning rate than letters. docs/MODEL.md has the
-    # runs against the letters' settings on the word sample.
+    # one vector, read or written), starting at a higher learning rate than letters; half the rows spliced,
+    # as for letters (the model memorizes sentences too). docs/MODEL.md has the runs against the letters'
+    # settings on the word sample.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
-            "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.0, "sampled_softmax": 256,
+            "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 256,
             "tie_embeddings": True, "tie_output": True, "near_duplicates": 0.0, "learning_rate": 4e-3}
 
 
@@ -170,8 +171,8 @@ def splice_rows(ids: np.ndarray, share: float, rng: np.random.Generator) -> np.n
     """Padded ids with about ``share`` of the rows spliced: a row's head, from a random cut, joined
     to the tail of another row of the same length in the batch.
 
-    Splices keep the data's local statistics (letters next to letters that follow them in real
-    words) but are sequences the model has never seen whole, so it cannot pass by memorizing rows.
+    Splices keep the data's local statistics (letters or words next to ones that follow them in real
+    data) but are sequences the model has never seen whole, so it cannot pass by memorizing rows.
     """
     if not share:
         return ids
@@ -399,7 +400,7 @@ def hints(metrics: dict[str, Any]) -> list[str]:
         out.append(
             f"training rows round-trip far better than held-out rows ({percent(train['token_accuracy'])} against "
             f"{percent(test['token_accuracy'])} of tokens): the model memorizes; more distinct training "
-            "sequences, --dropout or --word-dropout help"
+            "sequences, --dropout, --word-dropout or --splice help"
         )
     return out
 

@@ -12,6 +12,7 @@ from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 import seqcodec
 from seqcodec.model import network
 from seqcodec.model.config import START_ID, CodecConfig
+from seqcodec.model.data import TokenSequences
 from seqcodec.model.loader import load
 from seqcodec.model.manifest import ModelDirError
 from seqcodec.model.network import Network, hidden_id
@@ -22,6 +23,7 @@ from seqcodec.model.tfenv import keras, tf
 from seqcodec.model.train import (
     CHARACTER_VOCAB,
     TrainSettings,
+    bucketed_dataset,
     defaults_for,
     edited_rows,
     near_duplicate_loss,
@@ -116,6 +118,24 @@ def test_splices_join_two_rows_of_one_length_and_keep_every_length():
         assert donor != row and lengths[donor] == n
         np.testing.assert_array_equal(spliced[row, head:n], ids[donor, head:n])
     assert splice_rows(ids, 0.0, rng) is ids
+
+
+def test_word_batches_read_and_score_the_same_spliced_rows():
+    """Words splice half their rows by default: the decoder's previous tokens, the targets and the weights of a
+    batch must all come from the spliced rows, or training would score one sentence while reading another."""
+    rows = [100 * (r + 1) + np.arange(1, 2 + r % 5) for r in range(60)]  # every token names its row
+    data = TokenSequences(np.concatenate(rows), np.cumsum([0] + [len(r) for r in rows]))
+    config = CodecConfig(vocab_size=6100, max_length=6, decoder="autoregressive")
+    dataset, _ = bucketed_dataset(data, 12, seed=5, config=config, splice=defaults_for(6100)["splice"])
+    spliced = 0
+    for (ids, previous), targets, weights in dataset.take(5).as_numpy_iterator():
+        np.testing.assert_array_equal(previous[:, 0], START_ID)
+        np.testing.assert_array_equal(previous[:, 1:], ids[:, :-1])
+        np.testing.assert_array_equal(targets, np.maximum(ids - 1, 0))
+        np.testing.assert_array_equal(weights, ids > 0)
+        owners = [set(row[row > 0] // 100) for row in ids - 1]
+        spliced += sum(len(owner) > 1 for owner in owners)
+    assert spliced > 0
 
 
 def is_subsequence(short: np.ndarray, long: np.ndarray) -> bool:
@@ -213,6 +233,7 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
                      "sampled_softmax", "tie_embeddings", "tie_output", "near_duplicates", "learning_rate"):
             assert settings[name] == chosen[name], (vocab, name)
     assert (defaults_for(26)["learning_rate"], defaults_for(4000)["learning_rate"]) == (2e-3, 4e-3)
+    assert (defaults_for(26)["splice"], defaults_for(4000)["splice"]) == (0.5, 0.5)
     # A word vocabulary with the repeat decoder asked for: neither kind of tying unless asked for too.
     manifest = seqcodec.train(rows, tmp_path / "repeat", hidden_size=8, epochs=1, time_budget=0, decoder="repeat",
                               learning_rate=1e-3)
