@@ -88,14 +88,14 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
     docs/MODEL.md has the 10-minute runs behind each value.
     """
     if vocab_size <= CHARACTER_VOCAB:
-        # On 57k training words the model memorized (100% of training words, 96.6% of held-out ones):
-        # dropout 0.2 gave 98.3%, and splicing half the rows (new words it cannot memorize) 99.2%.
+        # On a 57k-word sample the model memorized its training words: dropout, and splicing half the rows
+        # (new words it cannot memorize), each lifted held-out words.
         return {"decoder": "repeat", "embedding_size": 64, "batch_size": 128, "dropout": 0.2, "word_dropout": 0.0,
                 "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 0,
                 "tie_embeddings": False, "tie_output": False, "near_duplicates": 0.0, "learning_rate": 2e-3}
-    # Words: the decoder that sees its last token, a wider embedding, 1.6x the updates (batch 64), word
+    # Words: the decoder that sees its last token, a wider embedding, more updates (batch 64), word
     # dropout so that it leans on the code rather than on its own (possibly wrong) last token, a softmax
-    # sampled over 256 words in training (twice the epochs in a time budget), and the decoder reading
+    # sampled over 256 words in training (more epochs in a time budget), and the decoder reading
     # its last token through the encoder's embedding and scoring the next against it (each word trains
     # one vector, read or written), starting at a higher learning rate than letters; half the rows spliced,
     # as for letters (the model memorizes sentences too). docs/MODEL.md has the runs against the letters'
@@ -408,8 +408,8 @@ def hints(metrics: dict[str, Any]) -> list[str]:
 class SampledSoftmaxTraining(keras.Model):
     """The autoencoder trained with a sampled softmax (``tf.nn.sampled_softmax_loss``).
 
-    Each step scores the true token and ``samples`` sampled ones instead of the whole vocabulary:
-    on 4,000 words a step costs ~0.64x (``bench/train_softmax.py``). Only training changes: the
+    Each step scores the true token and ``samples`` sampled ones instead of the whole vocabulary, so
+    steps on large vocabularies cost less (``bench/train_softmax.py``). Only training changes: the
     decoder keeps its full softmax layer, whose weights this trains, for decoding. TensorFlow's
     default sampler is log-uniform, so small ids are drawn most: it suits vocabularies numbered by
     frequency (as the word sample's is) best, and works, less efficiently, for any other numbering.
@@ -539,7 +539,7 @@ def train_codec(
     # The sampled trainer computes its own loss and no token accuracy (it never forms every token's score).
     scoring = {} if isinstance(autoencoder, SampledSoftmaxTraining) else {
         "loss": loss, "weighted_metrics": [keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")]}
-    # XLA made a training step 1.7x slower (docs/MODEL.md).
+    # XLA made training steps slower here, not faster (docs/MODEL.md, "Training speed").
     autoencoder.compile(optimizer=optimizer, jit_compile=False, **scoring)
     network = Network(encoder, decoder, config)
     dataset, steps = bucketed_dataset(train, settings.batch_size, settings.seed, config, settings.word_dropout,

@@ -11,6 +11,7 @@ from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 
 import seqcodec
 from seqcodec.model import network
+from seqcodec.model.batches import flatten
 from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.loader import load
@@ -124,7 +125,7 @@ def test_word_batches_read_and_score_the_same_spliced_rows():
     """Words splice half their rows by default: the decoder's previous tokens, the targets and the weights of a
     batch must all come from the spliced rows, or training would score one sentence while reading another."""
     rows = [100 * (r + 1) + np.arange(1, 2 + r % 5) for r in range(60)]  # every token names its row
-    data = TokenSequences(np.concatenate(rows), np.cumsum([0] + [len(r) for r in rows]))
+    data = TokenSequences(*flatten(rows))
     config = CodecConfig(vocab_size=6100, max_length=6, decoder="autoregressive")
     dataset, _ = bucketed_dataset(data, 12, seed=5, config=config, splice=defaults_for(6100)["splice"])
     spliced = 0

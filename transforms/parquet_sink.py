@@ -80,8 +80,8 @@ class BackgroundWriter:
 def writer_options(schema: pa.Schema, plain_columns: Iterable[str] = ()) -> dict[str, Any]:
     """``pq.ParquetWriter`` keywords of our shards: zstd; ``plain_columns`` bare (no compression, dictionary, stats).
 
-    zstd shrinks float codes by only 3-8% and cost 2-10% of the encode rate (docs/BENCHMARKS.md,
-    ``perf_bench --parts gap``); ``--code-dtype float16`` halves their size instead (not their writing time).
+    zstd shrinks float codes little and costs some encode rate (docs/BENCHMARKS.md, ``perf_bench --parts
+    gap``); ``--code-dtype float16`` halves their size instead (not their writing time).
     """
     plain = set(plain_columns)
     rest = [name for name in schema.names if name not in plain]
