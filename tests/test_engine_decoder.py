@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY, build_codec, random_sequences, run_seqcodec
-from test_numpy_encoder import edit_manifest
+from test_engine_encoder import edit_manifest
 
 from seqcodec.model.codec import SequenceCodec
 from seqcodec.model.config import CodecConfig
