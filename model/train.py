@@ -98,11 +98,13 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
     # sampled over 256 words in training (more epochs in a time budget), and the decoder reading
     # its last token through the encoder's embedding and scoring the next against it (each word trains
     # one vector, read or written), starting at a higher learning rate than letters; half the rows spliced,
-    # as for letters (the model memorizes sentences too). docs/MODEL.md has the runs against the letters'
-    # settings on the word sample.
+    # as for letters (the model memorizes sentences too); and the near-duplicate loss, which asks codes to
+    # tell the batch's sentences apart (more of them come back whole, at some cost in the tokens of the
+    # rest) and leaves a search map. docs/MODEL.md has the runs against the letters' settings on the word
+    # sample.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
             "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 256,
-            "tie_embeddings": True, "tie_output": True, "near_duplicates": 0.0, "learning_rate": 4e-3}
+            "tie_embeddings": True, "tie_output": True, "near_duplicates": 0.1, "learning_rate": 4e-3}
 
 
 class SmoothedSparseCrossEntropy(keras.losses.Loss):

@@ -170,6 +170,9 @@ def fit(input: str | Sequence[Sequence[int]] | Sequence[np.ndarray], model_dir: 
     for name in ("tie_embeddings", "tie_output"):
         if given[name] is None and chosen["decoder"] != "autoregressive":
             chosen[name] = False
+    # The near-duplicate loss runs in the sampled-softmax trainer: with that turned off, so is its default.
+    if given["near_duplicates"] is None and not 0 < chosen["sampled_softmax"] < vocab_size:
+        chosen["near_duplicates"] = 0.0
     config = CodecConfig(
         vocab_size=vocab_size,
         max_length=max_length,
@@ -269,9 +272,10 @@ def parser() -> argparse.ArgumentParser:
                    help="weight of a training loss that asks a copy of each row with 1-3 tokens dropped or "
                         "inserted to land near the row itself (contrastive, against the batch's other rows) "
                         "under a learned map of the code, kept as search.npy for "
-                        "seqcodec.CodeNormalization.from_model; costs tokens in the round trip; "
-                        "needs the sampled softmax "
-                        f"(default: {by_vocab('near_duplicates')}; docs/MODEL.md \"Training for near duplicates\")")
+                        "seqcodec.CodeNormalization.from_model; more sentences come back whole, fewer tokens of "
+                        "the rest; needs the sampled softmax "
+                        f"(default: {by_vocab('near_duplicates')}, 0 without the sampled softmax; docs/MODEL.md "
+                        "\"Training for near duplicates\")")
     p.add_argument("--epochs", type=int, default=TrainSettings.epochs,
                    help="at most this many passes over the data (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=TrainSettings.time_budget,

@@ -17,7 +17,7 @@ from seqcodec.model.data import TokenSequences
 from seqcodec.model.loader import load
 from seqcodec.model.manifest import ModelDirError
 from seqcodec.model.network import Network, hidden_id
-from seqcodec.model.similarity import CodeNormalization
+from seqcodec.model.similarity import SEARCH_FILE, CodeNormalization
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tf_engine import beam_decoder
 from seqcodec.model.tfenv import keras, tf
@@ -235,11 +235,16 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
             assert settings[name] == chosen[name], (vocab, name)
     assert (defaults_for(26)["learning_rate"], defaults_for(4000)["learning_rate"]) == (2e-3, 4e-3)
     assert (defaults_for(26)["splice"], defaults_for(4000)["splice"]) == (0.5, 0.5)
+    assert (defaults_for(26)["near_duplicates"], defaults_for(4000)["near_duplicates"]) == (0.0, 0.1)
+    assert not (tmp_path / "m26" / SEARCH_FILE).exists() and (tmp_path / "m4000" / SEARCH_FILE).exists()
     # A word vocabulary with the repeat decoder asked for: neither kind of tying unless asked for too.
     manifest = seqcodec.train(rows, tmp_path / "repeat", hidden_size=8, epochs=1, time_budget=0, decoder="repeat",
                               learning_rate=1e-3)
     assert not manifest.metrics["settings"]["tie_embeddings"] and not manifest.metrics["settings"]["tie_output"]
     assert manifest.metrics["settings"]["learning_rate"] == 1e-3  # a rate given is the rate used
+    # The full softmax asked for on words: the near-duplicate loss needs the sampled one, so its default is off.
+    manifest = seqcodec.train(rows, tmp_path / "full", hidden_size=8, epochs=1, time_budget=0, sampled_softmax=0)
+    assert manifest.metrics["settings"]["near_duplicates"] == 0.0 and not (tmp_path / "full" / SEARCH_FILE).exists()
 
 
 def train_on_rows(tmp_path, rows: list[np.ndarray], *args) -> dict:
