@@ -191,13 +191,10 @@ def splice_rows(ids: np.ndarray, share: float, rng: np.random.Generator) -> np.n
 
 
 def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3) -> np.ndarray:
-    """Padded ids with every row edited as a near duplicate: 1 to ``most`` tokens dropped, inserted or
-    replaced (a third of the rows each; new tokens drawn from the batch's own, so frequent ones most), at
-    random distinct positions.
+    """Padded ids with every row edited as a near duplicate: 1 to ``most`` tokens dropped, or as many
+    inserted (drawn from the batch's own tokens, so frequent ones most), at random distinct positions.
 
     A row keeps at least one token and at least two thirds of its own (a 4-token row loses at most one).
-    Replacements are in the mix so that the search map, trained to bring copies near their rows, keeps
-    the codes' own robustness to replaced words rather than trading it for the shifts.
     """
     lengths = (ids > 0).sum(axis=1)
     pool = ids[ids > 0]
@@ -205,19 +202,14 @@ def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3) -> np.
     for row, length in zip(ids, lengths, strict=True):
         tokens = row[:length]
         count = int(rng.integers(1, most + 1))
-        kind = rng.random()
-        if kind < 1 / 3:
+        if rng.random() < 0.5:
             count = min(count, length // 3)
             if count:
                 tokens = np.delete(tokens, rng.choice(length, count, replace=False))
-        elif kind < 2 / 3:
+        else:
             count = min(count, max(1, length // 3))
             places = np.sort(rng.choice(length + 1, count, replace=True))
             tokens = np.insert(tokens, places, rng.choice(pool, count))
-        else:
-            count = min(count, max(1, length // 3))
-            tokens = tokens.copy()
-            tokens[rng.choice(length, count, replace=False)] = rng.choice(pool, count)
         rows.append(tokens)
     out = np.zeros((len(rows), max(len(r) for r in rows)), dtype=ids.dtype)
     for i, tokens in enumerate(rows):

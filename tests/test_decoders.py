@@ -144,37 +144,31 @@ def is_subsequence(short: np.ndarray, long: np.ndarray) -> bool:
     return all(token in tokens for token in short.tolist())
 
 
-def test_near_duplicate_edits_drop_insert_or_replace_one_to_three_tokens():
+def test_near_duplicate_edits_drop_or_insert_one_to_three_tokens():
     rng = np.random.default_rng(6)
-    lengths = rng.integers(1, 30, size=600)
-    ids = np.zeros((600, 30), dtype=np.int32)
+    lengths = rng.integers(1, 30, size=400)
+    ids = np.zeros((400, 30), dtype=np.int32)
     for row, n in enumerate(lengths):
         ids[row, :n] = rng.integers(1, 50, size=n)
     edited = edited_rows(ids, np.random.default_rng(7))
     new_lengths = (edited > 0).sum(axis=1)
     assert edited.shape[1] == new_lengths.max()  # padded to its own longest row
     changes = new_lengths - lengths
-    dropped, inserted, same = changes < 0, changes > 0, changes == 0
-    assert 0.25 < dropped.mean() < 0.37 and 0.28 < inserted.mean() < 0.4  # short rows are not shortened
+    dropped, inserted = changes < 0, changes > 0
+    assert 0.4 < dropped.mean() < 0.55 and 0.4 < inserted.mean() < 0.6  # short rows are not shortened
     assert set(np.abs(changes[changes != 0])) == {1, 2, 3}
     assert (new_lengths >= 1).all() and (new_lengths[dropped] * 3 >= lengths[dropped] * 2).all()
-    batch_tokens = set(ids[ids > 0].tolist())
-    replaced = []
-    for row in range(600):
+    for row in range(400):
         source, copy = ids[row, : lengths[row]], edited[row, : new_lengths[row]]
         assert (edited[row, new_lengths[row]:] == 0).all()
         if changes[row] < 0:
             assert is_subsequence(copy, source), row
         elif changes[row] > 0:
             assert is_subsequence(source, copy), row
-            assert set(copy.tolist()) <= batch_tokens  # new tokens come from the batch
+            assert set(copy.tolist()) <= set(ids[ids > 0].tolist())  # new tokens come from the batch
         else:
-            differ = int((copy != source).sum())
-            assert differ <= 3 and differ * 3 <= max(3, lengths[row]), row
-            assert set(copy.tolist()) <= batch_tokens
-            replaced.append(differ)
-    # a third of the rows have words replaced (a replacement may draw the word it replaces)
-    assert 0.28 < same.mean() < 0.42 and set(replaced) >= {0, 1, 2, 3}
+            assert lengths[row] < 3  # too short to lose a token
+            np.testing.assert_array_equal(copy, source)
 
 
 def test_near_duplicate_loss_is_low_only_when_each_copy_is_nearest_its_own_row():
