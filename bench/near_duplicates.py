@@ -151,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"kind": kind, "edits": count, "sources": pool_name, "queries": len(sources),
                                  "method": name, "recall@1": round(r1, 3), "recall@10": round(r10, 3)})
                     print(json.dumps(rows[-1]), flush=True)
+    for name in (n for n in scorers if n != "tfidf"):
+        # Per cell (kind, edits, sources), this method's hits minus TF-IDF's on the same queries.
+        margins = [round((m["recall@1"] - t["recall@1"]) * m["queries"]) for m, t in zip(
+            (r for r in rows if r["method"] == name), (r for r in rows if r["method"] == "tfidf"), strict=True)]
+        print(json.dumps({"method": name, "cells": len(margins), "cells_below_tfidf": sum(m < 0 for m in margins),
+                          "worst_margin_queries": min(margins), "net_margin_queries": sum(margins)}))
     print(json.dumps({"model": manifest.fingerprint, "documents": len(docs), "seconds": round(time.time() - started)}))
     return 0
 

@@ -2,8 +2,9 @@
 
 Cosine similarity on raw ``h`` (the code without its length field) is dominated by directions that
 all codes share; whitening, fitted on the codes to be searched, weighs every direction alike. A model
-trained with ``--near-duplicates`` also learned a linear map of ``h`` under which near duplicates are
-near (``search.npy`` in its directory, ``CodeNormalization.from_model``). ``bench/near_duplicates.py``
+trained with ``--near-duplicates`` also keeps a linear map of ``h`` under which near duplicates are
+near (``search.npy`` in its directory, ``CodeNormalization.from_model``): the map its contrastive loss
+learned, then ``pair_whitening`` fitted on its training rows and edited copies of them. ``bench/near_duplicates.py``
 measures them all against TF-IDF (docs/MODEL.md).
 """
 
@@ -19,6 +20,7 @@ from seqcodec.model.manifest import ModelDirError, read_checked, read_manifest
 
 NORMALIZATIONS = ("raw", "centered", "whitened")
 SEARCH_FILE = "search.npy"  # the learned map of h, (H, H) float32, written by training with --near-duplicates
+PAIR_EPS = 3e-3  # ``pair_whitening``'s floor, a share of the largest variance: measured in docs/MODEL.md
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,16 @@ class CodeNormalization:
         out = (h - self.mean) @ self.matrix
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def pair_whitening(vectors: np.ndarray, near: np.ndarray, eps: float = PAIR_EPS) -> np.ndarray:
+    """The (H, H) map under which ``near - vectors`` (rows and their near duplicates) have unit variance in
+    every direction, ``eps`` of the largest added first: directions that edits move codes along count
+    less in a cosine, directions that tell rows apart more."""
+    moves = np.asarray(near, np.float64) - np.asarray(vectors, np.float64)
+    variance, axes = np.linalg.eigh(moves.T @ moves / max(len(moves), 1))
+    variance = np.maximum(variance, 0.0)
+    return axes / np.sqrt(variance + eps * variance.max())
 
 
 def _state(codes: np.ndarray) -> np.ndarray:

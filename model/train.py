@@ -32,6 +32,7 @@ from seqcodec.model.network import (
     untie,
 )
 from seqcodec.model.scores import baseline_scores, most_frequent_token, percent
+from seqcodec.model.similarity import pair_whitening
 from seqcodec.model.storage import save_codec
 from seqcodec.model.tfenv import keras, tf
 
@@ -76,6 +77,12 @@ class TrainSettings:
 
 # ``near_duplicate_loss`` divides cosines by this before its softmax over the batch.
 NEAR_DUPLICATE_TEMPERATURE = 0.1
+# The edits that make near duplicates (``edited_rows``). Training's contrastive loss sees only dropped and
+# inserted tokens (replacements there cost round-trip tokens, docs/MODEL.md); the saved search map is then
+# fitted on copies with every kind (``fit_search_map``).
+EDITS = ("dropped", "inserted", "replaced", "swapped")
+TRAINING_EDITS = EDITS[:2]
+SEARCH_PAIRS = 50_000  # rows and copies ``fit_search_map`` encodes: a few seconds on the numpy engine
 
 # Vocabularies up to this size are treated as characters (letters, bytes), larger ones as words:
 # the two kinds of data got different defaults by measurement (docs/MODEL.md).
@@ -190,9 +197,11 @@ def splice_rows(ids: np.ndarray, share: float, rng: np.random.Generator) -> np.n
     return np.where(mask, ids[partner], ids)
 
 
-def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3) -> np.ndarray:
-    """Padded ids with every row edited as a near duplicate: 1 to ``most`` tokens dropped, or as many
-    inserted (drawn from the batch's own tokens, so frequent ones most), at random distinct positions.
+def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3,
+                kinds: Sequence[str] = TRAINING_EDITS) -> np.ndarray:
+    """Padded ids with every row edited as a near duplicate: 1 to ``most`` edits of one of ``kinds``
+    (drawn per row; ``EDITS``), at random distinct positions. Dropped: tokens removed; inserted,
+    replaced: new tokens drawn from the batch's own (so frequent ones most); swapped: adjacent pairs.
 
     A row keeps at least one token and at least two thirds of its own (a 4-token row loses at most one).
     """
@@ -202,14 +211,23 @@ def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3) -> np.
     for row, length in zip(ids, lengths, strict=True):
         tokens = row[:length]
         count = int(rng.integers(1, most + 1))
-        if rng.random() < 0.5:
+        # One uniform draw picks the kind: with the two training kinds, the same draws as before the others.
+        kind = kinds[int(rng.random() * len(kinds))]
+        if kind == "dropped":
             count = min(count, length // 3)
             if count:
                 tokens = np.delete(tokens, rng.choice(length, count, replace=False))
-        else:
+        elif kind == "inserted":
             count = min(count, max(1, length // 3))
             places = np.sort(rng.choice(length + 1, count, replace=True))
             tokens = np.insert(tokens, places, rng.choice(pool, count))
+        elif kind == "replaced":
+            tokens = tokens.copy()
+            tokens[rng.choice(length, min(count, length), replace=False)] = rng.choice(pool, min(count, length))
+        else:  # swapped
+            tokens = tokens.copy()
+            for i in rng.choice(max(length - 1, 0), min(count, max(length - 1, 0)), replace=False):
+                tokens[[i, i + 1]] = tokens[[i + 1, i]]
         rows.append(tokens)
     out = np.zeros((len(rows), max(len(r) for r in rows)), dtype=ids.dtype)
     for i, tokens in enumerate(rows):
@@ -351,6 +369,7 @@ class BestExactMatch(keras.callbacks.Callback):
         if key > self.best:
             self.best, self.best_epoch = key, epoch
             self.best_weights = self.model.get_weights()
+            # A checkpoint keeps the learned search map alone: fitting it (``fit_search_map``) waits for the end.
             save_codec(self.network, self.model_dir, {"validation": scores, "epoch": epoch + 1, "checkpoint": True},
                        vocab=self.vocab, split=self.split, search=search_map(self.model))
 
@@ -479,9 +498,34 @@ class SampledSoftmaxTraining(keras.Model):
 
 
 def search_map(autoencoder: keras.Model) -> np.ndarray | None:
-    """The learned search map of ``h`` (``SampledSoftmaxTraining`` with near duplicates), else None."""
+    """The search map of ``h`` that the near-duplicate loss learned (``SampledSoftmaxTraining``), else None."""
     head = getattr(autoencoder, "search_head", None)
     return None if head is None else np.asarray(head.kernel)
+
+
+def fit_search_map(codec: SequenceCodec, data: TokenSequences, learned: np.ndarray, seed: int,
+                   pairs: int = SEARCH_PAIRS) -> np.ndarray:
+    """The search map a model keeps: ``learned`` then ``pair_whitening`` fitted on ``pairs`` rows of ``data``
+    and copies of them with 1-3 edits of every kind (``EDITS``), encoded by ``codec``.
+
+    The loss learned its map from dropped and inserted tokens only; fitting after training brings in
+    replaced and swapped ones without moving the codes themselves.
+    """
+    rng = np.random.default_rng([seed, 28])
+    rows, copies = [], []
+    for chunk in np.array_split(rng.choice(len(data), pairs), max(1, pairs // 4096)):
+        ids = pad_shifted(data.values, data.offsets, chunk)
+        edited = edited_rows(ids, rng, kinds=EDITS)
+        fits = (edited > 0).sum(axis=1) <= codec.config.max_length  # inserted tokens may overrun
+        rows.append(codec.encode(unshifted(ids[fits])))
+        copies.append(codec.encode(unshifted(edited[fits])))
+    vectors, near = (np.concatenate(c)[:, 1:].astype(np.float64) @ learned for c in (rows, copies))
+    return (learned @ pair_whitening(vectors, near)).astype(np.float32)
+
+
+def unshifted(ids: np.ndarray) -> list[np.ndarray]:
+    """Padded ids + 1 (``pad_shifted``'s layout) back to token sequences."""
+    return [row[row > 0] - 1 for row in ids]
 
 
 def near_duplicate_loss(rows: Any, edited: Any) -> Any:
@@ -591,6 +635,13 @@ def train_codec(
     }
     metrics["hints"] = hints(metrics)
     curves = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    manifest = save_codec(network, model_dir, metrics, vocab=vocab, split=record, search=search_map(autoencoder))
+    learned = search_map(autoencoder)
+    search = None
+    if learned is not None:
+        fitting = time.monotonic()
+        search = fit_search_map(codec, train, learned, settings.seed)
+        log.info("search map fitted on %d draws of training rows and an edited copy of each (%.0f s)", SEARCH_PAIRS,
+                 time.monotonic() - fitting)
+    manifest = save_codec(network, model_dir, metrics, vocab=vocab, split=record, search=search)
     (model_dir / HISTORY_FILE).write_text(json.dumps(curves, indent=1) + "\n")
     return manifest

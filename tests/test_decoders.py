@@ -11,7 +11,7 @@ from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 
 import seqcodec
 from seqcodec.model import network
-from seqcodec.model.batches import flatten
+from seqcodec.model.batches import flatten, pad_shifted
 from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.loader import load
@@ -23,6 +23,7 @@ from seqcodec.model.tf_engine import beam_decoder
 from seqcodec.model.tfenv import keras, tf
 from seqcodec.model.train import (
     CHARACTER_VOCAB,
+    EDITS,
     TrainSettings,
     bucketed_dataset,
     defaults_for,
@@ -30,6 +31,7 @@ from seqcodec.model.train import (
     near_duplicate_loss,
     splice_rows,
     teacher_inputs,
+    unshifted,
 )
 
 
@@ -171,6 +173,32 @@ def test_near_duplicate_edits_drop_or_insert_one_to_three_tokens():
             np.testing.assert_array_equal(copy, source)
 
 
+def test_replaced_and_swapped_edits_keep_the_length():
+    """The search map's copies (``kinds=EDITS``): all four kinds; replacements change 1-3 tokens in place
+    (new ones from the batch), swaps reorder adjacent tokens and keep them all."""
+    rng = np.random.default_rng(16)
+    lengths = rng.integers(1, 30, size=800)
+    ids = np.zeros((800, 30), dtype=np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(1, 500, size=n)
+    edited = edited_rows(ids, np.random.default_rng(17), kinds=EDITS)
+    new_lengths = (edited > 0).sum(axis=1)
+    same_length = new_lengths == lengths
+    assert 0.4 < same_length.mean() < 0.6  # replaced or swapped: half of the rows
+    kinds = {"replaced": 0, "swapped": 0}
+    for row in np.flatnonzero(same_length & (lengths >= 4)):
+        source, copy = ids[row, : lengths[row]], edited[row, : lengths[row]]
+        changed = int((source != copy).sum())
+        if sorted(source.tolist()) == sorted(copy.tolist()):
+            kinds["swapped"] += 1
+            assert 2 <= changed <= 6
+            assert all(copy[i] in source[max(i - 3, 0): i + 4] for i in range(len(copy)))  # moved by few places
+        else:
+            kinds["replaced"] += 1
+            assert 1 <= changed <= 3 and set(copy.tolist()) <= set(ids[ids > 0].tolist())
+    assert min(kinds.values()) > 120, kinds
+
+
 def test_near_duplicate_loss_is_low_only_when_each_copy_is_nearest_its_own_row():
     rows = 2 * np.eye(4, dtype=np.float32)
     assert float(near_duplicate_loss(rows, rows)) < 1e-3
@@ -203,6 +231,16 @@ def test_near_duplicate_training_brings_edited_copies_nearer_and_keeps_the_forma
         else:
             assert manifest["search"] == "search.npy" and "search.npy" in manifest["files"]
             search = CodeNormalization.from_model(tmp_path / weight / "model")
+            # The saved map was fitted on copies with edits of every kind: under it, what such edits do
+            # to a code has about unit size in every direction (the learned map alone leaves it small).
+            values, offsets = flatten(rows)
+            ids = pad_shifted(values, offsets, np.arange(len(rows)))
+            copied = edited_rows(ids, np.random.default_rng(5), kinds=EDITS)
+            fits = (copied > 0).sum(axis=1) <= codec.config.max_length
+            moves = (codec.encode(unshifted(copied[fits])) - codec.encode(unshifted(ids[fits])))[:, 1:]
+            moves = moves.astype(np.float64) @ search.matrix
+            spread = np.linalg.eigvalsh(moves.T @ moves / len(moves))
+            assert 0.6 < spread.mean() < 1.4 and spread.max() < 3, spread
         loss[weight] = float(near_duplicate_loss(search(codec.encode(unseen)), search(codec.encode(copies))))
         assert [t.size for t in codec.decode(codec.encode(rows[:50]))] == [r.size for r in rows[:50]]
     assert loss["0.5"] < 0.8 * loss["0"], loss

@@ -5,6 +5,7 @@ import pytest
 from conftest import TINY, random_sequences
 
 import seqcodec
+from seqcodec.model.similarity import pair_whitening
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +51,28 @@ def test_bad_uses_are_one_line_errors(codes):
         norm(np.zeros((2, 9), np.float32))
     with pytest.raises(ValueError, match="float array"):
         norm(codes.astype(np.int64))
+
+
+def test_pair_whitening_evens_out_what_edits_do_and_finds_the_copies_raw_cosine_misses():
+    """Copies that an edit moves far along one direction: raw cosine takes them for other rows; after
+    ``pair_whitening`` (fitted on other pairs) their moves have unit variance and each finds its row."""
+    rng = np.random.default_rng(3)
+
+    def pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = rng.normal(size=(n, 8))
+        moves = 0.05 * rng.normal(size=(n, 8))
+        moves[:, 0] += 3 * rng.normal(size=n)  # the direction edits move codes along
+        return rows, rows + moves
+
+    fit_rows, fit_near = pairs(5000)
+    matrix = pair_whitening(fit_rows, fit_near, eps=0)
+    moved = (fit_near - fit_rows) @ matrix
+    np.testing.assert_allclose(moved.T @ moved / len(moved), np.eye(8), atol=1e-8)
+    rows, near = pairs(300)
+
+    def found(m: np.ndarray) -> float:
+        index, queries = (x @ m / np.linalg.norm(x @ m, axis=1, keepdims=True) for x in (rows, near))
+        return float(((queries @ index.T).argmax(axis=1) == np.arange(len(rows))).mean())
+
+    assert found(np.eye(8)) < 0.5 and found(matrix) > 0.95
+    assert found(pair_whitening(fit_rows, fit_near)) > 0.95  # the default floor changes nothing here
