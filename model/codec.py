@@ -52,7 +52,8 @@ class SequenceCodec:
     Inputs are sorted by length and cut into batches of at most ``token_budget`` padded tokens (and
     ``batch_size`` rows, if given), each padded to its longest row; ``threads`` batches run at once
     (0: one per core) where the step allows it. Results come back in input order and equal
-    one-at-a-time results, bit for bit on the numpy engine (``engine.gemm_rows``).
+    one-at-a-time results, bit for bit on the numpy engine where the BLAS allows
+    (``engine.gemm_rows_independent``; else to float32 rounding).
     ``seqcodec.load`` builds one from a model directory (``loader.py``).
     """
 

@@ -17,6 +17,7 @@ live Keras layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,11 +66,30 @@ def gemm_rows(batch: np.ndarray) -> np.ndarray:
 
     numpy multiplies a one-row matrix with BLAS's matrix-vector kernel (GEMV), which sums in another
     order than the matrix-matrix kernel (GEMM) of every bigger batch, so a sequence alone got a code
-    slightly off the one it gets among others. Two rows take GEMM, whose rows do not depend on the
-    row count or on their neighbours, so codes and tokens are bit-identical whatever the batching
-    (tests/test_shipped_models.py holds them so).
+    slightly off the one it gets among others. Two rows take GEMM, whose rows, on BLAS builds that
+    pass ``gemm_rows_independent``, do not depend on the row count or on their neighbours, so codes
+    and tokens are bit-identical whatever the batching (tests/test_shipped_models.py holds them so).
     """
     return np.repeat(batch, 2, axis=0) if batch.shape[0] == 1 else batch
+
+
+@functools.cache
+def gemm_rows_independent() -> bool:
+    """Whether this machine's BLAS gives each row of a float32 matrix product the same bits whatever rows
+    stand beside it, under the engine's one BLAS thread: then codes and tokens are bit-identical
+    whatever the batching (``gemm_rows`` takes care of the one-row case).
+
+    OpenBLAS's SkylakeX kernels do; its Haswell kernels (chosen on AMD EPYC machines, among others)
+    round a row by its place in the product, so there batching moves codes within float32 rounding.
+    Probed once per process on random matrices of the shapes the engine multiplies.
+    """
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(64, 96)).astype(np.float32)
+    kernel = rng.normal(size=(96, 384)).astype(np.float32)
+    with ONE_BLAS_THREAD:
+        whole = rows @ kernel
+        return all(np.array_equal(rows[start : start + size] @ kernel, whole[start : start + size])
+                   for start in (0, 1, 3, 7) for size in (2, 3, 5, 8, 13, 16, 24, 40))
 
 
 # -- weights ---------------------------------------------------------------------------------------
