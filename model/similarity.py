@@ -20,7 +20,7 @@ from seqcodec.model.manifest import ModelDirError, read_checked, read_manifest
 
 NORMALIZATIONS = ("raw", "centered", "whitened")
 SEARCH_FILE = "search.npy"  # the learned map of h, (H, H) float32, written by training with --near-duplicates
-PAIR_EPS = 3e-3  # ``pair_whitening``'s floor, a share of the largest variance: measured in docs/MODEL.md
+PAIR_EPS = 3e-3  # ``pair_whitening``: the share of the largest variance added to each (docs/MODEL.md)
 
 
 @dataclasses.dataclass(frozen=True)
