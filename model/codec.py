@@ -53,7 +53,7 @@ class SequenceCodec:
     ``batch_size`` rows, if given), each padded to its longest row; ``threads`` batches run at once
     (0: one per core) where the step allows it. Results come back in input order and equal
     one-at-a-time results, bit for bit on the numpy engine where the BLAS allows
-    (``engine.gemm_rows_independent``; else to float32 rounding).
+    (``engine.bit_identical_batching``; else to float32 rounding).
     ``seqcodec.load`` builds one from a model directory (``loader.py``).
     """
 

@@ -67,14 +67,14 @@ def gemm_rows(batch: np.ndarray) -> np.ndarray:
     numpy multiplies a one-row matrix with BLAS's matrix-vector kernel (GEMV), which sums in another
     order than the matrix-matrix kernel (GEMM) of every bigger batch, so a sequence alone got a code
     slightly off the one it gets among others. Two rows take GEMM, whose rows, on BLAS builds that
-    pass ``gemm_rows_independent``, do not depend on the row count or on their neighbours, so codes
+    pass ``bit_identical_batching``, do not depend on the row count or on their neighbours, so codes
     and tokens are bit-identical whatever the batching (tests/test_shipped_models.py holds them so).
     """
     return np.repeat(batch, 2, axis=0) if batch.shape[0] == 1 else batch
 
 
 @functools.cache
-def gemm_rows_independent() -> bool:
+def bit_identical_batching() -> bool:
     """Whether this machine's BLAS gives each row of a float32 matrix product the same bits whatever rows
     stand beside it, under the engine's one BLAS thread: then codes and tokens are bit-identical
     whatever the batching (``gemm_rows`` takes care of the one-row case).

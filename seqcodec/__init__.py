@@ -36,16 +36,18 @@ _EXPORTS = {
     "CODE_REASONS": "seqcodec.transforms.validate",
     "committed_files": "seqcodec.transforms.partition",
     "CodeNormalization": "seqcodec.model.similarity",
+    "bit_identical_batching": "seqcodec.model.engine",
 }
 __all__ = [  # the same names as _EXPORTS (tests/test_library.py checks), written out for linters
     "__version__", "load", "train", "SequenceCodec", "CodecConfig", "Manifest", "read_manifest", "ModelDirError",
     "InputDataError", "EncodeSequences", "DecodeCodes", "SequenceModelHandler", "REASONS", "CODE_REASONS",
-    "committed_files", "CodeNormalization",
+    "committed_files", "CodeNormalization", "bit_identical_batching",
 ]
 
 if TYPE_CHECKING:
     from seqcodec.model.codec import SequenceCodec
     from seqcodec.model.config import CodecConfig
+    from seqcodec.model.engine import bit_identical_batching
     from seqcodec.model.errors import InputDataError
     from seqcodec.model.loader import load
     from seqcodec.model.manifest import Manifest, ModelDirError, read_manifest

@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 
 from seqcodec.model.codec import SequenceCodec  # noqa: E402
 from seqcodec.model.config import CodecConfig  # noqa: E402
-from seqcodec.model.engine import gemm_rows_independent  # noqa: E402
+from seqcodec.model.engine import bit_identical_batching  # noqa: E402
 from seqcodec.model.network import Network, build_network  # noqa: E402
 from seqcodec.model.storage import save_codec  # noqa: E402
 from seqcodec.model.tfenv import keras  # noqa: E402
@@ -81,9 +81,9 @@ def visible(folder: Path) -> list[str]:
 
 def assert_same_codes(got: np.ndarray, want: np.ndarray, err_msg: str = "") -> None:
     """Codes of the same rows, batched differently: bit for bit where this machine's BLAS rounds each row
-    of a matrix product alone (``engine.gemm_rows_independent``), else equal lengths and ``h`` within
+    of a matrix product alone (``engine.bit_identical_batching``), else equal lengths and ``h`` within
     float32 rounding (a batching mistake moves codes by far more)."""
-    if gemm_rows_independent():
+    if bit_identical_batching():
         np.testing.assert_array_equal(got, want, err_msg=err_msg)
     else:
         np.testing.assert_array_equal(got[:, 0], want[:, 0], err_msg=err_msg)

@@ -7,6 +7,7 @@ import inspect
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -172,3 +173,15 @@ def test_train_checks_the_model_dir_first(tmp_path, request):
     (tmp_path / "file").write_text("x")
     with pytest.raises(seqcodec.ModelDirError, match="not a seqcodec model"):
         seqcodec.train(str(tmp_path / "none-*.parquet"), tmp_path / "file")
+
+
+def test_bit_identical_batching_says_whether_codes_alone_equal_codes_among_others():
+    """``seqcodec.bit_identical_batching()`` probes the BLAS once; what it says holds for a real codec:
+    300 sequences encoded one at a time give the bits of one batch exactly when it says True."""
+    codec = seqcodec.load(Path(__file__).resolve().parent.parent / "models" / "default", threads=1)
+    sequences = random_sequences(300, 26, 20, seed=12)
+    batched = codec.encode(sequences)
+    alone = np.concatenate([codec.encode([s]) for s in sequences])
+    assert isinstance(seqcodec.bit_identical_batching(), bool)
+    assert seqcodec.bit_identical_batching() == np.array_equal(alone, batched)
+    np.testing.assert_allclose(alone, batched, rtol=0, atol=1e-5)
