@@ -505,27 +505,34 @@ def search_map(autoencoder: keras.Model) -> np.ndarray | None:
 
 def fit_search_map(codec: SequenceCodec, data: TokenSequences, learned: np.ndarray, seed: int,
                    pairs: int = SEARCH_PAIRS) -> np.ndarray:
-    """The search map a model keeps: ``learned`` then ``pair_whitening`` fitted on ``pairs`` rows of ``data``
-    and copies of them with 1-3 edits of every kind (``EDITS``), encoded by ``codec``.
+    """The search map a model keeps: ``learned`` then ``pair_whitening`` fitted on ``pairs`` draws of rows of
+    ``data`` and their edited copies (``edited_pair_codes``).
 
     The loss learned its map from dropped and inserted tokens only; fitting after training brings in
     replaced and swapped ones without moving the codes themselves.
     """
     rng = np.random.default_rng([seed, 28])
-    rows, copies = [], []
-    for chunk in np.array_split(rng.choice(len(data), pairs), max(1, pairs // 4096)):
-        ids = pad_shifted(data.values, data.offsets, chunk)
-        edited = edited_rows(ids, rng, kinds=EDITS)
-        fits = (edited > 0).sum(axis=1) <= codec.config.max_length  # inserted tokens may overrun
-        rows.append(codec.encode(unshifted(ids[fits])))
-        copies.append(codec.encode(unshifted(edited[fits])))
+    chunks = np.array_split(rng.choice(len(data), pairs), max(1, pairs // 4096))
+    rows, copies = zip(*(edited_pair_codes(codec, data, chunk, rng) for chunk in chunks), strict=True)
     vectors, near = (np.concatenate(c)[:, 1:].astype(np.float64) @ learned for c in (rows, copies))
     return (learned @ pair_whitening(vectors, near)).astype(np.float32)
 
 
-def unshifted(ids: np.ndarray) -> list[np.ndarray]:
-    """Padded ids + 1 (``pad_shifted``'s layout) back to token sequences."""
-    return [row[row > 0] - 1 for row in ids]
+def edited_pair_codes(codec: SequenceCodec, data: TokenSequences, rows: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of ``rows`` of ``data`` and of a copy of each with 1-3 edits of any kind (``EDITS``); rows whose
+    copy would overrun the model's max_length (inserted tokens) are left out of both."""
+    ids = pad_shifted(data.values, data.offsets, rows)
+    edited = edited_rows(ids, rng, kinds=EDITS)
+    fits = (edited > 0).sum(axis=1) <= codec.config.max_length
+    return codec.encode_flat(*unpadded(ids[fits])), codec.encode_flat(*unpadded(edited[fits]))
+
+
+def unpadded(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ids + 1 (``pad_shifted``'s layout) back to Arrow's list layout (values, offsets)."""
+    offsets = np.zeros(ids.shape[0] + 1, np.int64)
+    np.cumsum((ids > 0).sum(axis=1), out=offsets[1:])
+    return ids[ids > 0] - 1, offsets
 
 
 def near_duplicate_loss(rows: Any, edited: Any) -> Any:

@@ -11,7 +11,7 @@ from conftest import TINY, random_sequences, run_seqcodec, write_tokens_parquet
 
 import seqcodec
 from seqcodec.model import network
-from seqcodec.model.batches import flatten, pad_shifted
+from seqcodec.model.batches import flatten
 from seqcodec.model.config import START_ID, CodecConfig
 from seqcodec.model.data import TokenSequences
 from seqcodec.model.loader import load
@@ -27,11 +27,11 @@ from seqcodec.model.train import (
     TrainSettings,
     bucketed_dataset,
     defaults_for,
+    edited_pair_codes,
     edited_rows,
     near_duplicate_loss,
     splice_rows,
     teacher_inputs,
-    unshifted,
 )
 
 
@@ -233,12 +233,9 @@ def test_near_duplicate_training_brings_edited_copies_nearer_and_keeps_the_forma
             search = CodeNormalization.from_model(tmp_path / weight / "model")
             # The saved map was fitted on copies with edits of every kind: under it, what such edits do
             # to a code has about unit size in every direction (the learned map alone leaves it small).
-            values, offsets = flatten(rows)
-            ids = pad_shifted(values, offsets, np.arange(len(rows)))
-            copied = edited_rows(ids, np.random.default_rng(5), kinds=EDITS)
-            fits = (copied > 0).sum(axis=1) <= codec.config.max_length
-            moves = (codec.encode(unshifted(copied[fits])) - codec.encode(unshifted(ids[fits])))[:, 1:]
-            moves = moves.astype(np.float64) @ search.matrix
+            originals, copied = edited_pair_codes(codec, TokenSequences(*flatten(rows)), np.arange(len(rows)),
+                                                  np.random.default_rng(5))
+            moves = (copied - originals)[:, 1:].astype(np.float64) @ search.matrix
             spread = np.linalg.eigvalsh(moves.T @ moves / len(moves))
             assert 0.6 < spread.mean() < 1.4 and spread.max() < 3, spread
         loss[weight] = float(near_duplicate_loss(search(codec.encode(unseen)), search(codec.encode(copies))))

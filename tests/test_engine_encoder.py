@@ -65,7 +65,7 @@ def test_numpy_encoder_equals_the_keras_encoder(saved, sequences):
 def test_threads_and_batches_change_no_code(saved, sequences):
     _, model_dir = saved
     one = load(model_dir, threads=1).encode(sequences)
-    # Many small batches across threads, and one sequence at a time: the same bits.
+    # Many small batches across threads, and one sequence at a time: the same codes (bits where BLAS allows).
     assert_same_codes(load(model_dir, token_budget=40, threads=3).encode(sequences), one)
     encoder = load(model_dir, threads=1)
     singles = np.concatenate([encoder.encode([s]) for s in sequences[:40]])
