@@ -235,6 +235,15 @@ def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3,
     return out
 
 
+def word_sharing_order(data: TokenSequences, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``order`` stably sorted by a min-hash of each row's tokens under a random ranking of the tokens, drawn
+    afresh on each call: two rows end up side by side with about the chance that they share tokens (their
+    Jaccard similarity), so near-identical rows of the data tend to share a batch."""
+    rank = rng.permutation(int(data.values.max()) + 1)[data.values]
+    minhash = np.minimum.reduceat(rank, data.offsets[:-1].clip(max=rank.size - 1))
+    return order[np.argsort(minhash[order], kind="stable")]
+
+
 def bucketed_dataset(
     data: TokenSequences,
     batch_size: int,
@@ -249,8 +258,10 @@ def bucketed_dataset(
     Yields (shifted ids, targets, weights) forever, or ((shifted ids, previous tokens), targets,
     weights) for an autoregressive ``config``; the weights are 0 on padding, so padding costs
     nothing. ``splice``: the share of rows replaced by splices (``splice_rows``). ``near_duplicates``:
-    the inputs end with an edited copy of every row (``edited_rows``). Returns the dataset and the
-    number of batches in one epoch.
+    the inputs end with an edited copy of every row (``edited_rows``), and rows within a length are
+    grouped by the tokens they share (``word_sharing_order``), so the contrastive loss must also tell
+    near-identical rows of the data apart, not only random ones. Returns the dataset and the number of
+    batches in one epoch.
     """
     feed_previous = config is not None and config.decoder == "autoregressive"
     lengths = data.lengths
@@ -261,6 +272,8 @@ def bucketed_dataset(
         epoch[0] += 1
         # Random order, then a stable sort by length: equal lengths stay shuffled among themselves.
         order = rng.permutation(lengths.size)
+        if near_duplicates:
+            order = word_sharing_order(data, order, rng)
         order = order[np.argsort(lengths[order], kind="stable")]
         chunks = [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
         for k in rng.permutation(len(chunks)):

@@ -271,7 +271,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--near-duplicates", type=float, metavar="WEIGHT",
                    help="weight of a training loss that asks a copy of each row with 1-3 tokens dropped or "
                         "inserted to land near the row itself (contrastive, against the batch's "
-                        "other rows) under a learned map of the code; after training the map is fitted to "
+                        "other rows, batched with rows that share most of its tokens) under a learned map of "
+                        "the code; after training the map is fitted to "
                         "copies with tokens replaced and swapped too and kept as search.npy for "
                         "seqcodec.CodeNormalization.from_model; more sentences come back whole, fewer tokens of "
                         "the rest; needs the sampled softmax "

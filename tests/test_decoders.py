@@ -141,6 +141,32 @@ def test_word_batches_read_and_score_the_same_spliced_rows():
     assert spliced > 0
 
 
+def test_near_duplicate_batches_put_rows_that_share_most_tokens_together():
+    """With --near-duplicates, rows of a length are grouped by the tokens they share (a min-hash drawn afresh each
+    epoch): a row and its near-identical twin share a batch most of the time, so the contrastive loss must tell
+    them apart; without it, about as often as chance has it (9 of 299 other rows)."""
+    rng = np.random.default_rng(8)
+    originals = rng.permutation(np.arange(1, 3001))[:1800].reshape(150, 12)  # no token in two pairs
+    twins = originals.copy()
+    twins[np.arange(150), rng.integers(0, 12, 150)] = rng.integers(3001, 3100, 150)  # one token replaced
+    owner = np.zeros(3100, dtype=np.int64)
+    owner[originals] = np.arange(150)[:, None]
+    data = TokenSequences(*flatten(list(originals) + list(twins)))
+    config = CodecConfig(vocab_size=3100, max_length=12, decoder="autoregressive")
+
+    def together(near_duplicates: bool) -> float:
+        dataset, steps = bucketed_dataset(data, 10, seed=3, config=config, near_duplicates=near_duplicates)
+        shared, epochs = 0, 3
+        for inputs, _, _ in dataset.take(steps * epochs).as_numpy_iterator():
+            tokens = inputs[0] - 1
+            pair = [np.bincount(owner[row[row <= 3000]]).argmax() for row in tokens]
+            shared += len(pair) - len(set(pair))  # pairs with both rows in this batch
+        return shared / (150 * epochs)
+
+    assert together(True) > 0.6
+    assert together(False) < 0.1
+
+
 def is_subsequence(short: np.ndarray, long: np.ndarray) -> bool:
     tokens = iter(long.tolist())
     return all(token in tokens for token in short.tolist())
