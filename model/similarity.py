@@ -58,9 +58,7 @@ class CodeNormalization:
         mean = h.mean(axis=0)
         if kind == "centered":
             return cls(kind, mean, np.eye(size))
-        variance, axes = np.linalg.eigh(np.cov(h - mean, rowvar=False))
-        variance = np.maximum(variance, 0.0)  # eigh may return tiny negative values for flat directions
-        return cls(kind, mean, axes / np.sqrt(variance + eps * variance.max()))
+        return cls(kind, mean, whitening(np.cov(h - mean, rowvar=False), eps))
 
     @classmethod
     def from_model(cls, model_dir: str | os.PathLike) -> CodeNormalization:
@@ -96,8 +94,14 @@ def pair_whitening(vectors: np.ndarray, near: np.ndarray, eps: float = PAIR_EPS)
     every direction, ``eps`` of the largest added first: directions that edits move codes along count
     less in a cosine, directions that tell rows apart more."""
     moves = np.asarray(near, np.float64) - np.asarray(vectors, np.float64)
-    variance, axes = np.linalg.eigh(moves.T @ moves / max(len(moves), 1))
-    variance = np.maximum(variance, 0.0)
+    return whitening(moves.T @ moves / max(len(moves), 1), eps)
+
+
+def whitening(second_moment: np.ndarray, eps: float) -> np.ndarray:
+    """The (H, H) map that turns ``second_moment`` into the identity: its principal axes, each scaled to unit
+    variance after ``eps`` of the largest variance is added, so that near-empty directions are not blown up."""
+    variance, axes = np.linalg.eigh(second_moment)
+    variance = np.maximum(variance, 0.0)  # eigh may return tiny negative values for flat directions
     return axes / np.sqrt(variance + eps * variance.max())
 
 
