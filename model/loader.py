@@ -18,8 +18,9 @@ from seqcodec.model.errors import TENSORFLOW_MISSING, TensorFlowMissing, first_l
 from seqcodec.model.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
+    Manifest,
     ModelDirError,
-    localize_model_dir,
+    local_model_files,
     read_manifest,
 )
 from seqcodec.model.weights import NetworkArrays, decoder_weights, encoder_weights, fingerprint, read_keras_file
@@ -60,10 +61,17 @@ def load(model_dir: str | os.PathLike, *, batch_size: int | None = None, token_b
         raise ValueError(f"beam width must be >= 1, got {beam_width}")
     model_dir = os.fspath(model_dir)
     manifest = read_manifest(model_dir)
-    config = manifest.config
-    local = Path(localize_model_dir(model_dir, (ENCODER_FILE, DECODER_FILE)))
-    encoder_arrays, decoder_arrays = (_read(model_dir, local / name) for name in (ENCODER_FILE, DECODER_FILE))
     options = {"token_budget": token_budget, "batch_size": batch_size, "threads": threads}
+    with local_model_files(model_dir, (ENCODER_FILE, DECODER_FILE)) as local:
+        return _load_networks(model_dir, Path(local), manifest, beam_width, options)
+
+
+def _load_networks(model_dir: str, local: Path, manifest: Manifest, beam_width: int,
+                   options: dict[str, Any]) -> SequenceCodec:
+    """The codec of ``manifest`` from its networks' files in ``local``, read whole (the folder may go after)."""
+    threads = options["threads"]
+    config = manifest.config
+    encoder_arrays, decoder_arrays = (_read(model_dir, local / name) for name in (ENCODER_FILE, DECODER_FILE))
     if encoder_arrays is None or decoder_arrays is None:  # layers numpy does not know: Keras reads and runs them
         steps = tf_engine(f"model directory {model_dir} holds a network of another structure: loading it")
         if threads:

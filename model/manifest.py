@@ -6,11 +6,13 @@ directory (local, gs://, s3://, ...) without loading it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from seqcodec.model.config import CodecConfig
@@ -186,20 +188,23 @@ def read_manifest(model_dir: str | os.PathLike) -> Manifest:
     return parse_manifest(text, where)
 
 
-def localize_model_dir(model_dir: str, names: tuple[str, ...]) -> str:
-    """A local directory holding the model's files ``names``: the path itself if local, else copies in a temp dir."""
+@contextlib.contextmanager
+def local_model_files(model_dir: str, names: tuple[str, ...]) -> Iterator[str]:
+    """A local directory holding the model's files ``names``: the path itself if local, else copies in a temp
+    dir that is removed on exit (a worker loads a model per process; copies left behind would fill its disk)."""
     if "://" not in model_dir:
-        return model_dir
+        yield model_dir
+        return
     from apache_beam.io.filesystems import FileSystems
 
     from seqcodec.model.errors import first_line
 
-    local = tempfile.mkdtemp(prefix="seqcodec-model-")
-    for name in names:
-        try:
-            with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as src:
-                with open(os.path.join(local, name), "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        except Exception as exc:  # FileSystems raises its own types per scheme
-            raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
-    return local
+    with tempfile.TemporaryDirectory(prefix="seqcodec-model-") as local:
+        for name in names:
+            try:
+                with FileSystems.open(FileSystems.join(model_dir, name), compression_type="uncompressed") as src:
+                    with open(os.path.join(local, name), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            except Exception as exc:  # FileSystems raises its own types per scheme
+                raise ModelDirError(f"model directory {model_dir}: {name} cannot be read ({first_line(exc)})") from None
+        yield local

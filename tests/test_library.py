@@ -7,6 +7,7 @@ import inspect
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -101,11 +102,13 @@ class SchemeFileSystem(LocalFileSystem):
         return super().exists(self.local(path))
 
 
-def test_load_from_a_non_local_filesystem(tiny_model_dir, tiny_codec):
+def test_load_from_a_non_local_filesystem(tiny_model_dir, tiny_codec, tmp_path, monkeypatch):
     # Loaded through Beam's FileSystems as on gs:// or s3://: the manifest read remotely, the networks copied.
     remote = f"seqtest://{tiny_model_dir}"
     assert seqcodec.read_manifest(remote).fingerprint == tiny_codec.fingerprint
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     codec = seqcodec.load(remote)
+    assert list(tmp_path.iterdir()) == []  # the local copies are gone once loaded
     sequences = random_sequences(5, TINY["vocab_size"], TINY["max_length"], seed=12)
     np.testing.assert_array_equal(codec.encode(sequences), tiny_codec.encode(sequences))
     with pytest.raises(seqcodec.ModelDirError, match="seqtest://"):
