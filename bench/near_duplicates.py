@@ -10,7 +10,9 @@ its length field), raw and after each normalization learned from the corpus' own
 on TF-IDF vectors (smoothed idf, L2-normalized, numpy only). A query
 finds its source when a sentence with the source's tokens is among the first k. With a model
 directory that keeps its training split, sources are drawn half from training rows and half from
-held-out rows, and both are reported::
+held-out rows, and both are reported. Each cell also gets ``behind_tfidf_p``, a one-sided exact
+McNemar test on its queries (are the codes' misses where TF-IDF hits more than chance?), and the
+summary counts the cells behind at p < 0.05: about 1 in 20 cells of two equal methods would be::
 
     .venv/bin/python -m bench.near_duplicates --model-dir models/words --input data/words/sentences.parquet
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import time
 
 import numpy as np
@@ -30,6 +33,8 @@ from seqcodec.model.heldout import GROUPS, read_split, split_unavailable, token_
 from seqcodec.model.similarity import NORMALIZATIONS, CodeNormalization
 
 KINDS = ("replaced", "swapped", "dropped", "inserted")
+# A cell is significantly behind TF-IDF at recall@1 when behind_p says so at this level (one-sided).
+SIGNIFICANT = 0.05
 
 
 def edit(tokens: np.ndarray, kind: str, count: int, rng: np.random.Generator, words: np.ndarray,
@@ -90,12 +95,21 @@ def cosine(norm: CodeNormalization, index: np.ndarray, query_codes: np.ndarray) 
     return norm(query_codes) @ index.T
 
 
-def recalls(scores: np.ndarray, source_hash: np.ndarray, doc_hash: np.ndarray) -> tuple[float, float]:
-    """recall@1 and recall@10: a hit is any of the first k documents with the source's tokens."""
+def hits(scores: np.ndarray, source_hash: np.ndarray, doc_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, a hit at 1 and at 10: any of the first k documents with the source's tokens."""
     top = np.argpartition(-scores, 10, axis=1)[:, :10]
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
     hit = doc_hash[top] == source_hash[:, None]
-    return float(hit[:, 0].mean()), float(hit.any(axis=1).mean())
+    return hit[:, 0], hit.any(axis=1)
+
+
+def behind_p(hits: np.ndarray, baseline_hits: np.ndarray) -> float:
+    """One-sided exact McNemar p-value that ``hits`` are worse than ``baseline_hits`` on the same queries:
+    the chance of at least this many baseline-only hits among the queries where exactly one of them hits,
+    were both equally good."""
+    only_baseline = int((baseline_hits & ~hits).sum())
+    discordant = only_baseline + int((hits & ~baseline_hits).sum())
+    return sum(math.comb(discordant, k) for k in range(only_baseline, discordant + 1)) / 2.0**discordant
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,15 +161,21 @@ def main(argv: list[str] | None = None) -> int:
                 query_codes = codec.encode(queries)
                 for name, score in scorers.items():
                     scores = score(queries) if name == "tfidf" else score(query_codes)
-                    r1, r10 = recalls(scores, doc_hash[sources], doc_hash)
+                    at1, at10 = hits(scores, doc_hash[sources], doc_hash)
+                    if name == "tfidf":
+                        tfidf_at1 = at1
                     rows.append({"kind": kind, "edits": count, "sources": pool_name, "queries": len(sources),
-                                 "method": name, "recall@1": round(r1, 3), "recall@10": round(r10, 3)})
+                                 "method": name, "recall@1": round(float(at1.mean()), 3),
+                                 "recall@10": round(float(at10.mean()), 3),
+                                 "behind_tfidf_p": round(behind_p(at1, tfidf_at1), 4)})
                     print(json.dumps(rows[-1]), flush=True)
     for name in (n for n in scorers if n != "tfidf"):
         # Per cell (kind, edits, sources), this method's hits minus TF-IDF's on the same queries.
         margins = [round((m["recall@1"] - t["recall@1"]) * m["queries"]) for m, t in zip(
             (r for r in rows if r["method"] == name), (r for r in rows if r["method"] == "tfidf"), strict=True)]
+        behind = [r["behind_tfidf_p"] < SIGNIFICANT for r in rows if r["method"] == name]
         print(json.dumps({"method": name, "cells": len(margins), "cells_below_tfidf": sum(m < 0 for m in margins),
+                          "cells_significantly_below": sum(behind),
                           "worst_margin_queries": min(margins), "net_margin_queries": sum(margins)}))
     print(json.dumps({"model": manifest.fingerprint, "documents": len(docs), "seconds": round(time.time() - started)}))
     return 0

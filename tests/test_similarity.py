@@ -1,5 +1,7 @@
 """seqcodec.CodeNormalization on real codes of a (tiny) codec: what each kind does to them."""
 
+import math
+
 import numpy as np
 import pytest
 from conftest import TINY, random_sequences
@@ -76,3 +78,17 @@ def test_pair_whitening_evens_out_what_edits_do_and_finds_the_copies_raw_cosine_
 
     assert found(np.eye(8)) < 0.5 and found(matrix) > 0.95
     assert found(pair_whitening(fit_rows, fit_near)) > 0.95  # the default floor changes nothing here
+
+
+def test_the_near_duplicate_bench_calls_a_cell_behind_only_when_its_misses_are_unlikely_by_chance():
+    from bench.near_duplicates import behind_p
+
+    def p(only_baseline: int, only_codes: int, both: int = 990) -> float:
+        hits = np.array([False] * only_baseline + [True] * only_codes + [True] * both)
+        baseline = np.array([True] * only_baseline + [False] * only_codes + [True] * both)
+        return behind_p(hits, baseline)
+
+    assert p(0, 0) == 1.0
+    assert p(5, 0) == 1 / 32 and p(8, 0) == 1 / 256  # every discordant query went the baseline's way
+    assert p(5, 5) == sum(math.comb(10, k) for k in range(5, 11)) / 1024  # a tie is no evidence
+    assert p(3, 0) > 0.05 > p(5, 0)  # 3 queries of 1,000 behind is chance; 5 of 5 is not
