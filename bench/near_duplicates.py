@@ -10,8 +10,9 @@ its length field), raw and after each normalization learned from the corpus' own
 on TF-IDF vectors (smoothed idf, L2-normalized, numpy only). A query
 finds its source when a sentence with the source's tokens is among the first k. With a model
 directory that keeps its training split, sources are drawn half from training rows and half from
-held-out rows, and both are reported. Each cell also gets ``behind_tfidf_p``, a one-sided exact
-McNemar test on its queries (are the codes' misses where TF-IDF hits more than chance?), and the
+held-out rows, and both are reported. Each cell also counts the queries only TF-IDF finds and only the
+codes find (at 1), and ``behind_tfidf_p``, a one-sided exact McNemar test on them (do the codes miss
+where TF-IDF hits more often than the other way round, beyond chance?), and the
 summary counts the cells behind at p < 0.05: about 1 in 20 cells of two equal methods would be::
 
     .venv/bin/python -m bench.near_duplicates --model-dir models/words --input data/words/sentences.parquet
@@ -103,12 +104,11 @@ def hits(scores: np.ndarray, source_hash: np.ndarray, doc_hash: np.ndarray) -> t
     return hit[:, 0], hit.any(axis=1)
 
 
-def behind_p(hits: np.ndarray, baseline_hits: np.ndarray) -> float:
-    """One-sided exact McNemar p-value that ``hits`` are worse than ``baseline_hits`` on the same queries:
-    the chance of at least this many baseline-only hits among the queries where exactly one of them hits,
-    were both equally good."""
-    only_baseline = int((baseline_hits & ~hits).sum())
-    discordant = only_baseline + int((hits & ~baseline_hits).sum())
+def behind_p(only_baseline: int, only_this: int) -> float:
+    """One-sided exact McNemar p-value that a method is worse than a baseline on the same queries, from
+    the queries only the baseline finds and those only the method finds: the chance of at least this
+    many baseline-only hits among these discordant queries, were both methods equally good."""
+    discordant = only_baseline + only_this
     return sum(math.comb(discordant, k) for k in range(only_baseline, discordant + 1)) / 2.0**discordant
 
 
@@ -166,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                         tfidf_at1 = at1
                     rows.append({"kind": kind, "edits": count, "sources": pool_name, "queries": len(sources),
                                  "method": name, "recall@1": round(float(at1.mean()), 3),
-                                 "recall@10": round(float(at10.mean()), 3),
-                                 "behind_tfidf_p": round(behind_p(at1, tfidf_at1), 4)})
+                                 "recall@10": round(float(at10.mean()), 3)})
+                    if name != "tfidf":  # the queries that tell the two apart at recall@1
+                        only_tfidf, only_codes = int((tfidf_at1 & ~at1).sum()), int((at1 & ~tfidf_at1).sum())
+                        rows[-1].update(only_tfidf=only_tfidf, only_codes=only_codes,
+                                        behind_tfidf_p=round(behind_p(only_tfidf, only_codes), 4))
                     print(json.dumps(rows[-1]), flush=True)
     for name in (n for n in scorers if n != "tfidf"):
         # Per cell (kind, edits, sources), this method's hits minus TF-IDF's on the same queries.

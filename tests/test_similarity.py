@@ -81,14 +81,10 @@ def test_pair_whitening_evens_out_what_edits_do_and_finds_the_copies_raw_cosine_
 
 
 def test_the_near_duplicate_bench_calls_a_cell_behind_only_when_its_misses_are_unlikely_by_chance():
-    from bench.near_duplicates import behind_p
+    from bench.near_duplicates import behind_p  # (queries only the baseline finds, only the method finds)
 
-    def p(only_baseline: int, only_codes: int, both: int = 990) -> float:
-        hits = np.array([False] * only_baseline + [True] * only_codes + [True] * both)
-        baseline = np.array([True] * only_baseline + [False] * only_codes + [True] * both)
-        return behind_p(hits, baseline)
-
-    assert p(0, 0) == 1.0
-    assert p(5, 0) == 1 / 32 and p(8, 0) == 1 / 256  # every discordant query went the baseline's way
-    assert p(5, 5) == sum(math.comb(10, k) for k in range(5, 11)) / 1024  # a tie is no evidence
-    assert p(3, 0) > 0.05 > p(5, 0)  # 3 queries of 1,000 behind is chance; 5 of 5 is not
+    assert behind_p(0, 0) == 1.0
+    assert behind_p(5, 0) == 1 / 32 and behind_p(8, 0) == 1 / 256  # every such query went the baseline's way
+    assert behind_p(5, 5) == sum(math.comb(10, k) for k in range(5, 11)) / 1024  # a tie is no evidence
+    assert behind_p(3, 0) > 0.05 > behind_p(5, 0)  # 3 queries behind is chance; 5 of 5 is not
+    assert behind_p(40, 20) < 0.01 < behind_p(12, 6)  # the same share is evidence only in numbers
