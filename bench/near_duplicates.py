@@ -13,9 +13,11 @@ directory that keeps its training split, sources are drawn half from training ro
 held-out rows, and both are reported. Each cell also counts the queries only TF-IDF finds and only the
 codes find (at 1), and ``behind_tfidf_p``, a one-sided exact McNemar test on them (do the codes miss
 where TF-IDF hits more often than the other way round, beyond chance?), and the
-summary counts the cells behind at p < 0.05: about 1 in 20 cells of two equal methods would be::
+summary counts the cells behind at p < 0.05: about 1 in 20 cells of two equal methods would be.
+``--pool`` adds up saved outputs of several runs, for a test on all their queries::
 
     .venv/bin/python -m bench.near_duplicates --model-dir models/words --input data/words/sentences.parquet
+    .venv/bin/python -m bench.near_duplicates --pool run1.jsonl run2.jsonl
 """
 
 from __future__ import annotations
@@ -112,6 +114,23 @@ def behind_p(only_baseline: int, only_this: int) -> float:
     return sum(math.comb(discordant, k) for k in range(only_baseline, discordant + 1)) / 2.0**discordant
 
 
+def pooled(paths: list[str]) -> list[dict]:
+    """Cells of several runs' output (JSON lines) added up per method, edit kind and count, both source
+    groups together: the queries only TF-IDF finds and only the method finds, and the p-value of those."""
+    cells: dict[tuple, list[int]] = {}
+    for path in paths:
+        with open(path) as handle:
+            for row in map(json.loads, handle):
+                if "only_tfidf" in row:
+                    counts = cells.setdefault((row["method"], row["kind"], row["edits"]), [0, 0, 0, 0])
+                    for i, value in enumerate((row["queries"], row["only_tfidf"], row["only_codes"], 1)):
+                        counts[i] += value
+    return [{"method": method, "kind": kind, "edits": edits, "queries": queries, "cells": count,
+             "only_tfidf": only_tfidf, "only_codes": only_codes, "margin_queries": only_codes - only_tfidf,
+             "behind_tfidf_p": round(behind_p(only_tfidf, only_codes), 4)}
+            for (method, kind, edits), (queries, only_tfidf, only_codes, count) in sorted(cells.items())]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", default="models/words")
@@ -123,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="normalizations of h to measure (seqcodec.CodeNormalization kinds; KIND:EPS sets eps; "
                         "learned: the model's search map, if it has one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", nargs="+", metavar="JSONL",
+                   help="measure nothing: add up the cells of these saved outputs of this benchmark (runs of "
+                        "several seeds or query draws) and test each edit kind and count on all their queries")
     args = p.parse_args(argv)
+    if args.pool:
+        for row in pooled(args.pool):
+            print(json.dumps(row))
+        return 0
     started = time.time()
     rng = np.random.default_rng(args.seed)
     docs = [np.asarray(t, np.int64) for t in pq.read_table(args.input, columns=["tokens"]).column("tokens").to_pylist()]

@@ -1,5 +1,6 @@
 """seqcodec.CodeNormalization on real codes of a (tiny) codec: what each kind does to them."""
 
+import json
 import math
 
 import numpy as np
@@ -88,3 +89,18 @@ def test_the_near_duplicate_bench_calls_a_cell_behind_only_when_its_misses_are_u
     assert behind_p(5, 5) == sum(math.comb(10, k) for k in range(5, 11)) / 1024  # a tie is no evidence
     assert behind_p(3, 0) > 0.05 > behind_p(5, 0)  # 3 queries behind is chance; 5 of 5 is not
     assert behind_p(40, 20) < 0.01 < behind_p(12, 6)  # the same share is evidence only in numbers
+
+
+def test_the_near_duplicate_bench_pools_runs_per_edit_kind_and_count(tmp_path):
+    from bench.near_duplicates import behind_p, pooled
+
+    def cell(sources: str, only_tfidf: int, only_codes: int) -> str:
+        return json.dumps({"kind": "inserted", "edits": 3, "sources": sources, "queries": 1000,
+                           "method": "codes:learned", "only_tfidf": only_tfidf, "only_codes": only_codes})
+
+    runs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    runs[0].write_text(cell("training", 4, 1) + "\n" + cell("held_out", 3, 2) + "\n" + '{"seconds": 14}\n')
+    runs[1].write_text(cell("training", 5, 0) + "\n")
+    [row] = pooled([str(path) for path in runs])
+    assert (row["queries"], row["cells"], row["only_tfidf"], row["only_codes"]) == (3000, 3, 12, 3)
+    assert row["behind_tfidf_p"] == round(behind_p(12, 3), 4) < 0.05 < behind_p(4, 1)  # evidence only pooled
