@@ -53,6 +53,8 @@ def edit(tokens: np.ndarray, kind: str, count: int, rng: np.random.Generator, wo
             out[i] = new
         elif kind == "swapped":
             pairs = [i for i in range(len(out) - 1) if out[i] != out[i + 1]]
+            if not pairs:  # one word repeated (a row of "=" signs): no swap changes it; both methods get it as is
+                break
             i = pairs[rng.integers(len(pairs))]
             out[i], out[i + 1] = out[i + 1], out[i]
         elif kind == "dropped":

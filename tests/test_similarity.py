@@ -104,3 +104,12 @@ def test_the_near_duplicate_bench_pools_runs_per_edit_kind_and_count(tmp_path):
     [row] = pooled([str(path) for path in runs])
     assert (row["queries"], row["cells"], row["only_tfidf"], row["only_codes"]) == (3000, 3, 12, 3)
     assert row["behind_tfidf_p"] == round(behind_p(12, 3), 4) < 0.05 < behind_p(4, 1)  # evidence only pooled
+
+
+def test_the_near_duplicate_bench_swaps_words_only_where_a_swap_changes_the_sentence():
+    from bench.near_duplicates import edit
+
+    rng, words, frequency = np.random.default_rng(0), np.arange(4), np.full(4, 0.25)
+    np.testing.assert_array_equal(edit(np.array([2] * 10), "swapped", 3, rng, words, frequency), [2] * 10)
+    swapped = edit(np.array([1, 1, 3, 1]), "swapped", 1, rng, words, frequency)
+    assert sorted(swapped) == [1, 1, 1, 3] and list(swapped) != [1, 1, 3, 1]
