@@ -111,7 +111,7 @@ def defaults_for(vocab_size: int) -> dict[str, Any]:
     # sample.
     return {"decoder": "autoregressive", "embedding_size": 128, "batch_size": 64, "dropout": 0.1,
             "word_dropout": 0.3, "label_smoothing": 0.0, "weight_decay": 0.0, "splice": 0.5, "sampled_softmax": 256,
-            "tie_embeddings": True, "tie_output": True, "near_duplicates": 0.1, "learning_rate": 4e-3}
+            "tie_embeddings": True, "tie_output": True, "near_duplicates": 0.2, "learning_rate": 4e-3}
 
 
 class SmoothedSparseCrossEntropy(keras.losses.Loss):

@@ -296,7 +296,7 @@ def test_defaults_depend_on_the_kind_of_vocabulary(tmp_path):
             assert settings[name] == chosen[name], (vocab, name)
     assert (defaults_for(26)["learning_rate"], defaults_for(4000)["learning_rate"]) == (2e-3, 4e-3)
     assert (defaults_for(26)["splice"], defaults_for(4000)["splice"]) == (0.5, 0.5)
-    assert (defaults_for(26)["near_duplicates"], defaults_for(4000)["near_duplicates"]) == (0.0, 0.1)
+    assert (defaults_for(26)["near_duplicates"], defaults_for(4000)["near_duplicates"]) == (0.0, 0.2)
     assert not (tmp_path / "m26" / SEARCH_FILE).exists() and (tmp_path / "m4000" / SEARCH_FILE).exists()
     # A word vocabulary with the repeat decoder asked for: neither kind of tying unless asked for too.
     manifest = seqcodec.train(rows, tmp_path / "repeat", hidden_size=8, epochs=1, time_budget=0, decoder="repeat",
