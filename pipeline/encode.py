@@ -16,7 +16,14 @@ from seqcodec.pipeline.decode_stage import add_decode_stage, add_vocab_argument,
 from seqcodec.pipeline.finalize import add_finalize
 from seqcodec.pipeline.job import Graph, Job, JobKind, RoundTrip, make_plan, model_dir_fact, row_counts
 from seqcodec.pipeline.launch import Built
-from seqcodec.pipeline.options import add_table_arguments, check_extras, job_parser, make_pipeline, single_worker
+from seqcodec.pipeline.options import (
+    add_table_arguments,
+    check_extras,
+    discard,
+    job_parser,
+    make_pipeline,
+    single_worker,
+)
 from seqcodec.pipeline.runtime import exit_process, run_cli
 from seqcodec.pipeline.specs import EncodeSpec, parse_job
 from seqcodec.transforms.formats import CODE_DTYPES, FLOAT16_EXACT_LENGTH, check_code_dtype, code_schema, error_schema
@@ -152,9 +159,15 @@ def build_spec(spec: EncodeSpec, beam_args: list[str], pipeline: beam.Pipeline |
     if ref is None:
         partition = Partition(partition_path(spec.output, spec.run_date))
         partition.check("encode", inputs.paths)
+    made = pipeline is None
     pipeline = pipeline or make_pipeline(beam_args)
     if ref is not None:  # last of the checks: a table that does not exist yet is created here
-        partition = table_run(ref, spec.run_date, inputs, manifest)
+        try:
+            partition = table_run(ref, spec.run_date, inputs, manifest)
+        except BaseException:
+            if made:
+                discard(pipeline)
+            raise
     log.info("encoding %d rows from %d file(s) with model %s (code size %d) into %s",
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
     job = EncodeJob.from_spec(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -250,6 +251,12 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
         return beam.Pipeline(options=options)
     except (ImportError, ValueError) as exc:  # an unknown runner, or its options fail Beam's validation
         raise ValueError(f"--runner {runner}: {one_line(exc)}") from None
+
+
+def discard(pipeline: beam.Pipeline) -> None:
+    """Remove the local temp directory that Beam makes for every Pipeline and removes only in ``run()``:
+    a job that fails a check after its pipeline was made leaves nothing in /tmp."""
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
 
 
 def one_line(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -144,7 +146,37 @@ def run_seqcodec(argv: Sequence) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+# -- the session's temp directory -------------------------------------------------------------------
+
+SESSION_TMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temp files of this process go to a directory of the session's own, removed at its end.
+
+    Beam makes a directory for every Pipeline and removes it only in ``run()``; tests that build a
+    pipeline without running it would leave one in /tmp each. pytest's own tmp_path stays where it was.
+    """
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    config.stash[SESSION_TMP] = tempfile.tempdir = tempfile.mkdtemp(prefix="seqcodec-tests-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stash[SESSION_TMP], ignore_errors=True)
+    tempfile.tempdir = None
+
+
 # -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty directory that this test's temp files (tempfile's, so Beam's too) go to: what a run leaves there."""
+    path = tmp_path / "tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
 
 
 @pytest.fixture

@@ -223,6 +223,13 @@ def test_same_sequence_same_code_whatever_its_neighbours(tiny_model_dir, tmp_pat
     assert np.abs(codes - loaded_codec.encode([by_id[i] for i in ids])).max() <= ATOL
 
 
+def test_a_run_leaves_nothing_in_the_temp_directory(mixed_file, tiny_model_dir, tmp_path, private_tmp):
+    """Beam makes a temp directory for each pipeline: the run (encode and decode) removes what it made."""
+    code, _, err = run_seqcodec(encode_args(mixed_file, tmp_path / "out", tiny_model_dir, "--decode"))
+    assert code == 0, err
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_python_m_pipeline_encode(mixed_file, mixed_run, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     home = tmp_path / "home"

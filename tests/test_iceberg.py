@@ -193,7 +193,8 @@ def test_a_gated_run_commits_nothing(local, inputs, tiny_model_dir):
     assert json.loads(runs[-1].read_text())["status"] == "not published"
 
 
-def test_a_model_of_another_code_size_is_refused_before_it_runs(local, inputs, tmp_path):
+def test_a_model_of_another_code_size_is_refused_before_it_runs(local, inputs, tmp_path, private_tmp):
+    """The table is checked after the pipeline is made (last): the refused run leaves nothing in /tmp either."""
     other = tmp_path / "model"
     save_codec(build_codec(CodecConfig(**{**TINY, "hidden_size": 8}), seed=1), other, metrics={})
     catalog = reader_catalog(local["env"])
@@ -203,6 +204,7 @@ def test_a_model_of_another_code_size_is_refused_before_it_runs(local, inputs, t
     assert code == 2 and "holds codes of size 17" in one_line(err) and "code size 9" in err
     assert len(catalog.load_table(TABLE).snapshots()) == before
     assert len(list((local["root"] / "warehouse").glob("nightly/codes/seqcodec/.run_date=*"))) == runs_before
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_a_table_of_another_layout_is_refused_before_it_runs(fresh, inputs, tiny_model_dir):
