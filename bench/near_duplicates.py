@@ -14,7 +14,10 @@ held-out rows, and both are reported. Each cell also counts the queries only TF-
 codes find (at 1), and ``behind_tfidf_p``, a one-sided exact McNemar test on them (do the codes miss
 where TF-IDF hits more often than the other way round, beyond chance?), and the
 summary counts the cells behind at p < 0.05: about 1 in 20 cells of two equal methods would be.
-``--pool`` adds up saved outputs of several runs, for a test on all their queries::
+``--pool`` adds up saved outputs of several runs, for a test on all their queries; each cell records a
+digest of its queries, and pooling refuses two runs that asked the same ones (the queries depend on
+``--seed`` and, with a training split, on the model's split: runs of one training seed need
+different ``--seed``s), since the test counts every query as a new one::
 
     .venv/bin/python -m bench.near_duplicates --model-dir models/words --input data/words/sentences.parquet
     .venv/bin/python -m bench.near_duplicates --pool run1.jsonl run2.jsonl
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import time
@@ -116,14 +120,33 @@ def behind_p(only_baseline: int, only_this: int) -> float:
     return sum(math.comb(discordant, k) for k in range(only_baseline, discordant + 1)) / 2.0**discordant
 
 
+def queries_digest(queries: list[np.ndarray]) -> str:
+    """A short digest of a cell's queries (their tokens, in order): equal only for the same queries."""
+    digest = hashlib.sha256()
+    for query in queries:
+        digest.update(len(query).to_bytes(4, "little") + query.astype("<i8").tobytes())
+    return digest.hexdigest()[:16]
+
+
 def pooled(paths: list[str]) -> list[dict]:
     """Cells of several runs' output (JSON lines) added up per method, edit kind and count, both source
-    groups together: the queries only TF-IDF finds and only the method finds, and the p-value of those."""
+    groups together: the queries only TF-IDF finds and only the method finds, and the p-value of those.
+
+    ValueError when two cells of one method asked the same queries (``queries_digest``): the test would
+    count each of them twice. Cells saved before the digest was recorded are taken unchecked.
+    """
     cells: dict[tuple, list[int]] = {}
+    asked: dict[tuple, str] = {}
     for path in paths:
         with open(path) as handle:
             for row in map(json.loads, handle):
                 if "only_tfidf" in row:
+                    if "queries_digest" in row:
+                        key = (row["method"], row["queries_digest"])
+                        if key in asked:
+                            raise ValueError(f"{asked[key]} and {path} asked the same queries ({row['kind']} "
+                                             f"{row['edits']}): pool runs of different query draws (--seed)")
+                        asked[key] = path
                     counts = cells.setdefault((row["method"], row["kind"], row["edits"]), [0, 0, 0, 0])
                     for i, value in enumerate((row["queries"], row["only_tfidf"], row["only_codes"], 1)):
                         counts[i] += value
@@ -149,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                         "several seeds or query draws) and test each edit kind and count on all their queries")
     args = p.parse_args(argv)
     if args.pool:
-        for row in pooled(args.pool):
+        try:
+            rows = pooled(args.pool)
+        except ValueError as exc:
+            p.error(str(exc))
+        for row in rows:
             print(json.dumps(row))
         return 0
     started = time.time()
@@ -187,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 sources = rng.choice(pool, size=min(per_pool, pool.size), replace=False)
                 queries = [edit(docs[s], kind, count, rng, words, frequency) for s in sources]
                 query_codes = codec.encode(queries)
+                digest = queries_digest(queries)
                 for name, score in scorers.items():
                     scores = score(queries) if name == "tfidf" else score(query_codes)
                     at1, at10 = hits(scores, doc_hash[sources], doc_hash)
@@ -198,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                     if name != "tfidf":  # the queries that tell the two apart at recall@1
                         only_tfidf, only_codes = int((tfidf_at1 & ~at1).sum()), int((at1 & ~tfidf_at1).sum())
                         rows[-1].update(only_tfidf=only_tfidf, only_codes=only_codes,
-                                        behind_tfidf_p=round(behind_p(only_tfidf, only_codes), 4))
+                                        behind_tfidf_p=round(behind_p(only_tfidf, only_codes), 4),
+                                        queries_digest=digest)
                     print(json.dumps(rows[-1]), flush=True)
     for name in (n for n in scorers if n != "tfidf"):
         # Per cell (kind, edits, sources), this method's hits minus TF-IDF's on the same queries.

@@ -106,6 +106,27 @@ def test_the_near_duplicate_bench_pools_runs_per_edit_kind_and_count(tmp_path):
     assert row["behind_tfidf_p"] == round(behind_p(12, 3), 4) < 0.05 < behind_p(4, 1)  # evidence only pooled
 
 
+def test_the_near_duplicate_bench_pools_no_query_twice(tmp_path):
+    """Runs of one training seed and one query draw ask the same queries: pooled, they would count twice."""
+    from bench.near_duplicates import pooled, queries_digest
+
+    queries = [np.array([3, 1, 2]), np.array([5, 4])]
+    assert queries_digest(queries) == queries_digest([q.copy() for q in queries])
+    assert queries_digest(queries) != queries_digest([np.array([3, 1]), np.array([2, 5, 4])])
+
+    def run(name: str, asked: list[np.ndarray]) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({"kind": "inserted", "edits": 3, "sources": "training", "queries": 2,
+                                    "method": "codes:learned", "only_tfidf": 1, "only_codes": 0,
+                                    "queries_digest": queries_digest(asked)}) + "\n")
+        return str(path)
+
+    first, other = run("a.jsonl", queries), run("b.jsonl", queries[::-1])
+    assert pooled([first, other])[0]["queries"] == 4
+    with pytest.raises(ValueError, match="a.jsonl and .*c.jsonl asked the same queries"):
+        pooled([first, other, run("c.jsonl", queries)])
+
+
 def test_the_near_duplicate_bench_swaps_words_only_where_a_swap_changes_the_sentence():
     from bench.near_duplicates import edit
 
