@@ -82,6 +82,9 @@ NEAR_DUPLICATE_TEMPERATURE = 0.1
 # fitted on copies with every kind (``fit_search_map``).
 EDITS = ("dropped", "inserted", "replaced", "swapped")
 TRAINING_EDITS = EDITS[:2]
+# The share of edited copies that get ``most`` edits (the rest 1 to ``most``, uniformly): copies far from
+# their row are where search lost to bag of words (3 inserted words, docs/MODEL.md).
+MOST_EDITS_SHARE = 0.5
 SEARCH_PAIRS = 50_000  # rows and copies ``fit_search_map`` encodes: a few seconds on the numpy engine
 
 # Vocabularies up to this size are treated as characters (letters, bytes), larger ones as words:
@@ -200,8 +203,9 @@ def splice_rows(ids: np.ndarray, share: float, rng: np.random.Generator) -> np.n
 def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3,
                 kinds: Sequence[str] = TRAINING_EDITS) -> np.ndarray:
     """Padded ids with every row edited as a near duplicate: 1 to ``most`` edits of one of ``kinds``
-    (drawn per row; ``EDITS``), at random distinct positions. Dropped: tokens removed; inserted,
-    replaced: new tokens drawn from the batch's own (so frequent ones most); swapped: adjacent pairs.
+    (drawn per row; ``EDITS``), ``most`` in 2 rows of 3 (``MOST_EDITS_SHARE``), at random distinct
+    positions. Dropped: tokens removed; inserted, replaced: new tokens drawn from the batch's own (so
+    frequent ones most); swapped: adjacent pairs.
 
     A row keeps at least one token and at least two thirds of its own (a 4-token row loses at most one).
     """
@@ -211,6 +215,8 @@ def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3,
     for row, length in zip(ids, lengths, strict=True):
         tokens = row[:length]
         count = int(rng.integers(1, most + 1))
+        if rng.random() < MOST_EDITS_SHARE:
+            count = most
         # One uniform draw picks the kind: with the two training kinds, the same draws as before the others.
         kind = kinds[int(rng.random() * len(kinds))]
         if kind == "dropped":

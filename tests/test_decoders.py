@@ -185,6 +185,9 @@ def test_near_duplicate_edits_drop_or_insert_one_to_three_tokens():
     dropped, inserted = changes < 0, changes > 0
     assert 0.4 < dropped.mean() < 0.55 and 0.4 < inserted.mean() < 0.6  # short rows are not shortened
     assert set(np.abs(changes[changes != 0])) == {1, 2, 3}
+    counts = np.abs(changes[lengths >= 9])  # long enough to lose 3 tokens: every count shows in full
+    assert 0.6 < (counts == 3).mean() < 0.73  # copies far from their row weigh most (MOST_EDITS_SHARE)
+    assert 0.11 < (counts == 1).mean() < 0.23 and 0.11 < (counts == 2).mean() < 0.23
     assert (new_lengths >= 1).all() and (new_lengths[dropped] * 3 >= lengths[dropped] * 2).all()
     for row in range(400):
         source, copy = ids[row, : lengths[row]], edited[row, : new_lengths[row]]
