@@ -539,7 +539,7 @@ def fit_search_map(codec: SequenceCodec, data: TokenSequences, learned: np.ndarr
 
 def edited_pair_codes(codec: SequenceCodec, data: TokenSequences, rows: np.ndarray,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Codes of ``rows`` of ``data`` and of a copy of each with 1-3 edits of any kind (``EDITS``); rows whose
+    """Codes of ``rows`` of ``data`` and of a copy of each with 1-3 edits of any kind (``edited_rows``); rows whose
     copy would overrun the model's max_length (inserted tokens) are left out of both."""
     ids = pad_shifted(data.values, data.offsets, rows)
     edited = edited_rows(ids, rng, kinds=EDITS)

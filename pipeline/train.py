@@ -269,8 +269,8 @@ def parser() -> argparse.ArgumentParser:
                         "(shared weights; the saved decoder holds their product, so models load as before; "
                         f"default: {by_vocab('tie_output')})")
     p.add_argument("--near-duplicates", type=float, metavar="WEIGHT",
-                   help="weight of a training loss that asks a copy of each row with 1-3 tokens dropped or "
-                        "inserted to land near the row itself (contrastive, against the batch's "
+                   help="weight of a training loss that asks a copy of each row with 1-3 tokens (3 in two copies of "
+                        "three) dropped or inserted to land near the row itself (contrastive, against the batch's "
                         "other rows, batched with rows that share most of its tokens) under a learned map of "
                         "the code; after training the map is fitted to "
                         "copies with tokens replaced and swapped too and kept as search.npy for "
