@@ -20,7 +20,7 @@ from seqcodec.model.errors import first_line
 from seqcodec.pipeline.decode_stage import log_roundtrip
 from seqcodec.pipeline.finalize import errors_folder
 from seqcodec.pipeline.job import Graph, Plan
-from seqcodec.pipeline.options import DIRECT_RUNNERS
+from seqcodec.pipeline.options import DIRECT_RUNNERS, discard
 from seqcodec.pipeline.runtime import EXIT_TOO_MANY_REJECTS, PipelineFailed, TooManyRejects
 from seqcodec.transforms.partition import SUCCESS, SUMMARY, Partition, RunSummary
 from seqcodec.transforms.table import TableRun
@@ -55,7 +55,11 @@ def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
     """
     partition = plan.partition
     in_process = plan.runner in DIRECT_RUNNERS
-    partition.take_lease(pid_bound=wait or in_process)
+    try:
+        partition.take_lease(pid_bound=wait or in_process)
+    except BaseException:  # refused (another run writes the partition): the pipeline will not run
+        discard(pipeline)
+        raise
     try:
         result = pipeline.run()
         if wait or in_process:

@@ -107,13 +107,16 @@ def test_a_run_started_while_another_holds_the_partition_refuses_and_harms_nothi
             assert time.monotonic() < deadline, f"no progress from run A in time:\n{log.read_text()}"
             time.sleep(0.1)
         a_dirs = sorted(p.name for p in out.iterdir())
+        b_tmp = tmp_path / "b-tmp"  # B's temp directory: Beam makes one for its pipeline, which never runs
+        b_tmp.mkdir()
         b = subprocess.run([sys.executable, "-m", "seqcodec.pipeline.cli", "encode",
-                            *argv(tiny_model_dir, data["new"][0], out)], capture_output=True, text=True, env=env,
-                           cwd=ROOT, timeout=120)
+                            *argv(tiny_model_dir, data["new"][0], out)], capture_output=True, text=True,
+                           env={**env, "TMPDIR": str(b_tmp)}, cwd=ROOT, timeout=120)
         assert b.returncode == 75, b.stderr
         line = b.stderr.strip().splitlines()[-1]
         assert line.startswith("seqcodec: error: ") and "is being written by run" in line and "did not start" in line
         assert sorted(p.name for p in out.iterdir()) == a_dirs  # B created and deleted nothing
+        assert list(b_tmp.iterdir()) == []
         assert job_a.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if job_a.poll() is None:
