@@ -182,7 +182,8 @@ def test_killed_run_leaves_the_previous_partition_and_publishes_nothing(seqcodec
     # A long run: 3000 rows, one model call per row, killed once it reports encoding progress.
     big, _, _ = token_file(tmp_path / "big.parquet", 3000, seed=3, row_group_size=100)
     log = tmp_path / "job.log"
-    env = {**os.environ, "SEQCODEC_PROGRESS_SECONDS": "0.2", "PYTHONPATH": str(ROOT)}
+    # Killed, the run cannot remove Beam's temp directory for its pipeline: it goes to tmp_path, not /tmp.
+    env = {**os.environ, "SEQCODEC_PROGRESS_SECONDS": "0.2", "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
     argv = [sys.executable, "-m", "seqcodec.pipeline.cli", "encode", "--input", str(big), "--output", str(out),
             "--model-dir", str(tiny_model_dir), "--run-date", DATE, "--batch-size", "1",
             "--max-batch-rows", "100"]  # 30 tables (small row groups merge up to this): progress between them
