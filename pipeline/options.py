@@ -255,7 +255,7 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
 
 def discard(pipeline: beam.Pipeline) -> None:
     """Remove the local temp directory that Beam makes for every Pipeline and removes only in ``run()``:
-    a job that fails a check after its pipeline was made leaves nothing in /tmp."""
+    a job that stops before it runs (a failed check, a refused lease) leaves nothing in /tmp."""
     shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
 
 
