@@ -214,6 +214,7 @@ def edited_rows(ids: np.ndarray, rng: np.random.Generator, most: int = 3,
     rows = []
     for row, length in zip(ids, lengths, strict=True):
         tokens = row[:length]
+        # The uniform draw comes first, then the share that gets ``most``: the draws of the measured runs.
         count = int(rng.integers(1, most + 1))
         if rng.random() < MOST_EDITS_SHARE:
             count = most

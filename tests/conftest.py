@@ -178,7 +178,6 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-
 @pytest.fixture
 def tiny_config() -> CodecConfig:
     """A small configuration: 13 token ids, sequences up to 12 long, 16 hidden units."""
