@@ -314,7 +314,8 @@ def published_copy(mixed_run, tmp_path):
 
 def assert_refused(seqcodec, args_for, must_name: str, root, published_copy):
     """Run twice (into a new DIR and over a published one): exit 2, one error line naming ``must_name``,
-    nothing created or changed anywhere under ``root``."""
+    nothing created or changed anywhere under ``root``, the run's temp directory included (``private_tmp``
+    is under ``root``: the callers use it)."""
     before = tree_digest(root)
     for out in (root / "new-out", published_copy):
         code, stdout, err = seqcodec(args_for(out))
@@ -328,6 +329,7 @@ def assert_refused(seqcodec, args_for, must_name: str, root, published_copy):
     return lines[0]
 
 
+@pytest.mark.usefixtures("private_tmp")
 @pytest.mark.parametrize("case", list(FILE_FAILURES))
 def test_bad_input_file_is_refused(case, seqcodec, tmp_path, tiny_model_dir, published_copy):
     inputs = tmp_path / "in"
@@ -339,6 +341,7 @@ def test_bad_input_file_is_refused(case, seqcodec, tmp_path, tiny_model_dir, pub
     assert line.startswith(f"seqcodec: error: {bad}: "), line
 
 
+@pytest.mark.usefixtures("private_tmp")
 def test_glob_matching_nothing_is_refused(seqcodec, tmp_path, tiny_model_dir, published_copy):
     pattern = str(tmp_path / "nowhere" / "*.parquet")
     line = assert_refused(seqcodec, lambda out: encode_args(pattern, out, tiny_model_dir), pattern, tmp_path,
@@ -346,6 +349,7 @@ def test_glob_matching_nothing_is_refused(seqcodec, tmp_path, tiny_model_dir, pu
     assert "no file matches" in line
 
 
+@pytest.mark.usefixtures("private_tmp")
 @pytest.mark.parametrize("case", ["missing", "no-manifest", "not-json"])
 def test_bad_model_dir_is_refused(case, seqcodec, mixed_file, tmp_path, tiny_model_dir, published_copy):
     model = tmp_path / "model"
