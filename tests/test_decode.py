@@ -370,7 +370,7 @@ def _fixed(width: int) -> pa.DataType:
          "codes are 9 wide (from its metadata)"),
     ],
 )
-def test_unusable_code_files_stop_the_job_in_one_line(seqcodec, tmp_path, tiny_model_dir,
+def test_unusable_code_files_stop_the_job_in_one_line(seqcodec, tmp_path, private_tmp, tiny_model_dir,
                                                       name, column, row_type, metadata, message):
     path = tmp_path / f"{name}.parquet"
     if name == "not-parquet":
@@ -386,6 +386,7 @@ def test_unusable_code_files_stop_the_job_in_one_line(seqcodec, tmp_path, tiny_m
     assert err.count("\n") == 1 and err.startswith("seqcodec: error:"), err
     assert message in err
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))
+    assert list(private_tmp.iterdir()) == []  # not even Beam's temp directory for a pipeline
 
 
 def test_mismatches_needs_decode(seqcodec, tmp_path, tiny_model_dir):
