@@ -164,7 +164,7 @@ def test_output_naming_a_file_is_refused_and_nothing_is_touched(seqcodec, tiny_m
 
 
 @pytest.mark.parametrize("case", ["bad-run-date", "no-input", "bad-model", "unknown-runner", "bad-rate"])
-def test_failed_checks_create_nothing(seqcodec, tiny_model_dir, data, tmp_path, case):
+def test_failed_checks_create_nothing(seqcodec, tiny_model_dir, data, tmp_path, private_tmp, case):
     out = tmp_path / "out"
     path = data["clean"][0]
     argv = {
@@ -177,7 +177,8 @@ def test_failed_checks_create_nothing(seqcodec, tiny_model_dir, data, tmp_path, 
     code, _, err = seqcodec(["encode", *argv])
     assert code == 2, err
     error_line(err)
-    assert os.listdir(tmp_path) == [], "a failed check left something behind"
+    assert os.listdir(tmp_path) == [private_tmp.name], "a failed check left something behind"
+    assert os.listdir(private_tmp) == [], "a failed check left a temp directory behind"
 
 
 def test_failed_runs_never_rename_or_delete_a_users_path(seqcodec, tiny_model_dir, data, tmp_path):
