@@ -88,6 +88,7 @@ def build_spec(spec: DecodeSpec, beam_args: list[str], pipeline: beam.Pipeline |
     inputs = inspect_codes(source, spec.id_column, spec.code_column, manifest, spec.model_dir)
     partition = Partition(partition_path(spec.output, spec.run_date))
     partition.check("decode", inputs.paths)
+    made = pipeline is None
     pipeline = pipeline or make_pipeline(beam_args)
     log.info("decoding %d codes from %d file(s) with model %s (code size %d) into %s",
              inputs.rows, len(inputs.paths), manifest.fingerprint, manifest.code_size, partition.path)
@@ -100,7 +101,7 @@ def build_spec(spec: DecodeSpec, beam_args: list[str], pipeline: beam.Pipeline |
              "beam_width": manifest.config.beam_width(spec.batching.beam_width)}
     plan = make_plan(spec, pipeline, partition, inputs.rows, JobKind.DECODE, facts, started, graph.counted,
                      RoundTrip.LENGTHS)
-    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), spec.wait)
+    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), spec.wait, made)
 
 
 def main(argv: list[str] | None = None) -> int:

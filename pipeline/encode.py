@@ -183,7 +183,7 @@ def build_spec(spec: EncodeSpec, beam_args: list[str], pipeline: beam.Pipeline |
         facts.update(training_facts(manifest), beam_width=manifest.config.beam_width(spec.batching.beam_width))
     plan = make_plan(spec, pipeline, partition, inputs.rows, JobKind.ENCODE, facts, started, graph.counted,
                      RoundTrip.COMPARE if spec.decode else None)
-    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), spec.wait)
+    return Built(pipeline, plan, graph, add_finalize(pipeline, graph, plan), spec.wait, made)
 
 
 def table_run(ref: TableRef, run_date: str, inputs: InputFiles, manifest: Manifest) -> TableRun:

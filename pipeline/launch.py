@@ -38,27 +38,30 @@ class Built:
     graph: Graph
     summary: beam.PCollection  # the finalize stage's output: one dict, the run's summary
     wait: bool = True
+    made: bool = True  # the job made ``pipeline`` (False: the caller handed it one, e.g. a TestPipeline)
 
     def launch(self) -> int:
         """Launch the job (``launch``); its exit code."""
-        return launch(self.pipeline, self.plan, self.wait)
+        return launch(self.pipeline, self.plan, self.wait, self.made)
 
 
-def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True) -> int:
+def launch(pipeline: beam.Pipeline, plan: Plan, wait: bool = True, made: bool = True) -> int:
     """Take the partition's lease, submit the pipeline; by default wait for it and map its outcome to 0, 3 or 4.
 
     Without ``wait`` return 0 once the runner has the job: the job commits its partition itself,
     and its outcome is in _SUCCESS and summary.json, or in its run directory's summary.json. On
     the in-process DirectRunner the job has ended by then anyway, so its outcome is reported.
     Raises PartitionBusy (exit 75) when another live run holds the partition, PipelineFailed
-    (exit 4) or TooManyRejects (exit 3), naming the run directory.
+    (exit 4) or TooManyRejects (exit 3), naming the run directory. Refused, a pipeline the job ``made``
+    leaves no Beam temp directory; a handed one stays its caller's.
     """
     partition = plan.partition
     in_process = plan.runner in DIRECT_RUNNERS
     try:
         partition.take_lease(pid_bound=wait or in_process)
     except BaseException:  # refused (another run writes the partition): the pipeline will not run
-        discard(pipeline)
+        if made:
+            discard(pipeline)
         raise
     try:
         result = pipeline.run()

@@ -16,12 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 from conftest import random_sequences, write_tokens_parquet
 from helpers_commit import at_once, committed_ids, crash_after_each_step, ids_of, staged_run
 
 from seqcodec.pipeline import decode, encode, finalize
+from seqcodec.pipeline.options import discard
 from seqcodec.transforms.partition import SUCCESS, Partition, PartitionBusy, committed_files
 
 DATE = "2026-11-26"
@@ -123,6 +125,23 @@ def test_a_run_started_while_another_holds_the_partition_refuses_and_harms_nothi
             job_a.send_signal(signal.SIGKILL)
             job_a.wait(30)
     assert committed_ids(str(out / f"dt={DATE}")) == list(range(5000, 17000))
+
+
+def test_a_refused_run_keeps_the_temp_directory_of_a_pipeline_it_was_handed(tiny_model_dir, data, tmp_path):
+    """Exit 75 removes Beam's temp directory only of a pipeline the job made: a handed one stays its caller's."""
+    holder = encode.build(argv(tiny_model_dir, data["new"][0], tmp_path / "codes"))
+    holder.plan.partition.take_lease(pid_bound=True)  # this process, alive: the partition is busy
+    handed = beam.Pipeline(runner="DirectRunner")
+    refused = encode.build(argv(tiny_model_dir, data["new"][0], tmp_path / "codes"), handed)
+    with pytest.raises(PartitionBusy):
+        refused.launch()
+    assert os.path.isdir(handed.local_tempdir)
+    made = encode.build(argv(tiny_model_dir, data["new"][0], tmp_path / "codes"))
+    with pytest.raises(PartitionBusy):
+        made.launch()
+    assert not os.path.exists(made.pipeline.local_tempdir)
+    discard(handed)
+    discard(holder.pipeline)
 
 
 def test_a_run_that_lost_its_lease_does_not_commit(tiny_model_dir, data, tmp_path, monkeypatch):
