@@ -496,7 +496,7 @@ class SampledSoftmaxTraining(keras.Model):
         inputs, targets, weights = data
         if self.near_duplicates:
             # Outside the tape: the copies' codes are targets that only the rows' codes move towards, and
-            # their backward pass, a fifth of the step, is saved.
+            # their backward pass is saved (docs/MODEL.md, "The copies' codes as fixed targets").
             edited = self.encoder(inputs[-1], training=True)
         with tf.GradientTape() as tape:
             hidden, codes = self._hidden(inputs, training=True)
