@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=1000, help="per edit kind and count (half held out if known)")
     p.add_argument("--min-words", type=int, default=10)
     p.add_argument("--edits", default="1,2,3")
-    p.add_argument("--norms", default=",".join(NORMALIZATIONS),
+    p.add_argument("--norms",
                    help="normalizations of h to measure (seqcodec.CodeNormalization kinds; KIND:EPS sets eps; "
-                        "learned: the model's search map, if it has one)")
+                        "learned: the model's search map); default: every kind, and learned if the model has one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pool", nargs="+", metavar="JSONL",
                    help="measure nothing: add up the cells of these saved outputs of this benchmark (runs of "
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         group = read_split(args.model_dir, manifest).groups(doc_hash[long_enough])
         pools = {"training": long_enough[group == GROUPS.index("training")],
                  "held_out": long_enough[group == GROUPS.index("held_out")]}
+    if args.norms is None:
+        args.norms = ",".join(NORMALIZATIONS + (("learned",) if manifest.extra.get("search") else ()))
     codes = codec.encode(docs)
     scorers = {"tfidf": TfIdf(docs, manifest.vocab_size).scores}
     for name in (n for n in args.norms.split(",") if n):

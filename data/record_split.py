@@ -6,7 +6,7 @@ is: the recomputed test rows must round-trip to exactly the held-out figures in 
 (float for float), or nothing is written. Then it writes split.parquet and names it in
 manifest.json (the weights, and so the fingerprint, are untouched)::
 
-    .venv/bin/python data/record_split.py --model-dir models/words --input 'data/words/*.parquet'
+    .venv/bin/python data/record_split.py --model-dir models/default --input 'data/sample/*.parquet'
 """
 
 from __future__ import annotations
