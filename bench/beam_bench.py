@@ -61,7 +61,8 @@ def main() -> None:
               f"{len(test) / best:,.0f} | {best / greedy:.2f}x |")
     print(json.dumps({str(w): r for w, r in results.items()}))
     if args.reference:
-        reference(args.model_dir, base, codes, next(w for w in widths if w > 1), codecs, min(results[w]["seconds"]))
+        width = next(w for w in widths if w > 1)
+        reference(args.model_dir, base, codes, width, codecs, min(results[width]["seconds"]))
 
 
 def reference(model_dir: str, base, codes: np.ndarray, width: int, codecs: dict, numpy_seconds: float) -> None:

@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--factors", action="store_true",
                         help="only time a low-rank output layer as two products against one, --rounds rounds")
     args = parser.parse_args()
+    Path(args.work).mkdir(parents=True, exist_ok=True)  # with --data nothing else makes it
     work = Path(tempfile.mkdtemp(prefix="decode-", dir=Path(args.work)))
     model_dir = work / "model"
     shutil.copytree(args.model_dir, model_dir)  # a model replaced mid-run must not change the numbers
