@@ -12,7 +12,9 @@ finds its source when a sentence with the source's tokens is among the first k. 
 directory that keeps its training split, sources are drawn half from training rows and half from
 held-out rows, and both are reported. Each cell also counts the queries only TF-IDF finds and only the
 codes find (at 1), and ``behind_tfidf_p``, a one-sided exact McNemar test on them (do the codes miss
-where TF-IDF hits more often than the other way round, beyond chance?), and the
+where TF-IDF hits more often than the other way round, beyond chance?) and, of each of those two
+counts, how many the losing method missed for a corpus sentence at most one word edit from the source
+(``*_near_pair``: a near-identical pair, where the query is nearly as close to the wrong sentence); the
 summary counts the cells behind at p < 0.05: about 1 in 20 cells of two equal methods would be.
 ``--pool`` adds up saved outputs of several runs, for a test on all their queries; each cell records a
 digest of its queries, and pooling refuses two runs that asked the same ones (the queries depend on
@@ -36,7 +38,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 import seqcodec
+from bench.heldout_scores import edit_distance
 from seqcodec.model.heldout import GROUPS, read_split, split_unavailable, token_hashes
+from seqcodec.model.search import CodeSearch
 from seqcodec.model.similarity import NORMALIZATIONS, CodeNormalization
 
 KINDS = ("replaced", "swapped", "dropped", "inserted")
@@ -112,6 +116,14 @@ def hits(scores: np.ndarray, source_hash: np.ndarray, doc_hash: np.ndarray) -> t
     return hit[:, 0], hit.any(axis=1)
 
 
+def near_pairs(misses: np.ndarray, scores: np.ndarray, sources: np.ndarray, docs: list[np.ndarray]) -> int:
+    """How many of the ``misses`` (query positions) a method missed for a sentence at most one word edit from
+    the source: its first pick by ``scores`` is one of the corpus' near-identical neighbours of the source."""
+    picks = scores[misses].argmax(axis=1)
+    pairs = zip(sources[misses], picks, strict=True)
+    return sum(edit_distance(docs[source].tolist(), docs[pick].tolist()) <= 1 for source, pick in pairs)
+
+
 def behind_p(only_baseline: int, only_this: int) -> float:
     """One-sided exact McNemar p-value that a method is worse than a baseline on the same queries, from
     the queries only the baseline finds and those only the method finds: the chance of at least this
@@ -147,13 +159,16 @@ def pooled(paths: list[str]) -> list[dict]:
                             raise ValueError(f"{asked[key]} and {path} asked the same queries ({row['kind']} "
                                              f"{row['edits']}): pool runs of different query draws (--seed)")
                         asked[key] = path
-                    counts = cells.setdefault((row["method"], row["kind"], row["edits"]), [0, 0, 0, 0])
-                    for i, value in enumerate((row["queries"], row["only_tfidf"], row["only_codes"], 1)):
+                    counts = cells.setdefault((row["method"], row["kind"], row["edits"]), [0, 0, 0, 0, 0, 0])
+                    near = (row.get("only_tfidf_near_pair", 0), row.get("only_codes_near_pair", 0))
+                    for i, value in enumerate((row["queries"], row["only_tfidf"], row["only_codes"], 1, *near)):
                         counts[i] += value
     return [{"method": method, "kind": kind, "edits": edits, "queries": queries, "cells": count,
              "only_tfidf": only_tfidf, "only_codes": only_codes, "margin_queries": only_codes - only_tfidf,
-             "behind_tfidf_p": round(behind_p(only_tfidf, only_codes), 4)}
-            for (method, kind, edits), (queries, only_tfidf, only_codes, count) in sorted(cells.items())]
+             "behind_tfidf_p": round(behind_p(only_tfidf, only_codes), 4),
+             "only_tfidf_near_pair": tfidf_near, "only_codes_near_pair": codes_near}
+            for (method, kind, edits), (queries, only_tfidf, only_codes, count, tfidf_near, codes_near)
+            in sorted(cells.items())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="normalizations of h to measure (seqcodec.CodeNormalization kinds; KIND:EPS sets eps; "
                         "learned: the model's search map); default: every kind, and learned if the model has one")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deletions", action="store_true",
+                   help="also measure each normalization through seqcodec.CodeSearch: near ties settled by the "
+                        "queries' one-word-shorter variants")
     p.add_argument("--pool", nargs="+", metavar="JSONL",
                    help="measure nothing: add up the cells of these saved outputs of this benchmark (runs of "
                         "several seeds or query draws) and test each edit kind and count on all their queries")
@@ -200,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         args.norms = ",".join(NORMALIZATIONS + (("learned",) if manifest.extra.get("search") else ()))
     codes = codec.encode(docs)
     scorers = {"tfidf": TfIdf(docs, manifest.vocab_size).scores}
+    searches = {}  # the same normalizations through seqcodec.CodeSearch, which reads the queries' tokens
     for name in (n for n in args.norms.split(",") if n):
         kind, _, eps = name.partition(":")
         if kind == "learned":  # the model's own map (train --near-duplicates)
@@ -208,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             norm = CodeNormalization.fit(codes, kind, float(eps or 1e-3))
         index = norm(codes)
         scorers[f"codes:{name}"] = functools.partial(cosine, norm, index)
+        if args.deletions:
+            searches[f"codes:{name}+deletions"] = CodeSearch(codec, norm, index).scores
+    scorers.update(searches)
     rows = []
     for kind in KINDS:
         for count in (int(e) for e in args.edits.split(",")):
@@ -218,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                 query_codes = codec.encode(queries)
                 digest = queries_digest(queries)
                 for name, score in scorers.items():
-                    scores = score(queries) if name == "tfidf" else score(query_codes)
+                    scores = score(queries) if name == "tfidf" or name in searches else score(query_codes)
                     at1, at10 = hits(scores, doc_hash[sources], doc_hash)
                     if name == "tfidf":
-                        tfidf_at1 = at1
+                        tfidf_at1, tfidf_scores = at1, scores
                     rows.append({"kind": kind, "edits": count, "sources": pool_name, "queries": len(sources),
                                  "method": name, "recall@1": round(float(at1.mean()), 3),
                                  "recall@10": round(float(at10.mean()), 3)})
@@ -229,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                         only_tfidf, only_codes = int((tfidf_at1 & ~at1).sum()), int((at1 & ~tfidf_at1).sum())
                         rows[-1].update(only_tfidf=only_tfidf, only_codes=only_codes,
                                         behind_tfidf_p=round(behind_p(only_tfidf, only_codes), 4),
+                                        only_tfidf_near_pair=near_pairs(tfidf_at1 & ~at1, scores, sources, docs),
+                                        only_codes_near_pair=near_pairs(at1 & ~tfidf_at1, tfidf_scores, sources, docs),
                                         queries_digest=digest)
                     print(json.dumps(rows[-1]), flush=True)
     for name in (n for n in scorers if n != "tfidf"):

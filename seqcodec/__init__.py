@@ -36,12 +36,13 @@ _EXPORTS = {
     "CODE_REASONS": "seqcodec.transforms.validate",
     "committed_files": "seqcodec.transforms.partition",
     "CodeNormalization": "seqcodec.model.similarity",
+    "CodeSearch": "seqcodec.model.search",
     "bit_identical_batching": "seqcodec.model.engine",
 }
 __all__ = [  # the same names as _EXPORTS (tests/test_library.py checks), written out for linters
     "__version__", "load", "train", "SequenceCodec", "CodecConfig", "Manifest", "read_manifest", "ModelDirError",
     "InputDataError", "EncodeSequences", "DecodeCodes", "SequenceModelHandler", "REASONS", "CODE_REASONS",
-    "committed_files", "CodeNormalization", "bit_identical_batching",
+    "committed_files", "CodeNormalization", "CodeSearch", "bit_identical_batching",
 ]
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from seqcodec.model.errors import InputDataError
     from seqcodec.model.loader import load
     from seqcodec.model.manifest import Manifest, ModelDirError, read_manifest
+    from seqcodec.model.search import CodeSearch
     from seqcodec.model.similarity import CodeNormalization
     from seqcodec.pipeline.train import train
     from seqcodec.transforms.partition import committed_files

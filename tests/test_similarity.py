@@ -106,6 +106,17 @@ def test_the_near_duplicate_bench_pools_runs_per_edit_kind_and_count(tmp_path):
     assert row["behind_tfidf_p"] == round(behind_p(12, 3), 4) < 0.05 < behind_p(4, 1)  # evidence only pooled
 
 
+def test_the_near_duplicate_bench_tells_misses_for_a_near_identical_sentence_apart():
+    from bench.near_duplicates import near_pairs
+
+    docs = [np.array(d) for d in ([1, 2, 3, 4, 5], [1, 2, 9, 4, 5], [1, 2, 3, 4], [7, 8, 9, 6, 5])]
+    sources = np.array([0, 0, 0, 0])
+    scores = np.eye(4)  # query i picks document i first
+    # Misses for a replaced word (1 edit) and a dropped one count; a sentence 4 edits away does not.
+    assert near_pairs(np.array([False, True, True, True]), scores, sources, docs) == 2
+    assert near_pairs(np.array([False, False, False, True]), scores, sources, docs) == 0
+
+
 def test_the_near_duplicate_bench_pools_no_query_twice(tmp_path):
     """Runs of one training seed and one query draw ask the same queries: pooled, they would count twice."""
     from bench.near_duplicates import pooled, queries_digest

@@ -1,0 +1,69 @@
+"""seqcodec.CodeSearch on real codes of a (tiny) codec: cosine, and near ties settled by one-token-shorter queries."""
+
+import numpy as np
+import pytest
+from conftest import TINY, random_sequences
+
+import seqcodec
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_codec) -> tuple[list[np.ndarray], np.ndarray]:
+    docs = [d for d in random_sequences(400, TINY["vocab_size"], TINY["max_length"] - 1, seed=21) if len(d) > 2]
+    return docs, tiny_codec.encode(docs)
+
+
+def cosines(codec, norm, codes, queries) -> np.ndarray:
+    return norm(codec.encode(queries)) @ norm(codes).T
+
+
+def test_without_near_ties_the_scores_are_the_cosines(tiny_codec, corpus):
+    docs, codes = corpus
+    norm = seqcodec.CodeNormalization.fit(codes)
+    queries = docs[:50]
+    search = seqcodec.CodeSearch.over(tiny_codec, codes, norm, gate=0.0)
+    np.testing.assert_array_equal(search.scores(queries), cosines(tiny_codec, norm, codes, queries))
+    positions, scores = search.nearest(queries, k=5, batch=16)
+    assert positions.shape == scores.shape == (50, 5) and np.all(np.diff(scores, axis=1) <= 0)
+    assert all(docs[p].tolist() == q.tolist() for p, q in zip(positions[:, 0], queries, strict=True))
+
+
+def test_only_near_ties_change_and_each_takes_its_best_shorter_variant(tiny_codec, corpus):
+    docs, codes = corpus
+    norm = seqcodec.CodeNormalization.fit(codes)
+    queries = [np.insert(d, 1, 5) for d in docs[:40]]
+    gate, margin = 0.05, 0.01
+    got = seqcodec.CodeSearch.over(tiny_codec, codes, norm, gate=gate, margin=margin).scores(queries)
+    plain = cosines(tiny_codec, norm, codes, queries)
+    near = plain >= plain.max(axis=1, keepdims=True) - gate
+    np.testing.assert_array_equal(got[~near], plain[~near])
+    for i, query in enumerate(queries):
+        shorter = cosines(tiny_codec, norm, codes, [np.delete(query, j) for j in range(len(query))]).max(axis=0)
+        if near[i].sum() > 1:
+            np.testing.assert_allclose(got[i, near[i]], np.maximum(plain[i], shorter - margin)[near[i]], rtol=1e-6)
+        else:  # a single best code has no tie to settle
+            np.testing.assert_array_equal(got[i], plain[i])
+    assert np.any(got[near] > plain[near])  # some ties were settled by a shorter variant
+
+
+def test_an_inserted_token_no_longer_hides_its_source_behind_a_near_tie(tiny_codec, corpus):
+    docs, codes = corpus
+    norm = seqcodec.CodeNormalization.fit(codes)
+    # Sources whose copy with a token inserted is nearer another sentence than its source by plain cosine.
+    rng = np.random.default_rng(3)
+    queries, sources = [], []
+    for s, doc in enumerate(docs):
+        query = np.insert(doc, rng.integers(len(doc) + 1), rng.integers(TINY["vocab_size"]))
+        scores = cosines(tiny_codec, norm, codes, [query])[0]
+        # Only where the source is the one sentence a deletion rebuilds (the tiny vocabulary repeats a lot).
+        rebuilt = {tuple(np.delete(query, j)) for j in range(len(query))}
+        unique = sum(tuple(d) in rebuilt for d in docs) == 1
+        if unique and docs[scores.argmax()].tolist() != doc.tolist() and scores[s] >= scores.max() - 0.05:
+            queries.append(query)
+            sources.append(s)
+    assert len(queries) >= 3
+    plain = cosines(tiny_codec, norm, codes, queries).argmax(axis=1)
+    positions, _ = seqcodec.CodeSearch.over(tiny_codec, codes, norm, gate=0.05, margin=0.0).nearest(queries, k=1)
+    found = [docs[p].tolist() == docs[s].tolist() for p, s in zip(positions[:, 0], sources, strict=True)]
+    assert not any(docs[p].tolist() == docs[s].tolist() for p, s in zip(plain, sources, strict=True))
+    assert all(found)  # deleting the inserted token rebuilds the source exactly: cosine 1
