@@ -15,7 +15,9 @@ codes find (at 1), and ``behind_tfidf_p``, a one-sided exact McNemar test on the
 where TF-IDF hits more often than the other way round, beyond chance?) and, of each of those two
 counts, how many the losing method missed for a corpus sentence at most one word edit from the source
 (``*_near_pair``: a near-identical pair, where the query is nearly as close to the wrong sentence); the
-summary counts the cells behind at p < 0.05: about 1 in 20 cells of two equal methods would be.
+summary counts the cells behind at p < 0.05 (about 1 in 20 cells of two equal methods would be) and
+each method's time to score all its queries (``scoring_seconds``, the queries' encoding included).
+``--deletions`` also measures each normalization through ``seqcodec.CodeSearch``.
 ``--pool`` adds up saved outputs of several runs, for a test on all their queries; each cell records a
 digest of its queries, and pooling refuses two runs that asked the same ones (the queries depend on
 ``--seed`` and, with a training split, on the model's split: runs of one training seed need
@@ -231,16 +233,23 @@ def main(argv: list[str] | None = None) -> int:
             searches[f"codes:{name}+deletions"] = CodeSearch(codec, norm, index).scores
     scorers.update(searches)
     rows = []
+    spent: dict[str, float] = {}
     for kind in KINDS:
         for count in (int(e) for e in args.edits.split(",")):
             for pool_name, pool in pools.items():
                 per_pool = args.queries // len(pools)
                 sources = rng.choice(pool, size=min(per_pool, pool.size), replace=False)
                 queries = [edit(docs[s], kind, count, rng, words, frequency) for s in sources]
+                clock = time.perf_counter()
                 query_codes = codec.encode(queries)
+                encoding = time.perf_counter() - clock
                 digest = queries_digest(queries)
                 for name, score in scorers.items():
+                    clock = time.perf_counter()
                     scores = score(queries) if name == "tfidf" or name in searches else score(query_codes)
+                    # A method's time to score its queries, the queries' encoding included for plain cosine.
+                    spent[name] = spent.get(name, 0.0) + time.perf_counter() - clock + (
+                        encoding if name.startswith("codes:") and name not in searches else 0.0)
                     at1, at10 = hits(scores, doc_hash[sources], doc_hash)
                     if name == "tfidf":
                         tfidf_at1, tfidf_scores = at1, scores
@@ -262,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         behind = [r["behind_tfidf_p"] < SIGNIFICANT for r in rows if r["method"] == name]
         print(json.dumps({"method": name, "cells": len(margins), "cells_below_tfidf": sum(m < 0 for m in margins),
                           "cells_significantly_below": sum(behind),
-                          "worst_margin_queries": min(margins), "net_margin_queries": sum(margins)}))
+                          "worst_margin_queries": min(margins), "net_margin_queries": sum(margins),
+                          "scoring_seconds": round(spent[name], 1)}))
     print(json.dumps({"model": manifest.fingerprint, "documents": len(docs), "seconds": round(time.time() - started)}))
     return 0
 
