@@ -30,6 +30,7 @@ different ``--seed``s), since the test counts every query as a new one::
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import hashlib
 import json
@@ -149,7 +150,7 @@ def pooled(paths: list[str]) -> list[dict]:
     ValueError when two cells of one method asked the same queries (``queries_digest``): the test would
     count each of them twice. Cells saved before the digest was recorded are taken unchecked.
     """
-    cells: dict[tuple, list[int]] = {}
+    cells: dict[tuple, collections.Counter] = {}
     asked: dict[tuple, str] = {}
     for path in paths:
         with open(path) as handle:
@@ -161,16 +162,18 @@ def pooled(paths: list[str]) -> list[dict]:
                             raise ValueError(f"{asked[key]} and {path} asked the same queries ({row['kind']} "
                                              f"{row['edits']}): pool runs of different query draws (--seed)")
                         asked[key] = path
-                    counts = cells.setdefault((row["method"], row["kind"], row["edits"]), [0, 0, 0, 0, 0, 0])
-                    near = (row.get("only_tfidf_near_pair", 0), row.get("only_codes_near_pair", 0))
-                    for i, value in enumerate((row["queries"], row["only_tfidf"], row["only_codes"], 1, *near)):
-                        counts[i] += value
-    return [{"method": method, "kind": kind, "edits": edits, "queries": queries, "cells": count,
-             "only_tfidf": only_tfidf, "only_codes": only_codes, "margin_queries": only_codes - only_tfidf,
-             "behind_tfidf_p": round(behind_p(only_tfidf, only_codes), 4),
-             "only_tfidf_near_pair": tfidf_near, "only_codes_near_pair": codes_near}
-            for (method, kind, edits), (queries, only_tfidf, only_codes, count, tfidf_near, codes_near)
-            in sorted(cells.items())]
+                    counts = cells.setdefault((row["method"], row["kind"], row["edits"]), collections.Counter())
+                    # Near pairs: cells saved before they were counted have none.
+                    counts.update(cells=1, queries=row["queries"], only_tfidf=row["only_tfidf"],
+                                  only_codes=row["only_codes"],
+                                  only_tfidf_near_pair=row.get("only_tfidf_near_pair", 0),
+                                  only_codes_near_pair=row.get("only_codes_near_pair", 0))
+    return [{"method": method, "kind": kind, "edits": edits, "queries": c["queries"], "cells": c["cells"],
+             "only_tfidf": c["only_tfidf"], "only_codes": c["only_codes"],
+             "margin_queries": c["only_codes"] - c["only_tfidf"],
+             "behind_tfidf_p": round(behind_p(c["only_tfidf"], c["only_codes"]), 4),
+             "only_tfidf_near_pair": c["only_tfidf_near_pair"], "only_codes_near_pair": c["only_codes_near_pair"]}
+            for (method, kind, edits), c in sorted(cells.items())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                 encoding = time.perf_counter() - clock
                 digest = queries_digest(queries)
                 for name, score in scorers.items():
+                    reads_tokens = name == "tfidf" or name in searches
                     clock = time.perf_counter()
-                    scores = score(queries) if name == "tfidf" or name in searches else score(query_codes)
-                    # A method's time to score its queries, the queries' encoding included for plain cosine.
-                    spent[name] = spent.get(name, 0.0) + time.perf_counter() - clock + (
-                        encoding if name.startswith("codes:") and name not in searches else 0.0)
+                    scores = score(queries) if reads_tokens else score(query_codes)
+                    # Plain cosine's time includes the queries' encoding; the others encode (or not) inside.
+                    took = time.perf_counter() - clock + (0.0 if reads_tokens else encoding)
+                    spent[name] = spent.get(name, 0.0) + took
                     at1, at10 = hits(scores, doc_hash[sources], doc_hash)
                     if name == "tfidf":
                         tfidf_at1, tfidf_scores = at1, scores

@@ -64,6 +64,6 @@ def test_an_inserted_token_no_longer_hides_its_source_behind_a_near_tie(tiny_cod
     assert len(queries) >= 3
     plain = cosines(tiny_codec, norm, codes, queries).argmax(axis=1)
     positions, _ = seqcodec.CodeSearch.over(tiny_codec, codes, norm, gate=0.05, margin=0.0).nearest(queries, k=1)
-    found = [docs[p].tolist() == docs[s].tolist() for p, s in zip(positions[:, 0], sources, strict=True)]
     assert not any(docs[p].tolist() == docs[s].tolist() for p, s in zip(plain, sources, strict=True))
+    found = [docs[p].tolist() == docs[s].tolist() for p, s in zip(positions[:, 0], sources, strict=True)]
     assert all(found)  # deleting the inserted token rebuilds the source exactly: cosine 1
