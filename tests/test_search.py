@@ -67,3 +67,29 @@ def test_an_inserted_token_no_longer_hides_its_source_behind_a_near_tie(tiny_cod
     assert not any(docs[p].tolist() == docs[s].tolist() for p, s in zip(plain, sources, strict=True))
     found = [docs[p].tolist() == docs[s].tolist() for p, s in zip(positions[:, 0], sources, strict=True)]
     assert all(found)  # deleting the inserted token rebuilds the source exactly: cosine 1
+
+
+class CountingCodec:
+    """The real codec, counting the sequences each ``encode`` call is given."""
+
+    def __init__(self, codec) -> None:
+        self.codec, self.calls = codec, []
+
+    def encode(self, sequences):
+        self.calls.append(len(sequences))
+        return self.codec.encode(sequences)
+
+
+def test_only_queries_with_a_near_tie_encode_their_shorter_variants(tiny_codec, corpus):
+    docs, codes = corpus
+    norm = seqcodec.CodeNormalization.fit(codes)
+    queries = [np.insert(d, 1, 5) for d in docs[:60]]
+    gate = 0.02
+    plain = cosines(tiny_codec, norm, codes, queries)
+    tied = (plain >= plain.max(axis=1, keepdims=True) - gate).sum(axis=1) > 1
+    assert 0 < tied.sum() < len(queries)  # some queries have a near tie, some do not
+    counting = CountingCodec(tiny_codec)
+    got = seqcodec.CodeSearch.over(counting, codes, norm, gate=gate).scores(queries)
+    # One call for the queries, one for the variants: one per token of each tied query, none for the rest.
+    assert counting.calls == [len(queries), sum(len(q) for q, t in zip(queries, tied, strict=True) if t)]
+    np.testing.assert_array_equal(got[~tied], plain[~tied])
