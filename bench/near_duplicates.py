@@ -17,7 +17,8 @@ counts, how many the losing method missed for a corpus sentence at most one word
 (``*_near_pair``: a near-identical pair, where the query is nearly as close to the wrong sentence); the
 summary counts the cells behind at p < 0.05 (about 1 in 20 cells of two equal methods would be) and
 each method's time to score all its queries (``scoring_seconds``, the queries' encoding included).
-``--deletions`` also measures each normalization through ``seqcodec.CodeSearch``.
+``--deletions`` also measures each normalization through ``seqcodec.CodeSearch``, without and with the
+corpus' tokens (``+deletions``, ``+deletions+indexed``).
 ``--pool`` adds up saved outputs of several runs, for a test on all their queries; each cell records a
 digest of its queries, and pooling refuses two runs that asked the same ones (the queries depend on
 ``--seed`` and, with a training split, on the model's split: runs of one training seed need
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deletions", action="store_true",
                    help="also measure each normalization through seqcodec.CodeSearch: near ties settled by the "
-                        "queries' one-word-shorter variants")
+                        "queries' one-word-shorter variants (+deletions), and by those of the longer indexed "
+                        "sentences too (+deletions+indexed: CodeSearch given the corpus' tokens)")
     p.add_argument("--pool", nargs="+", metavar="JSONL",
                    help="measure nothing: add up the cells of these saved outputs of this benchmark (runs of "
                         "several seeds or query draws) and test each edit kind and count on all their queries")
@@ -232,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             norm = CodeNormalization.fit(codes, kind, float(eps or 1e-3))
         index = norm(codes)
         scorers[f"codes:{name}"] = functools.partial(cosine, norm, index)
-        if args.deletions:
+        if args.deletions:  # queries' variants alone, and with the indexed sentences' variants too
             searches[f"codes:{name}+deletions"] = CodeSearch(codec, norm, index).scores
+            searches[f"codes:{name}+deletions+indexed"] = CodeSearch(codec, norm, index, tokens=docs).scores
     scorers.update(searches)
     rows = []
     spent: dict[str, float] = {}

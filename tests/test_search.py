@@ -93,3 +93,58 @@ def test_only_queries_with_a_near_tie_encode_their_shorter_variants(tiny_codec, 
     # One call for the queries, one for the variants: one per token of each tied query, none for the rest.
     assert counting.calls == [len(queries), sum(len(q) for q, t in zip(queries, tied, strict=True) if t)]
     np.testing.assert_array_equal(got[~tied], plain[~tied])
+
+
+def test_with_the_indexed_tokens_a_dropped_token_no_longer_hides_its_source_behind_a_near_tie(tiny_codec, corpus):
+    docs, codes = corpus
+    norm = seqcodec.CodeNormalization.fit(codes)
+    # Sources whose copy with a token dropped is nearer another sentence than its source by plain cosine.
+    rng = np.random.default_rng(4)
+    queries, sources = [], []
+    for s, doc in enumerate(docs):
+        query = np.delete(doc, rng.integers(len(doc)))
+        scores = cosines(tiny_codec, norm, codes, [query])[0]
+        # Only where the source is the one longer sentence a deletion turns into the query.
+        unique = sum(len(d) == len(doc) and any(np.array_equal(np.delete(d, j), query) for j in range(len(d)))
+                     for d in docs) == 1
+        if unique and docs[scores.argmax()].tolist() != doc.tolist() and scores[s] >= scores.max() - 0.05:
+            queries.append(query)
+            sources.append(s)
+    assert len(queries) >= 3
+    without = seqcodec.CodeSearch.over(tiny_codec, codes, norm, gate=0.05, margin=0.0).nearest(queries, k=1)[0]
+    found = seqcodec.CodeSearch.over(tiny_codec, codes, norm, docs, gate=0.05, margin=0.0).nearest(queries, k=1)[0]
+    assert not all(docs[p].tolist() == docs[s].tolist() for p, s in zip(without[:, 0], sources, strict=True))
+    # Deleting the dropped token from the source rebuilds the query exactly: cosine 1.
+    assert all(docs[p].tolist() == docs[s].tolist() for p, s in zip(found[:, 0], sources, strict=True))
+
+
+def test_with_the_indexed_tokens_only_tied_longer_rows_change_each_to_its_best_shorter_variant(tiny_codec, corpus):
+    docs, codes = corpus
+    norm = seqcodec.CodeNormalization.fit(codes)
+    queries = [np.delete(d, 1) for d in docs[:40]]
+    gate, margin = 0.2, 0.01
+    plain = cosines(tiny_codec, norm, codes, queries)
+    by_queries = seqcodec.CodeSearch.over(tiny_codec, codes, norm, gate=gate, margin=margin).scores(queries)
+    got = seqcodec.CodeSearch.over(tiny_codec, codes, norm, docs, gate=gate, margin=margin).scores(queries)
+    near = plain >= plain.max(axis=1, keepdims=True) - gate
+    np.testing.assert_array_equal(got[~near], plain[~near])
+    changed = 0
+    for i, query in enumerate(queries):
+        for r in np.flatnonzero(near[i]):
+            if near[i].sum() > 1 and len(docs[r]) > len(query):
+                rows = [np.delete(docs[r], j) for j in range(len(docs[r]))]
+                best = float((norm(tiny_codec.encode(rows)) @ norm(tiny_codec.encode([query]))[0]).max())
+                np.testing.assert_allclose(got[i, r], max(by_queries[i, r], best - margin), rtol=1e-6)
+                changed += got[i, r] > by_queries[i, r]
+            else:  # a single best code, or a row no longer than the query: the queries' variants alone
+                assert got[i, r] == by_queries[i, r]
+    assert changed  # some ties were settled by a longer row's shorter variant
+
+
+def test_indexed_tokens_out_of_step_with_the_codes_are_refused(tiny_codec, corpus):
+    docs, codes = corpus
+    norm = seqcodec.CodeNormalization.fit(codes)
+    with pytest.raises(ValueError, match="token sequences for"):
+        seqcodec.CodeSearch.over(tiny_codec, codes, norm, docs[:-1])
+    with pytest.raises(ValueError, match="not in the same order"):
+        seqcodec.CodeSearch.over(tiny_codec, codes, norm, docs[1:] + docs[:1])
