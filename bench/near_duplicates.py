@@ -17,8 +17,8 @@ counts, how many the losing method missed for a corpus sentence at most one word
 (``*_near_pair``: a near-identical pair, where the query is nearly as close to the wrong sentence); the
 summary counts the cells behind at p < 0.05 (about 1 in 20 cells of two equal methods would be) and
 each method's time to score all its queries (``scoring_seconds``, the queries' encoding included).
-``--deletions`` also measures each normalization through ``seqcodec.CodeSearch``, without and with the
-corpus' tokens (``+deletions``, ``+deletions+indexed``).
+Each normalization is also measured through ``seqcodec.CodeSearch``, without and with the corpus' tokens
+(``+deletions``, ``+deletions+indexed``; ``--no-deletions``: cosine alone).
 ``--pool`` adds up saved outputs of several runs, for a test on all their queries; each cell records a
 digest of its queries, and pooling refuses two runs that asked the same ones (the queries depend on
 ``--seed`` and, with a training split, on the model's split: runs of one training seed need
@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="normalizations of h to measure (seqcodec.CodeNormalization kinds; KIND:EPS sets eps; "
                         "learned: the model's search map); default: every kind, and learned if the model has one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deletions", action="store_true",
+    p.add_argument("--deletions", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure each normalization through seqcodec.CodeSearch: near ties settled by the "
                         "queries' one-word-shorter variants (+deletions), and by those of the longer indexed "
-                        "sentences too (+deletions+indexed: CodeSearch given the corpus' tokens)")
+                        "sentences too (+deletions+indexed: CodeSearch given the corpus' tokens); default on")
     p.add_argument("--pool", nargs="+", metavar="JSONL",
                    help="measure nothing: add up the cells of these saved outputs of this benchmark (runs of "
                         "several seeds or query draws) and test each edit kind and count on all their queries")
