@@ -46,21 +46,37 @@ def test_only_near_ties_change_and_each_takes_its_best_shorter_variant(tiny_code
     assert np.any(got[near] > plain[near])  # some ties were settled by a shorter variant
 
 
+def one_deletion(longer: np.ndarray, shorter: np.ndarray) -> bool:
+    """Whether deleting one token of ``longer`` gives ``shorter``."""
+    return len(longer) == len(shorter) + 1 and any(np.array_equal(np.delete(longer, j), shorter)
+                                                   for j in range(len(longer)))
+
+
+def hidden_behind_near_ties(codec, norm, codes, docs, edit, seed) -> tuple[list[np.ndarray], list[int]]:
+    """Edited copies ``edit(doc, rng)`` that plain cosine ranks below another sentence within 0.05 of the
+    best, and their sources; only where one deletion relates the copy to its source alone (the tiny
+    vocabulary repeats a lot)."""
+    rng = np.random.default_rng(seed)
+    queries, sources = [], []
+    for s, doc in enumerate(docs):
+        query = edit(doc, rng)
+        related = [one_deletion(query, d) or one_deletion(d, query) for d in docs]
+        scores = cosines(codec, norm, codes, [query])[0]
+        if sum(related) == 1 and related[s] and docs[scores.argmax()].tolist() != doc.tolist() \
+                and scores[s] >= scores.max() - 0.05:
+            queries.append(query)
+            sources.append(s)
+    return queries, sources
+
+
 def test_an_inserted_token_no_longer_hides_its_source_behind_a_near_tie(tiny_codec, corpus):
     docs, codes = corpus
     norm = seqcodec.CodeNormalization.fit(codes)
-    # Sources whose copy with a token inserted is nearer another sentence than its source by plain cosine.
-    rng = np.random.default_rng(3)
-    queries, sources = [], []
-    for s, doc in enumerate(docs):
-        query = np.insert(doc, rng.integers(len(doc) + 1), rng.integers(TINY["vocab_size"]))
-        scores = cosines(tiny_codec, norm, codes, [query])[0]
-        # Only where the source is the one sentence a deletion rebuilds (the tiny vocabulary repeats a lot).
-        rebuilt = {tuple(np.delete(query, j)) for j in range(len(query))}
-        unique = sum(tuple(d) in rebuilt for d in docs) == 1
-        if unique and docs[scores.argmax()].tolist() != doc.tolist() and scores[s] >= scores.max() - 0.05:
-            queries.append(query)
-            sources.append(s)
+
+    def insert(doc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.insert(doc, rng.integers(len(doc) + 1), rng.integers(TINY["vocab_size"]))
+
+    queries, sources = hidden_behind_near_ties(tiny_codec, norm, codes, docs, insert, 3)
     assert len(queries) >= 3
     plain = cosines(tiny_codec, norm, codes, queries).argmax(axis=1)
     positions, _ = seqcodec.CodeSearch.over(tiny_codec, codes, norm, gate=0.05, margin=0.0).nearest(queries, k=1)
@@ -98,18 +114,8 @@ def test_only_queries_with_a_near_tie_encode_their_shorter_variants(tiny_codec, 
 def test_with_the_indexed_tokens_a_dropped_token_no_longer_hides_its_source_behind_a_near_tie(tiny_codec, corpus):
     docs, codes = corpus
     norm = seqcodec.CodeNormalization.fit(codes)
-    # Sources whose copy with a token dropped is nearer another sentence than its source by plain cosine.
-    rng = np.random.default_rng(4)
-    queries, sources = [], []
-    for s, doc in enumerate(docs):
-        query = np.delete(doc, rng.integers(len(doc)))
-        scores = cosines(tiny_codec, norm, codes, [query])[0]
-        # Only where the source is the one longer sentence a deletion turns into the query.
-        unique = sum(len(d) == len(doc) and any(np.array_equal(np.delete(d, j), query) for j in range(len(d)))
-                     for d in docs) == 1
-        if unique and docs[scores.argmax()].tolist() != doc.tolist() and scores[s] >= scores.max() - 0.05:
-            queries.append(query)
-            sources.append(s)
+    queries, sources = hidden_behind_near_ties(
+        tiny_codec, norm, codes, docs, lambda d, rng: np.delete(d, rng.integers(len(d))), 4)
     assert len(queries) >= 3
     without = seqcodec.CodeSearch.over(tiny_codec, codes, norm, gate=0.05, margin=0.0).nearest(queries, k=1)[0]
     found = seqcodec.CodeSearch.over(tiny_codec, codes, norm, docs, gate=0.05, margin=0.0).nearest(queries, k=1)[0]
