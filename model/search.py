@@ -12,6 +12,7 @@ have one pay for encoding variants.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,8 +67,7 @@ class CodeSearch:
         vectors = self.norm(self.codec.encode(queries))
         scores = vectors @ self.index.T
         near = scores >= scores.max(axis=1, keepdims=True) - self.gate
-        tied = np.flatnonzero(near.sum(axis=1) > 1)
-        ties = {i: np.flatnonzero(near[i]) for i in tied}
+        ties = {i: np.flatnonzero(near[i]) for i in np.flatnonzero(near.sum(axis=1) > 1)}
         # Both from the plain cosines: a tie takes the best of its own and each side's variants' less margin.
         settled = self._shorter_queries(queries, ties)
         if self.tokens is not None:
@@ -91,7 +91,7 @@ class CodeSearch:
                       ties: dict[int, np.ndarray]) -> list[tuple]:
         """Per tied query, the best cosine of each tied longer sequence less one token with the query
         (undoes a token the query dropped); each such sequence's variants encoded once per call."""
-        longer = {i: c[np.array([len(self.tokens[r]) for r in c]) > len(queries[i])] for i, c in ties.items()}
+        longer = {i: c[self._lengths[c] > len(queries[i])] for i, c in ties.items()}
         rows = sorted({int(r) for c in longer.values() for r in c})
         if not rows:
             return []
@@ -101,6 +101,11 @@ class CodeSearch:
         variants = dict(zip(rows, np.split(encoded, ends[:-1]), strict=True))
         return [(i, c, np.array([(variants[r] @ vectors[i]).max() for r in c], np.float32))
                 for i, c in longer.items() if c.size]
+
+    @functools.cached_property
+    def _lengths(self) -> np.ndarray:
+        """The indexed sequences' lengths, counted once per search."""
+        return np.array([len(t) for t in self.tokens])
 
     def nearest(self, queries: Sequence[Sequence[int]], k: int = 10,
                 batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
