@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         index = norm(codes)
         scorers[f"codes:{name}"] = functools.partial(cosine, norm, index)
         if args.deletions:  # queries' variants alone, and with the indexed sentences' variants too
-            searches[f"codes:{name}+deletions"] = CodeSearch(codec, norm, index).scores
-            searches[f"codes:{name}+deletions+indexed"] = CodeSearch(codec, norm, index, tokens=docs).scores
+            searches[f"codes:{name}+deletions"] = CodeSearch.over(codec, codes, norm).scores
+            searches[f"codes:{name}+deletions+indexed"] = CodeSearch.over(codec, codes, norm, docs).scores
     scorers.update(searches)
     rows = []
     spent: dict[str, float] = {}
