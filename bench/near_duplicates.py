@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import functools
 import hashlib
 import json
@@ -232,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             norm = CodeNormalization.from_model(args.model_dir)
         else:
             norm = CodeNormalization.fit(codes, kind, float(eps or 1e-3))
-        index = norm(codes)
-        scorers[f"codes:{name}"] = functools.partial(cosine, norm, index)
+        indexed = CodeSearch.over(codec, codes, norm, docs)  # normalizes the codes once, checks the tokens
+        scorers[f"codes:{name}"] = functools.partial(cosine, norm, indexed.index)
         if args.deletions:  # queries' variants alone, and with the indexed sentences' variants too
-            searches[f"codes:{name}+deletions"] = CodeSearch.over(codec, codes, norm).scores
-            searches[f"codes:{name}+deletions+indexed"] = CodeSearch.over(codec, codes, norm, docs).scores
+            searches[f"codes:{name}+deletions"] = dataclasses.replace(indexed, tokens=None).scores
+            searches[f"codes:{name}+deletions+indexed"] = indexed.scores
     scorers.update(searches)
     rows = []
     spent: dict[str, float] = {}
